@@ -1,0 +1,86 @@
+"""Building blocks shared by every MetaFormer: norms, activations, the channel MLP and the embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NormFactory = Callable[[int], nn.Module]
+
+
+class GroupNorm1(nn.GroupNorm):
+    """GroupNorm with a single group: normalises over (C, H, W), the paper's "modified LayerNorm" (MLN)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-5) -> None:
+        super().__init__(1, num_channels, eps=eps)
+
+
+class LayerNormChannel(nn.Module):
+    """LayerNorm over the channel axis only of a ``[B, C, H, W]`` tensor (each token normalised alone)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+NORMS: dict[str, NormFactory] = {
+    "groupnorm": GroupNorm1,
+    "layernorm": LayerNormChannel,
+    "batchnorm": nn.BatchNorm2d,
+    "none": lambda num_channels: nn.Identity(),
+}
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
+
+
+def make_norm(kind: str, num_channels: int) -> nn.Module:
+    if kind not in NORMS:
+        raise ValueError(f"unknown norm {kind!r}; choose one of {sorted(NORMS)}")
+    return NORMS[kind](num_channels)
+
+
+def make_activation(kind: str) -> nn.Module:
+    if kind not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {kind!r}; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[kind]()
+
+
+class ConvMlp(nn.Module):
+    """The channel MLP as two 1x1 convolutions, so tensors stay ``[B, C, H, W]``."""
+
+    def __init__(self, dim: int, hidden_dim: int, act: str = "gelu", drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(dim, hidden_dim, 1)
+        self.act = make_activation(act)
+        self.fc2 = nn.Conv2d(hidden_dim, dim, 1)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class ConvEmbed(nn.Module):
+    """Patch embedding and between-stage downsampling: one strided convolution."""
+
+    def __init__(self, in_dim: int, out_dim: int, kernel_size: int, stride: int, padding: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_dim, out_dim, kernel_size, stride=stride, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize a ``[1, C, H, W]`` position table to another token grid (bicubic, the usual fine-tuning choice)."""
+    if tuple(pos_embed.shape[-2:]) == tuple(size):
+        return pos_embed
+    return F.interpolate(pos_embed, size=size, mode="bicubic", align_corners=False)

@@ -1,0 +1,255 @@
+"""The MetaFormer: a convolutional stem, four stages of ``x + mixer(norm(x))`` / ``x + mlp(norm(x))`` blocks."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from torchvision.ops import stochastic_depth
+
+from .layers import ConvEmbed, ConvMlp, make_norm, resize_pos_embed
+from .mixers import MIXERS, make_mixer
+
+STEM = (7, 4, 2)  # kernel, stride, padding of the patch embedding
+DOWNSAMPLE = (3, 2, 1)  # the same for the embedding between stages
+MIN_INPUT_SIDE = 32
+
+
+@dataclass(frozen=True)
+class MetaFormerConfig:
+    """Everything that defines a MetaFormer's architecture, and the preprocessing it was trained with."""
+
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    widths: tuple[int, ...] = (64, 128, 320, 512)
+    mixers: tuple[str, ...] = ("pooling",) * 4
+    pool_size: int = 3
+    norm: str = "groupnorm"
+    act: str = "gelu"
+    mlp_ratio: float = 4.0
+    layer_scale_init: float | None = 1e-5
+    pos_embed: tuple[bool, ...] = (False,) * 4
+    residual: bool = True
+    use_mlp: bool = True
+    num_classes: int = 1000
+    in_chans: int = 3
+    image_size: int = 224
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    crop_pct: float = 0.9
+    labels: tuple[str, ...] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        stages = len(self.depths)
+        for name in ("widths", "mixers", "pos_embed"):
+            if len(getattr(self, name)) != stages:
+                raise ValueError(f"{name} has {len(getattr(self, name))} entries but depths has {stages}")
+        unknown = [m for m in self.mixers if m not in MIXERS]
+        if unknown:
+            raise ValueError(f"unknown token mixer(s) {unknown}; choose from {list(MIXERS)}")
+        if self.labels is not None and len(self.labels) != self.num_classes:
+            raise ValueError(f"{len(self.labels)} labels given for {self.num_classes} classes")
+
+    def stage_grids(self, image_size: int | None = None) -> list[tuple[int, int]]:
+        """Token grid (H, W) of each stage for a square input of ``image_size``."""
+        side = (image_size or self.image_size) + 2 * STEM[2] - STEM[0]
+        side = side // STEM[1] + 1
+        grids = [(side, side)]
+        for _ in self.depths[1:]:
+            side = (side + 2 * DOWNSAMPLE[2] - DOWNSAMPLE[0]) // DOWNSAMPLE[1] + 1
+            grids.append((side, side))
+        return grids
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MetaFormerConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown MetaFormerConfig field(s) {unknown}")
+        tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
+        return cls(**{**data, **tuples})
+
+
+class MetaFormerBlock(nn.Module):
+    """``x + drop_path(ls1 * mixer(norm1(x)))`` then ``x + drop_path(ls2 * mlp(norm2(x)))``."""
+
+    def __init__(self, config: MetaFormerConfig, dim: int, mixer: nn.Module, drop_path: float) -> None:
+        super().__init__()
+        self.residual = config.residual
+        self.drop_path = drop_path
+        self.norm1 = make_norm(config.norm, dim)
+        self.token_mixer = mixer
+        self.layer_scale1 = self._layer_scale(config, dim)
+        self.norm2: nn.Module | None = None
+        self.mlp: nn.Module | None = None
+        self.layer_scale2: nn.Parameter | None = None
+        if config.use_mlp:
+            self.norm2 = make_norm(config.norm, dim)
+            self.mlp = ConvMlp(dim, int(dim * config.mlp_ratio), config.act, config.drop_rate)
+            self.layer_scale2 = self._layer_scale(config, dim)
+
+    @staticmethod
+    def _layer_scale(config: MetaFormerConfig, dim: int) -> nn.Parameter | None:
+        if config.layer_scale_init is None:
+            return None
+        return nn.Parameter(torch.full((dim,), config.layer_scale_init))
+
+    def _add(self, x: torch.Tensor, branch: torch.Tensor, scale: nn.Parameter | None) -> torch.Tensor:
+        if scale is not None:
+            branch = branch * scale[:, None, None]
+        branch = stochastic_depth(branch, self.drop_path, "row", self.training)
+        return x + branch if self.residual else branch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._add(x, self.token_mixer(self.norm1(x)), self.layer_scale1)
+        if self.mlp is not None:
+            x = self._add(x, self.mlp(self.norm2(x)), self.layer_scale2)
+        return x
+
+
+class MetaFormerStage(nn.Module):
+    """Optional downsampling, an optional position embedding, then the stage's blocks."""
+
+    def __init__(
+        self,
+        config: MetaFormerConfig,
+        index: int,
+        grid: tuple[int, int],
+        drop_paths: Sequence[float],
+    ) -> None:
+        super().__init__()
+        dim = config.widths[index]
+        if index == 0:
+            self.downsample: nn.Module = nn.Identity()
+        else:
+            self.downsample = ConvEmbed(config.widths[index - 1], dim, *DOWNSAMPLE)
+        self.pos_embed = nn.Parameter(torch.zeros(1, dim, *grid)) if config.pos_embed[index] else None
+        mixer = config.mixers[index]
+        self.blocks = nn.Sequential(
+            *(
+                MetaFormerBlock(config, dim, make_mixer(mixer, dim, grid, config.pool_size), rate)
+                for rate in drop_paths
+            )
+        )
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.pos_embed is not None:
+            x = x + resize_pos_embed(self.pos_embed, x.shape[-2:])
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            for block in self.blocks:
+                x = checkpoint(block, x, use_reentrant=False)
+            return x
+        return self.blocks(x)
+
+
+class _Trunk(nn.Module):
+    """Stem and stages, shared by the classifier and the feature extractor (same parameter names)."""
+
+    def __init__(self, config: MetaFormerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.stem = ConvEmbed(config.in_chans, config.widths[0], *STEM)
+        total = sum(config.depths)
+        # Stochastic depth rises linearly from 0 at the first block to drop_path_rate at the last.
+        rates = [config.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        grids = config.stage_grids()
+        stages = []
+        for index, depth in enumerate(config.depths):
+            start = sum(config.depths[:index])
+            stages.append(MetaFormerStage(config, index, grids[index], rates[start : start + depth]))
+        self.stages = nn.ModuleList(stages)
+
+    def _init_weights(self) -> None:
+        # As the official code: truncated normal for every linear map and the MLP's 1x1 convolutions.
+        for module in self.modules():
+            if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass to save memory."""
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.config.in_chans:
+            raise ValueError(f"expected a [B, {self.config.in_chans}, H, W] tensor, got shape {list(x.shape)}")
+        if min(x.shape[-2:]) < MIN_INPUT_SIDE:
+            raise ValueError(f"input sides must be >= {MIN_INPUT_SIDE} pixels, got {x.shape[-2]}x{x.shape[-1]}")
+
+
+class MetaFormer(_Trunk):
+    """MetaFormer image classifier: trunk, final norm, global average pooling, linear head (official order)."""
+
+    def __init__(self, config: MetaFormerConfig) -> None:
+        super().__init__(config)
+        self.num_features = config.widths[-1]
+        self.norm = make_norm(config.norm, self.num_features)
+        self.head = nn.Linear(self.num_features, config.num_classes) if config.num_classes else nn.Identity()
+        self._init_weights()
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's ``[B, C, H/32, W/32]`` map, before the final norm (as timm's ``forward_features``)."""
+        self._check_input(x)
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.norm(x).mean((-2, -1))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int, labels: Sequence[str] | None = None) -> None:
+        """Replace the head with a freshly initialised one for ``num_classes`` classes (fine-tuning)."""
+        self.config = dataclasses.replace(
+            self.config, num_classes=num_classes, labels=tuple(labels) if labels else None
+        )
+        device = self.norm.weight.device if hasattr(self.norm, "weight") else None
+        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes else nn.Identity()
+        if num_classes:
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+
+class MetaFormerFeatures(_Trunk):
+    """Backbone for dense prediction: each selected stage's output through its own norm (official ``fork_feat``).
+
+    ``forward`` returns a list of ``[B, C_i, H/s_i, W/s_i]`` maps with strides ``s_i`` of 4, 8, 16, 32.
+    """
+
+    def __init__(self, config: MetaFormerConfig, out_indices: Sequence[int] = (0, 1, 2, 3)) -> None:
+        super().__init__(config)
+        self.out_indices = tuple(out_indices)
+        if not self.out_indices or any(i not in range(len(config.depths)) for i in self.out_indices):
+            raise ValueError(f"out_indices {self.out_indices} must pick stages 0..{len(config.depths) - 1}")
+        self.out_norms = nn.ModuleDict({str(i): make_norm(config.norm, config.widths[i]) for i in self.out_indices})
+        self.out_channels = [config.widths[i] for i in self.out_indices]
+        self.strides = [STEM[1] * DOWNSAMPLE[1] ** i for i in self.out_indices]
+        self._init_weights()
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        self._check_input(x)
+        x = self.stem(x)
+        outs = []
+        for index, stage in enumerate(self.stages[: max(self.out_indices) + 1]):
+            x = stage(x)
+            if index in self.out_indices:
+                outs.append(self.out_norms[str(index)](x))
+        return outs

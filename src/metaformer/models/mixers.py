@@ -1,0 +1,125 @@
+"""Token mixers: the one part of a MetaFormer block that lets tokens exchange information."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Pooling(nn.Module):
+    """PoolFormer's mixer: ``avgpool(x) - x``; subtracting ``x`` because the block already adds it back."""
+
+    def __init__(self, dim: int, pool_size: int = 3) -> None:
+        super().__init__()
+        if pool_size % 2 != 1:
+            raise ValueError(f"pool_size must be odd to keep the token grid, got {pool_size}")
+        self.pool = nn.AvgPool2d(pool_size, stride=1, padding=pool_size // 2, count_include_pad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x) - x
+
+
+class IdentityMixer(nn.Identity):
+    """No mixing at all: the paper's lower bound ("identity mapping" row)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+
+
+class DepthwiseConv(nn.Module):
+    """A depthwise convolution over each channel's token grid."""
+
+    def __init__(self, dim: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def _check_grid(module: nn.Module, grid: tuple[int, int], x: torch.Tensor) -> None:
+    if tuple(x.shape[-2:]) != grid:
+        raise ValueError(
+            f"{type(module).__name__} mixes a fixed {grid[0]}x{grid[1]} token grid but got "
+            f"{x.shape[-2]}x{x.shape[-1]}; models with this mixer only accept the input size they were "
+            "built for (create the model with image_size=... to build it for another size)"
+        )
+
+
+class RandomMixing(nn.Module):
+    """Global random mixing: a frozen, row-normalised random ``N x N`` matrix over the ``N = H*W`` tokens.
+
+    Kept as a parameter that never trains so checkpoints carry it and parameter counts include it.
+    """
+
+    def __init__(self, dim: int, grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.grid = tuple(grid)
+        num_tokens = grid[0] * grid[1]
+        matrix = torch.softmax(torch.rand(num_tokens, num_tokens), dim=-1)
+        self.random_matrix = nn.Parameter(matrix, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_grid(self, self.grid, x)
+        return (x.flatten(2) @ self.random_matrix.t()).reshape(x.shape)
+
+
+class SpatialFc(nn.Module):
+    """Spatial MLP mixer: one bias-free linear layer over the tokens of each channel (official ``SpatialFc``)."""
+
+    def __init__(self, dim: int, grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.grid = tuple(grid)
+        num_tokens = grid[0] * grid[1]
+        self.fc = nn.Linear(num_tokens, num_tokens, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_grid(self, self.grid, x)
+        return self.fc(x.flatten(2)).reshape(x.shape)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the ``H*W`` tokens, heads of ``head_dim`` channels (official hybrids)."""
+
+    def __init__(self, dim: int, head_dim: int = 32, qkv_bias: bool = False, attn_drop: float = 0.0) -> None:
+        super().__init__()
+        if dim % head_dim != 0:
+            raise ValueError(f"attention width {dim} is not a multiple of head_dim {head_dim}")
+        self.head_dim = head_dim
+        self.num_heads = dim // head_dim
+        self.attn_drop = attn_drop
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        tokens = x.flatten(2).transpose(1, 2)
+        qkv = self.qkv(tokens).reshape(batch, -1, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        dropout = self.attn_drop if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=1 / math.sqrt(self.head_dim))
+        out = self.proj(out.transpose(1, 2).reshape(batch, -1, channels))
+        return out.transpose(1, 2).reshape(batch, channels, height, width)
+
+
+MIXERS = ("pooling", "identity", "random", "dwconv", "attention", "spatial_mlp")
+
+
+def make_mixer(kind: str, dim: int, grid: tuple[int, int], pool_size: int = 3) -> nn.Module:
+    """Build the mixer ``kind`` for a stage of width ``dim`` whose token grid is ``grid`` (for fixed-size mixers)."""
+    if kind == "pooling":
+        return Pooling(dim, pool_size)
+    if kind == "identity":
+        return IdentityMixer(dim)
+    if kind == "random":
+        return RandomMixing(dim, grid)
+    if kind == "dwconv":
+        return DepthwiseConv(dim)
+    if kind == "attention":
+        return Attention(dim)
+    if kind == "spatial_mlp":
+        return SpatialFc(dim, grid)
+    raise ValueError(f"unknown token mixer {kind!r}; choose one of {list(MIXERS)}")

@@ -1,0 +1,48 @@
+"""Parameter and MAC counts, counted the way the paper's tables (fvcore) count them."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+_NORMS = (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d)
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, frozen)`` parameter counts; the paper reports the frozen random matrices separately."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    return trainable, frozen
+
+
+def count_macs(model: nn.Module, image_size: int = 224) -> int:
+    """Multiply-accumulates of one forward pass on a ``image_size`` square image.
+
+    As fvcore (which the paper used): convolutions, linear layers and matrix products, plus normalisation layers
+    at 5 operations per element with an affine transform (4 without; 2 and 1 for BatchNorm in eval mode).
+    The channel LayerNorm is not counted either: the official one is built of elementwise operations, which
+    fvcore skips. Pooling, activations and elementwise sums are not counted.
+    """
+    norm_ops = 0
+
+    def count_norm(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal norm_ops
+        affine = getattr(module, "weight", None) is not None
+        if isinstance(module, nn.BatchNorm2d) and not module.training:
+            norm_ops += output.numel() * (2 if affine else 1)
+        else:
+            norm_ops += output.numel() * (5 if affine else 4)
+
+    hooks = [
+        m.register_forward_hook(count_norm) for m in model.modules() if isinstance(m, _NORMS)
+    ]
+    parameter = next(model.parameters())
+    image = torch.zeros(1, 3, image_size, image_size, device=parameter.device, dtype=parameter.dtype)
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(image)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return counter.get_total_flops() // 2 + norm_ops

@@ -17,7 +17,12 @@ ImageInput = Image.Image | str | os.PathLike
 
 
 class ImageLoadError(ValueError):
-    """A file that is not a readable image."""
+    """A file that is not a readable image; ``reason`` says why without repeating the path."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -27,7 +32,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             image.load()
             return to_rgb(ImageOps.exif_transpose(image))
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageLoadError(f"{path}: cannot read as an image ({error})") from error
+        raise ImageLoadError(path, f"cannot read as an image ({error})") from error
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

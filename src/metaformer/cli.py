@@ -1,0 +1,208 @@
+"""The ``metaformer`` command: predict, list, info, convert, benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+
+import torch
+
+from .models.zoo import get_spec, list_models
+
+
+def _device(name: str) -> str:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda asked for, but PyTorch sees no CUDA GPU here")
+    return name
+
+
+def _load_classifier(args: argparse.Namespace):
+    from .api import create_model
+
+    if args.pretrained and args.checkpoint:
+        raise SystemExit("error: pass either --checkpoint FILE or --pretrained, not both")
+    if not (args.pretrained or args.checkpoint):
+        raise SystemExit("error: pass --checkpoint FILE (any supported format) or --pretrained")
+    return create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .data import ImageProcessor
+    from .tasks.classification import find_images, predict
+
+    device = _device(args.device)
+    model = _load_classifier(args)
+    processor = ImageProcessor(size=model.config.image_size, crop_pct=model.config.crop_pct)
+    count = len(find_images(args.paths))
+    if count == 0:
+        print("error: no image files found in " + " ".join(args.paths), file=sys.stderr)
+        return 2
+    workers = args.workers if args.workers is not None else (2 if count > args.batch_size else 0)
+    failed = 0
+    for result in predict(
+        model, args.paths, processor, args.topk, args.batch_size, device, workers, progress=count > args.batch_size
+    ):
+        failed += result.error is not None
+        if args.json:
+            print(json.dumps(result.to_dict()), flush=True)
+        elif result.error is not None:
+            print(f"{result.path}: error: {result.error}")
+        else:
+            print(result.path)
+            for entry in result.topk:
+                print(f"  {entry['prob']:7.4f}  {entry['label']} ({entry['index']})")
+    if failed:
+        print(f"{failed} of {count} file(s) could not be classified", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = [get_spec(name) for name in list_models(args.filter)]
+    if args.json:
+        print(json.dumps([{"name": s.name, "description": s.description, "weights": s.url} for s in rows]))
+        return 0
+    width = max(len(s.name) for s in rows)
+    for spec in rows:
+        mark = "weights" if spec.url else "       "
+        print(f"{spec.name:<{width}}  {mark}  {spec.description}")
+    return 0
+
+
+def model_info(name: str, image_size: int | None = None) -> dict:
+    from .api import create_model
+    from .profile import count_macs, count_params
+
+    spec = get_spec(name)
+    overrides = {"image_size": image_size} if image_size else {}
+    model = create_model(name, **overrides).eval()
+    trainable, frozen = count_params(model)
+    config = model.config.to_dict()
+    config.pop("labels")
+    return {
+        "name": name,
+        "description": spec.description,
+        "config": config,
+        "params": trainable,
+        "frozen_params": frozen,
+        "macs": count_macs(model, model.config.image_size),
+        "image_size": model.config.image_size,
+        "crop_pct": model.config.crop_pct,
+        "weights_url": spec.url,
+        "hf_hub_id": spec.hf_hub_id,
+        "timm_name": spec.timm_name,
+    }
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = model_info(args.name, args.image_size)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['name']}: {info['description']}")
+    print(f"  params      {info['params'] / 1e6:.3f} M" + (
+        f" (+{info['frozen_params'] / 1e6:.3f} M frozen)" if info["frozen_params"] else ""))
+    print(f"  MACs        {info['macs'] / 1e9:.3f} G at {info['image_size']}x{info['image_size']}")
+    print(f"  eval        crop_pct {info['crop_pct']}, bicubic, ImageNet mean/std")
+    for key, value in info["config"].items():
+        print(f"  {key:<17} {value}")
+    for key in ("weights_url", "hf_hub_id", "timm_name"):
+        if info[key]:
+            print(f"  {key:<17} {info[key]}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .checkpoints import convert_checkpoint
+
+    to = {"safetensors": "metaformer"}.get(args.to, args.to)
+    out = convert_checkpoint(args.src, args.dst, to, model_name=args.model)
+    print(f"wrote {out} ({args.to} format)")
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from .api import create_model
+    from .benchmark import time_forward
+
+    device = _device(args.device)
+    model = create_model(args.model, image_size=args.image_size)
+    result = time_forward(
+        model, args.batch_size, args.image_size, device, args.dtype, args.warmup, args.iters, not args.no_channels_last
+    )
+    result["model"] = args.model
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{args.model}: {result['images_per_s']:.1f} images/s (batch {args.batch_size}, "
+            f"{args.image_size}px, {device}, {args.dtype}), peak memory {result['peak_memory_mib']:.0f} MiB"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metaformer", description="MetaFormer / PoolFormer models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="classify images (files or folders, searched recursively)")
+    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("--model", required=True, help="model name (see `metaformer list`)")
+    p.add_argument("--checkpoint", help="weights: official .pth.tar, timm or our .safetensors, HF folder")
+    p.add_argument("--pretrained", action="store_true", help="download the official ImageNet-1k weights")
+    p.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: 2 for many images)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("list", help="list the model names")
+    p.add_argument("filter", nargs="?", help="only names containing this text")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("info", help="a model's configuration, parameters and MACs")
+    p.add_argument("name")
+    p.add_argument("--image-size", type=int, help="count MACs at this input size (default: the model's)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="convert weights between our, timm's, Hugging Face's and the official format")
+    p.add_argument("src", help="checkpoint file or Hugging Face folder, any supported format")
+    p.add_argument("dst", help="output file (.safetensors or .pth[.tar]) or folder for --to hf")
+    p.add_argument("--to", required=True, choices=["safetensors", "timm", "hf", "official"])
+    p.add_argument("--model", help="model name, when it cannot be told from the file")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("benchmark", help="forward images/s and peak memory (random input)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--no-channels-last", action="store_true", help="keep NCHW contiguous tensors")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_benchmark)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .checkpoints import CheckpointError, CheckpointWarning
+
+    args = build_parser().parse_args(argv)
+    warnings.simplefilter("always", CheckpointWarning)
+    warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
+    try:
+        return args.func(args)
+    except (CheckpointError, FileNotFoundError, ValueError, TypeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

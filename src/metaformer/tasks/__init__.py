@@ -1,0 +1,1 @@
+"""Task-specific code built on the models: classification now; segmentation and detection later."""

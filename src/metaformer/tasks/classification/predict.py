@@ -1,0 +1,121 @@
+"""Classify image files: find them, decode and preprocess in worker processes, run the model in batches."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ...data import ImageLoadError, ImageProcessor, imagenet_labels
+from ...models.metaformer import MetaFormer
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".jfif"}
+)
+
+
+@dataclass
+class Prediction:
+    path: str
+    topk: list[dict] = field(default_factory=list)  # [{"index", "label", "prob"}], most probable first
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        if self.error is not None:
+            return {"path": self.path, "error": self.error}
+        return {"path": self.path, "topk": self.topk}
+
+
+def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files named directly (whatever their extension) and image files found recursively in folders."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+            )
+        else:
+            found.append(path)
+    return found
+
+
+class _ImageFiles(Dataset):
+    def __init__(self, paths: Sequence[Path], processor: ImageProcessor) -> None:
+        self.paths = paths
+        self.processor = processor
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        path = self.paths[index]
+        if not path.exists():
+            return index, None, "no such file"
+        try:
+            return index, self.processor.transform(path), None
+        except ImageLoadError as error:
+            return index, None, error.reason
+
+
+def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> list:
+    return items
+
+
+def class_labels(model: MetaFormer) -> Sequence[str]:
+    """The model's class names: from its checkpoint, else ImageNet-1k's for 1000 classes, else ``class_<i>``."""
+    if model.config.labels:
+        return model.config.labels
+    if model.num_classes == 1000:
+        return imagenet_labels()
+    return [f"class_{i}" for i in range(model.num_classes)]
+
+
+@torch.inference_mode()
+def predict(
+    model: MetaFormer,
+    paths: Sequence[str | os.PathLike],
+    processor: ImageProcessor,
+    topk: int = 5,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    progress: bool = False,
+) -> Iterator[Prediction]:
+    """Top-k predictions for each file, in order; unreadable files yield a ``Prediction`` with ``error`` set."""
+    files = find_images(paths)
+    labels = class_labels(model)
+    topk = min(topk, model.num_classes)
+    model = model.eval().to(device)
+    loader = DataLoader(
+        _ImageFiles(files, processor),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=torch.device(device).type == "cuda",
+    )
+    with tqdm(total=len(files), unit="img", disable=not progress, leave=False) as bar:
+        for batch in loader:
+            good = [(i, x) for i, x, _ in batch if x is not None]
+            results: dict[int, Prediction] = {}
+            if good:
+                images = torch.stack([x for _, x in good]).to(device).contiguous(memory_format=torch.channels_last)
+                probs = model(images).float().softmax(-1)
+                values, indices = probs.topk(topk, dim=-1)
+                for (i, _), top_values, top_indices in zip(good, values.tolist(), indices.tolist()):
+                    top = [
+                        {"index": c, "label": labels[c], "prob": round(p, 6)}
+                        for p, c in zip(top_values, top_indices)
+                    ]
+                    results[i] = Prediction(str(files[i]), top)
+            for i, _, error in batch:
+                if error is not None:
+                    results[i] = Prediction(str(files[i]), error=error)
+            for i, _, _ in batch:
+                yield results[i]
+            bar.update(len(batch))

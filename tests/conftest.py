@@ -1,0 +1,49 @@
+"""Shared fixtures: the real data folder, and models with weights that make every block matter."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import metaformer
+
+DATA_DIR = Path(os.environ.get("METAFORMER_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def imagenet_samples() -> list[Path]:
+    folder = DATA_DIR / "imagenet-samples"
+    if not folder.is_dir():
+        pytest.skip(f"real images not found at {folder} (set METAFORMER_DATA to the shared data folder)")
+    return sorted(folder.glob("*.JPEG"))
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial weights: layer scales of order 0.1-1 and random norm affines, or the blocks are invisible
+    next to the residual stream (the 1e-5/1e-6 initial layer scales would hide any bug in them)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "layer_scale" in name:
+                param.copy_(torch.rand(param.shape, generator=generator) * 0.9 + 0.1)
+            elif "norm" in name and name.endswith("weight"):
+                param.copy_(torch.rand(param.shape, generator=generator) + 0.5)
+            elif name.endswith("bias") or "pos_embed" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.copy_(torch.randn(buffer.shape, generator=generator) * 0.1)
+            elif name.endswith("running_var"):
+                buffer.copy_(torch.rand(buffer.shape, generator=generator) + 0.5)
+    return model
+
+
+@pytest.fixture
+def random_model():
+    def make(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
+        return randomize(metaformer.create_model(name, **kwargs), seed).eval()
+
+    return make

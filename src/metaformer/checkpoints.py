@@ -70,10 +70,16 @@ def _torch_load(path: Path) -> StateDict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if not unsafe:
+            raise CheckpointError(
+                f"{path}: not a readable PyTorch checkpoint (corrupt, truncated or another kind of file). Expected "
+                "a state_dict file (.pth, .pth.tar, .bin), a .safetensors file or a Hugging Face model folder."
+            ) from error
         raise CheckpointError(
             f"{path}: refused to load: the file holds Python objects other than tensors, and unpickling them "
             "could run code. If you trust it, load it yourself and re-save only its state_dict, or convert it "
-            f"to safetensors. ({str(error).splitlines()[0]})"
+            f"to safetensors. (Found {unsafe[1]}.)"
         ) from error
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise CheckpointError(
@@ -250,8 +256,9 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> LoadReport:
         else:
             unexpected.append(key)
 
-    if isinstance(model, MetaFormer) and "head.weight" in converted:
-        if converted["head.weight"].shape != expected["head.weight"].shape:
+    if isinstance(model, MetaFormer) and "head.weight" in converted and "head.weight" in expected:
+        head, wanted = converted["head.weight"].shape, expected["head.weight"].shape
+        if head[0] != wanted[0] and head[1:] == wanted[1:]:
             got = converted.pop("head.weight").shape[0]
             converted.pop("head.bias", None)
             report.fresh += ["head.weight", "head.bias"]
@@ -275,9 +282,9 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> LoadReport:
                 stacklevel=2,
             )
     conflicts = [
-        f"{k} (checkpoint {tuple(v.shape)}, model {tuple(expected[k].shape)})"
-        for k, v in converted.items()
-        if v.shape != expected[k].shape
+        f"{k} (checkpoint {tuple(converted[k].shape)}, model {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in converted and converted[k].shape != v.shape
     ]
     if missing or unexpected or conflicts:
         lines = [f"{path} ({fmt} format) does not fit {getattr(model, 'name', None) or type(model).__name__}:"]

@@ -99,7 +99,7 @@ def model_info(name: str, image_size: int | None = None) -> dict:
 def cmd_info(args: argparse.Namespace) -> int:
     info = model_info(args.name, args.image_size)
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(info))
         return 0
     print(f"{info['name']}: {info['description']}")
     print(f"  params      {info['params'] / 1e6:.3f} M" + (

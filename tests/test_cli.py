@@ -1,0 +1,133 @@
+"""The command line, as a user runs it: predict on real photos, list, info, convert, benchmark."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from metaformer.checkpoints import save_checkpoint
+from metaformer.cli import main
+from metaformer.data import imagenet_labels
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def official_checkpoint(tmp_path_factory):
+    from conftest import randomize
+
+    import metaformer
+
+    model = randomize(metaformer.create_model("poolformer_s12"), seed=11).eval()
+    path = tmp_path_factory.mktemp("weights") / "poolformer_s12.pth.tar"
+    save_checkpoint(model, path, to="official")
+    hf_folder = save_checkpoint(model, path.parent / "hf", to="hf")
+    return path, hf_folder
+
+
+def run_json(capsys, *args: str) -> tuple[int, list[dict]]:
+    code = main(list(args))
+    lines = capsys.readouterr().out.splitlines()
+    return code, [json.loads(line) for line in lines]
+
+
+def test_predict_matches_hugging_face_top5_on_real_photos(official_checkpoint, imagenet_samples, capsys):
+    checkpoint, hf_folder = official_checkpoint
+    photos = imagenet_samples[::10]
+    gray = [p for p in imagenet_samples if Image.open(p).mode == "L"]
+    photos += gray
+    code, results = run_json(
+        capsys, "predict", *map(str, photos), "--model", "poolformer_s12", "--checkpoint", str(checkpoint),
+        "--json", "--batch-size", "4",
+    )
+    assert code == 0 and len(results) == len(photos)
+
+    hf = transformers.PoolFormerForImageClassification.from_pretrained(hf_folder).eval()
+    processor = transformers.PoolFormerImageProcessorPil(crop_pct=0.9)
+    labels = imagenet_labels()
+    for path, result in zip(photos, results):
+        assert result["path"] == str(path)
+        with torch.no_grad():
+            pixels = processor(Image.open(path).convert("RGB"), return_tensors="pt")["pixel_values"]
+            probs = hf(pixels).logits.softmax(-1)[0]
+        top = probs.topk(5)
+        assert [e["index"] for e in result["topk"]] == top.indices.tolist()
+        assert [e["label"] for e in result["topk"]] == [labels[i] for i in top.indices.tolist()]
+        assert [e["prob"] for e in result["topk"]] == pytest.approx(top.values.tolist(), abs=1e-4)
+
+
+def test_predict_folders_recursively_and_reports_bad_files(official_checkpoint, imagenet_samples, tmp_path, capsys):
+    checkpoint, _ = official_checkpoint
+    nested = tmp_path / "photos" / "more"
+    nested.mkdir(parents=True)
+    for photo in imagenet_samples[:3]:
+        shutil.copy(photo, nested.parent if photo == imagenet_samples[0] else nested)
+    (nested / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (nested / "notes.txt").write_text("not an image, not picked up from a folder")
+    code, results = run_json(
+        capsys, "predict", str(tmp_path / "photos"), str(tmp_path / "missing.png"), "--model", "poolformer_s12",
+        "--checkpoint", str(checkpoint), "--json", "--topk", "3",
+    )
+    assert code == 1
+    errors = {r["path"]: r["error"] for r in results if "error" in r}
+    good = [r for r in results if "topk" in r]
+    assert len(good) == 3 and all(len(r["topk"]) == 3 for r in good)
+    assert set(errors) == {str(nested / "broken.jpg"), str(tmp_path / "missing.png")}
+    assert "cannot read as an image" in errors[str(nested / "broken.jpg")]
+    assert errors[str(tmp_path / "missing.png")] == "no such file"
+
+
+def test_predict_human_output_and_usage_errors(official_checkpoint, imagenet_samples, capsys):
+    checkpoint, _ = official_checkpoint
+    assert main(["predict", str(imagenet_samples[0]), "--model", "poolformer_s12", "--checkpoint",
+                 str(checkpoint), "--topk", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == str(imagenet_samples[0]) and len(lines) == 3 and "(" in lines[1]
+    with pytest.raises(SystemExit, match="--checkpoint FILE"):
+        main(["predict", str(imagenet_samples[0]), "--model", "poolformer_s12"])
+    assert main(["predict", str(imagenet_samples[0]), "--model", "poolformer_s12",
+                 "--checkpoint", str(checkpoint.parent / "nope.pth")]) == 2
+    assert "nope.pth does not exist" in capsys.readouterr().err
+
+
+def test_list_and_info(capsys):
+    assert main(["list"]) == 0
+    listing = capsys.readouterr().out
+    assert "poolformer_m48" in listing and "metaformer_ppaa_s12_224" in listing
+    code, (info,) = run_json(capsys, "info", "poolformer_m48", "--json")
+    info_text = json.dumps(info)
+    assert code == 0 and info["params"] == 73_473_448 and round(info["macs"] / 1e9, 1) == 11.6
+    assert info["config"]["depths"] == [8, 8, 24, 8] and info["crop_pct"] == 0.95 and "poolformer_m48" in info_text
+    assert main(["info", "metaformer_random_s12"]) == 0
+    assert "frozen" in capsys.readouterr().out
+
+
+def test_convert_command(official_checkpoint, tmp_path, capsys):
+    checkpoint, _ = official_checkpoint
+    assert main(["convert", str(checkpoint), str(tmp_path / "s12.safetensors"), "--to", "safetensors"]) == 0
+    assert main(["convert", str(tmp_path / "s12.safetensors"), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "t.safetensors"), "--to", "timm"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert (tmp_path / "hf" / "config.json").exists()
+
+
+def test_benchmark_command(capsys):
+    code, (result,) = run_json(
+        capsys, "benchmark", "--model", "poolformer_s12", "--batch-size", "2", "--image-size", "64",
+        "--iters", "2", "--warmup", "1", "--json",
+    )
+    assert code == 0 and result["images_per_s"] > 0 and result["peak_memory_mib"] > 0
+
+
+def test_console_script_runs():
+    command = shutil.which("metaformer")
+    args = [command] if command else [sys.executable, "-m", "metaformer"]
+    done = subprocess.run([*args, "info", "poolformer_s12", "--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["params"] == 11_915_176

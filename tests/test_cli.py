@@ -43,15 +43,23 @@ def test_predict_matches_hugging_face_top5_on_real_photos(official_checkpoint, i
     gray = [p for p in imagenet_samples if Image.open(p).mode == "L"]
     photos += gray
     code, results = run_json(
-        capsys, "predict", *map(str, photos), "--model", "poolformer_s12", "--checkpoint", str(checkpoint),
-        "--json", "--batch-size", "4",
+        capsys,
+        "predict",
+        *map(str, photos),
+        "--model",
+        "poolformer_s12",
+        "--checkpoint",
+        str(checkpoint),
+        "--json",
+        "--batch-size",
+        "4",
     )
     assert code == 0 and len(results) == len(photos)
 
     hf = transformers.PoolFormerForImageClassification.from_pretrained(hf_folder).eval()
     processor = transformers.PoolFormerImageProcessorPil(crop_pct=0.9)
     labels = imagenet_labels()
-    for path, result in zip(photos, results):
+    for path, result in zip(photos, results, strict=False):
         assert result["path"] == str(path)
         with torch.no_grad():
             pixels = processor(Image.open(path).convert("RGB"), return_tensors="pt")["pixel_values"]
@@ -71,8 +79,17 @@ def test_predict_folders_recursively_and_reports_bad_files(official_checkpoint, 
     (nested / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     (nested / "notes.txt").write_text("not an image, not picked up from a folder")
     code, results = run_json(
-        capsys, "predict", str(tmp_path / "photos"), str(tmp_path / "missing.png"), "--model", "poolformer_s12",
-        "--checkpoint", str(checkpoint), "--json", "--topk", "3",
+        capsys,
+        "predict",
+        str(tmp_path / "photos"),
+        str(tmp_path / "missing.png"),
+        "--model",
+        "poolformer_s12",
+        "--checkpoint",
+        str(checkpoint),
+        "--json",
+        "--topk",
+        "3",
     )
     assert code == 1
     errors = {r["path"]: r["error"] for r in results if "error" in r}
@@ -85,14 +102,38 @@ def test_predict_folders_recursively_and_reports_bad_files(official_checkpoint, 
 
 def test_predict_human_output_and_usage_errors(official_checkpoint, imagenet_samples, capsys):
     checkpoint, _ = official_checkpoint
-    assert main(["predict", str(imagenet_samples[0]), "--model", "poolformer_s12", "--checkpoint",
-                 str(checkpoint), "--topk", "2"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(imagenet_samples[0]),
+                "--model",
+                "poolformer_s12",
+                "--checkpoint",
+                str(checkpoint),
+                "--topk",
+                "2",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == str(imagenet_samples[0]) and len(lines) == 3 and "(" in lines[1]
     with pytest.raises(SystemExit, match="--checkpoint FILE"):
         main(["predict", str(imagenet_samples[0]), "--model", "poolformer_s12"])
-    assert main(["predict", str(imagenet_samples[0]), "--model", "poolformer_s12",
-                 "--checkpoint", str(checkpoint.parent / "nope.pth")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(imagenet_samples[0]),
+                "--model",
+                "poolformer_s12",
+                "--checkpoint",
+                str(checkpoint.parent / "nope.pth"),
+            ]
+        )
+        == 2
+    )
     assert "nope.pth does not exist" in capsys.readouterr().err
 
 
@@ -119,8 +160,19 @@ def test_convert_command(official_checkpoint, tmp_path, capsys):
 
 def test_benchmark_command(capsys):
     code, (result,) = run_json(
-        capsys, "benchmark", "--model", "poolformer_s12", "--batch-size", "2", "--image-size", "64",
-        "--iters", "2", "--warmup", "1", "--json",
+        capsys,
+        "benchmark",
+        "--model",
+        "poolformer_s12",
+        "--batch-size",
+        "2",
+        "--image-size",
+        "64",
+        "--iters",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
     )
     assert code == 0 and result["images_per_s"] > 0 and result["peak_memory_mib"] > 0
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import metaformer
 from metaformer.checkpoints import save_checkpoint
 
 transformers = pytest.importorskip("transformers")

@@ -42,14 +42,10 @@ def time_forward(
     target = torch.device(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.eval().to(target, memory_format=memory_format)
-    images = torch.randn(batch_size, 3, image_size, image_size, device=target).contiguous(
-        memory_format=memory_format
-    )
+    images = torch.randn(batch_size, 3, image_size, image_size, device=target).contiguous(memory_format=memory_format)
     if target.type == "cuda":
         torch.cuda.reset_peak_memory_stats(target)
-    autocast = (
-        torch.autocast(target.type, dtype=DTYPES[dtype]) if dtype != "float32" else contextlib.nullcontext()
-    )
+    autocast = torch.autocast(target.type, dtype=DTYPES[dtype]) if dtype != "float32" else contextlib.nullcontext()
     times = []
     with autocast:
         for step in range(warmup + iters):

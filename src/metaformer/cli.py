@@ -43,7 +43,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else (2 if count > args.batch_size else 0)
     failed = 0
     for result in predict(
-        model, args.paths, processor, args.topk, args.batch_size, device, workers, progress=count > args.batch_size
+        model,
+        args.paths,
+        processor,
+        args.topk,
+        args.batch_size,
+        device,
+        workers,
+        progress=count > args.batch_size,
     ):
         failed += result.error is not None
         if args.json:
@@ -102,8 +109,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(info))
         return 0
     print(f"{info['name']}: {info['description']}")
-    print(f"  params      {info['params'] / 1e6:.3f} M" + (
-        f" (+{info['frozen_params'] / 1e6:.3f} M frozen)" if info["frozen_params"] else ""))
+    print(
+        f"  params      {info['params'] / 1e6:.3f} M"
+        + (f" (+{info['frozen_params'] / 1e6:.3f} M frozen)" if info["frozen_params"] else "")
+    )
     print(f"  MACs        {info['macs'] / 1e9:.3f} G at {info['image_size']}x{info['image_size']}")
     print(f"  eval        crop_pct {info['crop_pct']}, bicubic, ImageNet mean/std")
     for key, value in info["config"].items():
@@ -130,7 +139,14 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     device = _device(args.device)
     model = create_model(args.model, image_size=args.image_size)
     result = time_forward(
-        model, args.batch_size, args.image_size, device, args.dtype, args.warmup, args.iters, not args.no_channels_last
+        model,
+        args.batch_size,
+        args.image_size,
+        device,
+        args.dtype,
+        args.warmup,
+        args.iters,
+        not args.no_channels_last,
     )
     result["model"] = args.model
     if args.json:

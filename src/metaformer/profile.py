@@ -34,9 +34,7 @@ def count_macs(model: nn.Module, image_size: int = 224) -> int:
         else:
             norm_ops += output.numel() * (5 if affine else 4)
 
-    hooks = [
-        m.register_forward_hook(count_norm) for m in model.modules() if isinstance(m, _NORMS)
-    ]
+    hooks = [m.register_forward_hook(count_norm) for m in model.modules() if isinstance(m, _NORMS)]
     parameter = next(model.parameters())
     image = torch.zeros(1, 3, image_size, image_size, device=parameter.device, dtype=parameter.dtype)
     try:

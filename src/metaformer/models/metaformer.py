@@ -101,6 +101,9 @@ class MetaFormerBlock(nn.Module):
         return nn.Parameter(torch.full((dim,), config.layer_scale_init))
 
     def _add(self, x: torch.Tensor, branch: torch.Tensor, scale: nn.Parameter | None) -> torch.Tensor:
+        dropping = self.training and self.drop_path > 0
+        if scale is not None and self.residual and not dropping:
+            return torch.addcmul(x, branch, scale[:, None, None])  # scale and residual add in one pass
         if scale is not None:
             branch = branch * scale[:, None, None]
         branch = stochastic_depth(branch, self.drop_path, "row", self.training)
@@ -132,10 +135,7 @@ class MetaFormerStage(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, dim, *grid)) if config.pos_embed[index] else None
         mixer = config.mixers[index]
         self.blocks = nn.Sequential(
-            *(
-                MetaFormerBlock(config, dim, make_mixer(mixer, dim, grid, config.pool_size), rate)
-                for rate in drop_paths
-            )
+            *(MetaFormerBlock(config, dim, make_mixer(mixer, dim, grid, config.pool_size), rate) for rate in drop_paths)
         )
         self.grad_checkpointing = False
 

@@ -49,45 +49,123 @@ def _register(
 # The five PoolFormers (Table 1 of the paper; official configurations).
 _S12 = dict(depths=(2, 2, 6, 2), widths=S_WIDTHS, layer_scale_init=1e-5, crop_pct=0.9)
 _register("poolformer_s12", "PoolFormer-S12", official=True, hf=True, timm=True, **_S12)
-_register("poolformer_s24", "PoolFormer-S24", True, True, True,
-          depths=(4, 4, 12, 4), widths=S_WIDTHS, layer_scale_init=1e-5, crop_pct=0.9)
-_register("poolformer_s36", "PoolFormer-S36", True, True, True,
-          depths=(6, 6, 18, 6), widths=S_WIDTHS, layer_scale_init=1e-6, crop_pct=0.9)
-_register("poolformer_m36", "PoolFormer-M36", True, True, True,
-          depths=(6, 6, 18, 6), widths=M_WIDTHS, layer_scale_init=1e-6, crop_pct=0.95)
-_register("poolformer_m48", "PoolFormer-M48", True, True, True,
-          depths=(8, 8, 24, 8), widths=M_WIDTHS, layer_scale_init=1e-6, crop_pct=0.95)
+_register(
+    "poolformer_s24",
+    "PoolFormer-S24",
+    True,
+    True,
+    True,
+    depths=(4, 4, 12, 4),
+    widths=S_WIDTHS,
+    layer_scale_init=1e-5,
+    crop_pct=0.9,
+)
+_register(
+    "poolformer_s36",
+    "PoolFormer-S36",
+    True,
+    True,
+    True,
+    depths=(6, 6, 18, 6),
+    widths=S_WIDTHS,
+    layer_scale_init=1e-6,
+    crop_pct=0.9,
+)
+_register(
+    "poolformer_m36",
+    "PoolFormer-M36",
+    True,
+    True,
+    True,
+    depths=(6, 6, 18, 6),
+    widths=M_WIDTHS,
+    layer_scale_init=1e-6,
+    crop_pct=0.95,
+)
+_register(
+    "poolformer_m48",
+    "PoolFormer-M48",
+    True,
+    True,
+    True,
+    depths=(8, 8, 24, 8),
+    widths=M_WIDTHS,
+    layer_scale_init=1e-6,
+    crop_pct=0.95,
+)
 
 # The official hybrid and identity models (Table 5's hybrid rows and identity row; released weights).
 _P, _A, _F = "pooling", "attention", "spatial_mlp"
-_register("metaformer_id_s12", "S12 with identity token mixers", official=True,
-          **{**_S12, "mixers": ("identity",) * 4})
-_register("metaformer_pppa_s12_224", "S12 hybrid [Pool, Pool, Pool, Attention]", official=True,
-          **{**_S12, "mixers": (_P, _P, _P, _A), "pos_embed": (False, False, False, True),
-             "norm": "layernorm", "crop_pct": 0.95})
-_register("metaformer_ppaa_s12_224", "S12 hybrid [Pool, Pool, Attention, Attention]", official=True,
-          **{**_S12, "mixers": (_P, _P, _A, _A), "pos_embed": (False, False, True, False),
-             "norm": "layernorm", "crop_pct": 0.95})
-_register("metaformer_pppf_s12_224", "S12 hybrid [Pool, Pool, Pool, SpatialFC]", official=True,
-          **{**_S12, "mixers": (_P, _P, _P, _F)})
-_register("metaformer_ppff_s12_224", "S12 hybrid [Pool, Pool, SpatialFC, SpatialFC]", official=True,
-          **{**_S12, "mixers": (_P, _P, _F, _F), "crop_pct": 0.95})
+_register(
+    "metaformer_id_s12",
+    "S12 with identity token mixers",
+    official=True,
+    **{**_S12, "mixers": ("identity",) * 4},
+)
+_register(
+    "metaformer_pppa_s12_224",
+    "S12 hybrid [Pool, Pool, Pool, Attention]",
+    official=True,
+    **{
+        **_S12,
+        "mixers": (_P, _P, _P, _A),
+        "pos_embed": (False, False, False, True),
+        "norm": "layernorm",
+        "crop_pct": 0.95,
+    },
+)
+_register(
+    "metaformer_ppaa_s12_224",
+    "S12 hybrid [Pool, Pool, Attention, Attention]",
+    official=True,
+    **{
+        **_S12,
+        "mixers": (_P, _P, _A, _A),
+        "pos_embed": (False, False, True, False),
+        "norm": "layernorm",
+        "crop_pct": 0.95,
+    },
+)
+_register(
+    "metaformer_pppf_s12_224",
+    "S12 hybrid [Pool, Pool, Pool, SpatialFC]",
+    official=True,
+    **{**_S12, "mixers": (_P, _P, _P, _F)},
+)
+_register(
+    "metaformer_ppff_s12_224",
+    "S12 hybrid [Pool, Pool, SpatialFC, SpatialFC]",
+    official=True,
+    **{**_S12, "mixers": (_P, _P, _F, _F), "crop_pct": 0.95},
+)
 
 # The other ablation rows of Table 5, each a change of PoolFormer-S12 (no released weights).
 for _k in (5, 7, 9):
     _register(f"poolformer_s12_pool{_k}", f"S12 ablation: pooling size {_k}", **{**_S12, "pool_size": _k})
-_register("metaformer_random_s12", "S12 ablation: frozen global random matrix per block (+21.1M frozen)",
-          **{**_S12, "mixers": ("random",) * 4})
-_register("metaformer_dwconv_s12", "S12 ablation: 3x3 depthwise convolution mixer",
-          **{**_S12, "mixers": ("dwconv",) * 4})
-_register("poolformer_s12_layernorm", "S12 ablation: LayerNorm over channels instead of MLN",
-          **{**_S12, "norm": "layernorm"})
+_register(
+    "metaformer_random_s12",
+    "S12 ablation: frozen global random matrix per block (+21.1M frozen)",
+    **{**_S12, "mixers": ("random",) * 4},
+)
+_register(
+    "metaformer_dwconv_s12",
+    "S12 ablation: 3x3 depthwise convolution mixer",
+    **{**_S12, "mixers": ("dwconv",) * 4},
+)
+_register(
+    "poolformer_s12_layernorm",
+    "S12 ablation: LayerNorm over channels instead of MLN",
+    **{**_S12, "norm": "layernorm"},
+)
 _register("poolformer_s12_batchnorm", "S12 ablation: BatchNorm instead of MLN", **{**_S12, "norm": "batchnorm"})
 _register("poolformer_s12_nonorm", "S12 ablation: no normalization", **{**_S12, "norm": "none"})
 _register("poolformer_s12_relu", "S12 ablation: ReLU instead of GELU", **{**_S12, "act": "relu"})
 _register("poolformer_s12_silu", "S12 ablation: SiLU instead of GELU", **{**_S12, "act": "silu"})
-_register("poolformer_s12_noresidual", "S12 ablation: no residual connections (does not train)",
-          **{**_S12, "residual": False})
+_register(
+    "poolformer_s12_noresidual",
+    "S12 ablation: no residual connections (does not train)",
+    **{**_S12, "residual": False},
+)
 _register("poolformer_s12_nomlp", "S12 ablation: no channel MLP", **{**_S12, "use_mlp": False})
 
 

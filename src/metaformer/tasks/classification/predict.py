@@ -37,7 +37,8 @@ def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
     for path in map(Path, paths):
         if path.is_dir():
             found += sorted(
-                p for p in path.rglob("*")
+                p
+                for p in path.rglob("*")
                 if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
             )
         else:
@@ -107,10 +108,10 @@ def predict(
                 images = torch.stack([x for _, x in good]).to(device).contiguous(memory_format=torch.channels_last)
                 probs = model(images).float().softmax(-1)
                 values, indices = probs.topk(topk, dim=-1)
-                for (i, _), top_values, top_indices in zip(good, values.tolist(), indices.tolist()):
+                for (i, _), top_values, top_indices in zip(good, values.tolist(), indices.tolist(), strict=False):
                     top = [
                         {"index": c, "label": labels[c], "prob": round(p, 6)}
-                        for p, c in zip(top_values, top_indices)
+                        for p, c in zip(top_values, top_indices, strict=False)
                     ]
                     results[i] = Prediction(str(files[i]), top)
             for i, _, error in batch:

@@ -111,7 +111,7 @@ def test_wrong_model_names_missing_and_unexpected_keys(random_model, tmp_path):
 
 
 def test_shape_conflicts_are_named(random_model, tmp_path):
-    path = save_checkpoint(random_model("poolformer_m36"), tmp_path / "m36.safetensors")
+    path = save_checkpoint(random_model("poolformer_m36"), tmp_path / "m36.pth.tar", to="official")
     with pytest.raises(CheckpointError, match=r"shape conflicts: .*stem.proj.weight \(checkpoint \(96, 3, 7, 7\)"):
         metaformer.create_model("poolformer_s36", checkpoint=path)
 
@@ -127,7 +127,7 @@ def test_missing_keys_are_named(random_model, tmp_path):
 def test_new_number_of_classes_reinitialises_the_head(random_model, tmp_path):
     source = random_model("poolformer_s12")
     path = save_checkpoint(source, tmp_path / "w.pth.tar", to="official")
-    with pytest.warns(CheckpointWarning, match="head re-initialised for 5 classes .* has 1000"):
+    with pytest.warns(CheckpointWarning, match="head initialised fresh for 5 classes .* has 1000"):
         model = metaformer.create_model("poolformer_s12", num_classes=5, checkpoint=path)
     assert model.head.weight.shape == (5, 512)
     torch.testing.assert_close(model.eval().forward_features(X), source.forward_features(X))
@@ -186,7 +186,7 @@ def test_hf_export_refuses_models_hf_cannot_express(random_model, tmp_path):
 
 def test_convert_chain_through_every_format(random_model, tmp_path):
     model = random_model("poolformer_s12", seed=7)
-    official = save_checkpoint(model, tmp_path / "a.pth.tar", to="official")
+    official = save_checkpoint(model, tmp_path / "poolformer_s12.pth.tar", to="official")  # the release's name
     ours = metaformer.convert_checkpoint(official, tmp_path / "b.safetensors", "metaformer")
     timm_file = metaformer.convert_checkpoint(ours, tmp_path / "c.pth", "timm")
     hf_folder = metaformer.convert_checkpoint(timm_file, tmp_path / "d", "hf")
@@ -246,3 +246,14 @@ def test_pretrained_offline_says_how_to_use_a_local_file(tmp_path, monkeypatch):
         metaformer.create_model("poolformer_s12", pretrained=True)
     with pytest.raises(CheckpointError, match="has no released weights"):
         metaformer.create_model("poolformer_s12_relu", pretrained=True)
+
+
+def test_convert_names_the_candidates_when_the_layout_is_ambiguous(random_model, tmp_path):
+    path = save_checkpoint(random_model("metaformer_id_s12"), tmp_path / "weights.pth.tar", to="official")
+    with pytest.raises(CheckpointError, match=r"fits several models \(poolformer_s12, metaformer_id_s12, .*--model"):
+        metaformer.convert_checkpoint(path, tmp_path / "out.safetensors", "metaformer")
+    out = metaformer.convert_checkpoint(path, tmp_path / "out.safetensors", "metaformer", model_name="metaformer_id_s12")
+    assert read_state_dict(out)[1]["model"] == "metaformer_id_s12"
+    # Our files carry their architecture: loading one into another model is refused with the difference named.
+    with pytest.raises(CheckpointError, match=r"saved from another architecture .* mixers=\('identity'"):
+        metaformer.create_model("poolformer_s12", checkpoint=out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import metaformer
 from metaformer.checkpoints import save_checkpoint
 
 transformers = pytest.importorskip("transformers")
@@ -34,3 +35,25 @@ def test_logits_equal_hugging_face_and_features_equal_timm(name, random_model, t
     assert (features - timm_features).abs().max() <= 1e-4
     # timm pools before its final norm (unlike the official head): our head gives the official logits.
     assert ours.argmax(-1).tolist() == theirs.argmax(-1).tolist()
+
+
+def test_files_written_by_hugging_face_and_timm_load_here(tmp_path):
+    """The other direction: weights saved by the peers themselves, not by our exporter."""
+    torch.manual_seed(0)
+    hf = transformers.PoolFormerForImageClassification(
+        transformers.PoolFormerConfig(num_labels=7, id2label={i: f"c{i}" for i in range(7)})
+    ).eval()
+    timm_model = timm.create_model("poolformer_s12", num_classes=7).eval()
+    for model in (hf, timm_model):
+        for name, param in model.named_parameters():  # non-trivial weights
+            if "layer_scale" in name:
+                param.data.uniform_(0.1, 1.0)
+    hf.save_pretrained(tmp_path / "hf")
+    torch.save(timm_model.state_dict(), tmp_path / "timm.pth")
+    x = torch.randn(2, 3, 96, 128)
+    ours_hf = metaformer.create_model("poolformer_s12", num_classes=7, checkpoint=tmp_path / "hf").eval()
+    ours_timm = metaformer.create_model("poolformer_s12", num_classes=7, checkpoint=tmp_path / "timm.pth").eval()
+    with torch.no_grad():
+        assert (ours_hf(x) - hf(x).logits).abs().max() <= 1e-4
+        assert (ours_timm.forward_features(x) - timm_model.forward_features(x)).abs().max() <= 1e-4
+    assert ours_hf.config.labels == tuple(f"c{i}" for i in range(7))

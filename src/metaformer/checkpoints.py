@@ -7,6 +7,7 @@ against the model's own keys, so a key that does not fit is reported, never sile
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +25,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .models.layers import make_norm
+from .models.layers import make_norm, resize_pos_embed
 from .models.metaformer import MetaFormer, MetaFormerConfig, MetaFormerFeatures
-from .models.zoo import get_spec, list_models, resolve_config
+from .models.zoo import get_spec, list_models
 
 FORMATS = ("metaformer", "official", "timm", "hf")
 StateDict = dict[str, torch.Tensor]
@@ -43,19 +44,21 @@ class CheckpointWarning(UserWarning):
 # --------------------------------------------------------------------------------------------- reading files
 
 
-def read_state_dict(path: str | os.PathLike) -> tuple[StateDict, dict[str, str]]:
+def read_state_dict(path: str | os.PathLike) -> tuple[StateDict, dict]:
     """Tensors and metadata of a checkpoint file or Hugging Face folder. Never unpickles arbitrary objects."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.is_dir():
-        return _read_hf_folder(path)
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    return _strip_module_prefix(_torch_load(path)), {}
+        state_dict, metadata = _read_hf_folder(path)
+    elif path.suffix == ".safetensors":
+        state_dict, metadata = _read_safetensors(path)
+    else:
+        state_dict, metadata = _torch_load(path), {}
+    return _strip_prefixes(state_dict), metadata
 
 
-def _read_safetensors(path: Path) -> tuple[StateDict, dict[str, str]]:
+def _read_safetensors(path: Path) -> tuple[StateDict, dict]:
     from safetensors import safe_open
 
     try:
@@ -83,10 +86,11 @@ def _torch_load(path: Path) -> StateDict:
         ) from error
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint ({str(error).splitlines()[0]}). Expected a state_dict "
+            f"{path}: not a readable PyTorch checkpoint ({(str(error) or type(error).__name__).splitlines()[0]}). "
+            "Expected a state_dict "
             "file (.pth, .pth.tar, .bin), a .safetensors file or a Hugging Face model folder."
         ) from error
-    for wrapper in ("state_dict", "model", "module"):
+    for wrapper in ("state_dict", "model", "module", "state_dict_ema"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
             break
@@ -98,21 +102,30 @@ def _torch_load(path: Path) -> StateDict:
     return obj
 
 
-def _strip_module_prefix(state_dict: StateDict) -> StateDict:
-    # DistributedDataParallel saves every name under "module.".
-    if all(k.startswith("module.") for k in state_dict):
-        return {k[len("module.") :]: v for k, v in state_dict.items()}
+def _strip_prefixes(state_dict: StateDict) -> StateDict:
+    # DistributedDataParallel saves every name under "module."; mmdet/mmseg keep the backbone under "backbone."
+    # beside their neck and heads; Hugging Face's PoolFormerModel (no classifier) has no "poolformer." prefix.
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
+    if any(k.startswith("backbone.") for k in state_dict):
+        state_dict = {k[len("backbone.") :]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+    if any(k.startswith("encoder.patch_embeddings.") for k in state_dict):
+        state_dict = {"poolformer." + k: v for k, v in state_dict.items()}
     return state_dict
 
 
-def _read_hf_folder(path: Path) -> tuple[StateDict, dict[str, str]]:
+def _read_hf_folder(path: Path) -> tuple[StateDict, dict]:
     config_file = path / "config.json"
     if not config_file.exists():
         raise CheckpointError(f"{path} is a folder but has no config.json; expected a Hugging Face model folder")
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{config_file}: not valid JSON ({error})") from error
     for weights in ("model.safetensors", "pytorch_model.bin"):
         if (path / weights).exists():
             state_dict, _ = read_state_dict(path / weights)
-            return state_dict, {"hf_config": config_file.read_text()}
+            return state_dict, {"hf_config": config}
     raise CheckpointError(f"{path}: found config.json but neither model.safetensors nor pytorch_model.bin")
 
 
@@ -210,13 +223,82 @@ def convert_state_dict(state_dict: StateDict, config: MetaFormerConfig, to: str)
 
 # ------------------------------------------------------------------------------------------- loading weights
 
+ARCHITECTURE_FIELDS = (
+    "depths", "widths", "mixers", "pool_size", "norm", "act",
+    "mlp_ratio", "pos_embed", "residual", "use_mlp", "in_chans",
+)  # fmt: skip
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint's tensors in their own format, with what the file says about itself."""
+
+    state_dict: StateDict
+    format: str
+    source: str
+    metadata: dict = field(default_factory=dict)
+
+    def num_classes(self) -> int | None:
+        """Rows of the classifier head, or None if the checkpoint has no head."""
+        head = self.state_dict.get(_KEY_MAPS[self.format]("head.weight", MetaFormerConfig()))
+        return None if head is None else head.shape[0]
+
+    def stored_architecture(self) -> dict | None:
+        """The architecture the file declares (our metadata or a Hugging Face config.json), in our field names."""
+        if "config" in self.metadata:
+            stored = json.loads(self.metadata["config"])
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items() if k in ARCHITECTURE_FIELDS}
+        if "hf_config" in self.metadata:
+            hf = self.metadata["hf_config"]
+            stages = len(hf.get("depths", ()))
+            return {  # Hugging Face's PoolFormer is always pooling + GroupNorm with residuals and an MLP
+                "mixers": ("pooling",) * stages,
+                "norm": "groupnorm",
+                "pos_embed": (False,) * stages,
+                "residual": True,
+                "use_mlp": True,
+                "depths": tuple(hf.get("depths", ())),
+                "widths": tuple(hf.get("hidden_sizes", ())),
+                "pool_size": hf.get("pool_size", 3),
+                "act": hf.get("hidden_act", "gelu"),
+                "mlp_ratio": hf.get("mlp_ratio", 4.0),
+            }
+        return None
+
+    def labels(self, num_classes: int) -> tuple[str, ...] | None:
+        labels = None
+        if "labels" in self.metadata:
+            labels = json.loads(self.metadata["labels"])
+        elif "hf_config" in self.metadata:
+            id2label = self.metadata["hf_config"].get("id2label") or {}
+            labels = [id2label.get(str(i), "") for i in range(len(id2label))]
+        if labels and len(labels) == num_classes and all(labels):
+            return tuple(labels)
+        return None
+
+
+def open_checkpoint(source: str | os.PathLike | Mapping[str, torch.Tensor] | Checkpoint) -> Checkpoint:
+    """Read a checkpoint file, Hugging Face folder or in-memory state_dict, and detect its format."""
+    if isinstance(source, Checkpoint):
+        return source
+    if isinstance(source, Mapping):
+        state_dict = _strip_prefixes(dict(source))
+        not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+        if not_tensors:
+            raise CheckpointError(f"state_dict entries {not_tensors[:5]} are not tensors")
+        return Checkpoint(state_dict, detect_format(state_dict), "state_dict")
+    state_dict, metadata = read_state_dict(source)
+    return Checkpoint(state_dict, detect_format(state_dict), str(source), metadata)
+
 
 @dataclass
 class LoadReport:
-    path: str
+    source: str
     format: str
-    fresh: list[str] = field(default_factory=list)  # our keys initialised fresh (head for new classes, out norms)
+    fresh: list[str] = field(default_factory=list)  # our keys initialised fresh (new head, output norms)
     ignored: list[str] = field(default_factory=list)  # checkpoint keys deliberately not used
+    resized: list[str] = field(default_factory=list)  # position embeddings resized to the model's grid
+    checkpoint_classes: int | None = None  # rows of the checkpoint's head, when it is replaced
 
 
 def _summarise(keys: list[str], limit: int = 8) -> str:
@@ -229,65 +311,76 @@ def _classifier_keys(config: MetaFormerConfig) -> list[str]:
     return [f"norm.{k}" for k in norm.state_dict()] + ["head.weight", "head.bias"]
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> LoadReport:
-    """Load ``path`` (any supported format) into ``model``, or raise a ``CheckpointError`` saying what differs.
+def _check_architecture(checkpoint: Checkpoint, config: MetaFormerConfig, model_name: str) -> None:
+    stored = checkpoint.stored_architecture()
+    if not stored:
+        return
+    differences = [
+        f"{k}={stored[k]!r} (model: {getattr(config, k)!r})" for k in stored if stored[k] != getattr(config, k)
+    ]
+    if differences:
+        raise CheckpointError(
+            f"{checkpoint.source} was saved from another architecture than {model_name}: {', '.join(differences)}. "
+            "Create the model it was saved from (our .safetensors files name it: `metaformer convert` infers it)."
+        )
 
-    A classifier head of another size is left freshly initialised (fine-tuning); a feature extractor ignores the
-    head and starts its output norms fresh unless the file has them. Both are reported as a ``CheckpointWarning``.
-    """
-    state_dict, metadata = read_state_dict(path)
-    fmt = detect_format(state_dict)
+
+def _ignorable_keys(model: nn.Module, checkpoint: Checkpoint) -> set[str]:
+    """Checkpoint keys a model may leave unused: a classifier's head in a backbone or a head-less model, and the
+    output norms of stages a backbone does not return."""
     config: MetaFormerConfig = model.config
-    expected = model.state_dict()
-    to_theirs = {_KEY_MAPS[fmt](k, config): k for k in expected}
-    report = LoadReport(str(path), fmt)
-
-    ignorable: set[str] = set()
+    to_theirs = _KEY_MAPS[checkpoint.format]
+    keys: set[str] = set()
     if isinstance(model, MetaFormerFeatures):
-        ignorable = {_KEY_MAPS[fmt](k, config) for k in _classifier_keys(config)}
+        keys |= {to_theirs(k, config) for k in _classifier_keys(config)}
+        unused = [i for i in range(len(config.depths)) if i not in model.out_indices]
+        norm = make_norm(config.norm, 1).state_dict()
+        keys |= {to_theirs(f"out_norms.{i}.{k}", config) for i in unused for k in norm}
+    elif config.num_classes == 0:
+        keys |= {to_theirs(k, config) for k in ("head.weight", "head.bias")}
+    return keys
+
+
+def load_checkpoint(
+    model: MetaFormer | MetaFormerFeatures, source: str | os.PathLike | Mapping[str, torch.Tensor] | Checkpoint
+) -> LoadReport:
+    """Load weights in any supported format into ``model``, or raise a ``CheckpointError`` saying what differs.
+
+    Left fresh, with a ``CheckpointWarning``: a classifier head of another size or absent from the file
+    (fine-tuning), and a backbone's output norms when the file has none. A position embedding of another grid is
+    resized bicubically.
+    """
+    checkpoint = open_checkpoint(source)
+    config: MetaFormerConfig = model.config
+    name = getattr(model, "name", None) or type(model).__name__
+    _check_architecture(checkpoint, config, name)
+    expected = model.state_dict()
+    to_ours = {_KEY_MAPS[checkpoint.format](k, config): k for k in expected}
+    ignorable = _ignorable_keys(model, checkpoint)
+    report = LoadReport(checkpoint.source, checkpoint.format)
 
     converted: StateDict = {}
     unexpected: list[str] = []
-    for key, value in state_dict.items():
-        if key in to_theirs:
-            converted[to_theirs[key]] = value
+    for key, value in checkpoint.state_dict.items():
+        if key in to_ours:
+            converted[to_ours[key]] = value
         elif key in ignorable:
             report.ignored.append(key)
         else:
             unexpected.append(key)
-
-    if isinstance(model, MetaFormer) and "head.weight" in converted and "head.weight" in expected:
-        head, wanted = converted["head.weight"].shape, expected["head.weight"].shape
-        if head[0] != wanted[0] and head[1:] == wanted[1:]:
-            got = converted.pop("head.weight").shape[0]
-            converted.pop("head.bias", None)
-            report.fresh += ["head.weight", "head.bias"]
-            warnings.warn(
-                f"{path}: classifier head re-initialised for {config.num_classes} classes "
-                f"(the checkpoint's head has {got}); train it before use",
-                CheckpointWarning,
-                stacklevel=2,
-            )
+    _adapt_head(model, converted, expected, report)
+    _adapt_pos_embed(converted, expected, report)
     missing = [k for k in expected if k not in converted and k not in report.fresh]
     if isinstance(model, MetaFormerFeatures):
-        fresh_norms = [k for k in missing if k.startswith("out_norms.")]
-        if fresh_norms:
-            report.fresh += fresh_norms
-            missing = [k for k in missing if k not in fresh_norms]
-            warnings.warn(
-                f"{path}: loaded the backbone; the output norms of stages "
-                f"{sorted({k.split('.')[1] for k in fresh_norms})} are initialised fresh and the classifier "
-                "head is ignored",
-                CheckpointWarning,
-                stacklevel=2,
-            )
+        report.fresh += [k for k in missing if k.startswith("out_norms.")]
+        missing = [k for k in missing if k not in report.fresh]
     conflicts = [
         f"{k} (checkpoint {tuple(converted[k].shape)}, model {tuple(v.shape)})"
         for k, v in expected.items()
         if k in converted and converted[k].shape != v.shape
     ]
     if missing or unexpected or conflicts:
-        lines = [f"{path} ({fmt} format) does not fit {getattr(model, 'name', None) or type(model).__name__}:"]
+        lines = [f"{checkpoint.source} ({checkpoint.format} format) does not fit {name}:"]
         if missing:
             lines.append(f"  missing from the checkpoint: {_summarise(missing)}")
         if unexpected:
@@ -300,22 +393,51 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> LoadReport:
     with torch.no_grad():
         for key, value in converted.items():
             expected[key].copy_(value)
-    labels = _labels_from_metadata(metadata, config.num_classes)
-    if isinstance(model, MetaFormer) and labels and not report.fresh:
+    _warn_about(report, model)
+    labels = checkpoint.labels(config.num_classes)
+    if isinstance(model, MetaFormer) and labels and "head.weight" not in report.fresh:
         model.config = dataclasses.replace(model.config, labels=labels)
     return report
 
 
-def _labels_from_metadata(metadata: dict[str, str], num_classes: int) -> tuple[str, ...] | None:
-    labels = None
-    if "labels" in metadata:
-        labels = json.loads(metadata["labels"])
-    elif "hf_config" in metadata:
-        id2label = json.loads(metadata["hf_config"]).get("id2label") or {}
-        labels = [id2label.get(str(i), "") for i in range(len(id2label))]
-    if labels and len(labels) == num_classes and all(labels):
-        return tuple(labels)
-    return None
+def _adapt_head(model: nn.Module, converted: StateDict, expected: StateDict, report: LoadReport) -> None:
+    if not isinstance(model, MetaFormer) or "head.weight" not in expected:
+        return
+    if "head.weight" in converted:
+        head, wanted = converted["head.weight"].shape, expected["head.weight"].shape
+        if head[0] == wanted[0] or head[1:] != wanted[1:]:
+            return  # the same head, or another architecture: reported as a shape conflict
+        report.checkpoint_classes = converted.pop("head.weight").shape[0]
+        converted.pop("head.bias", None)
+    report.fresh += ["head.weight", "head.bias"]
+
+
+def _adapt_pos_embed(converted: StateDict, expected: StateDict, report: LoadReport) -> None:
+    for key, value in converted.items():
+        want = expected.get(key)
+        if key.endswith("pos_embed") and want is not None and value.shape[:2] == want.shape[:2]:
+            if value.shape != want.shape:
+                converted[key] = resize_pos_embed(value.float(), tuple(want.shape[-2:])).to(value.dtype)
+                report.resized.append(key)
+
+
+def _warn_about(report: LoadReport, model: nn.Module) -> None:
+    source = report.source
+    warn = functools.partial(warnings.warn, category=CheckpointWarning, stacklevel=4)  # the user's create_model
+    if "head.weight" in report.fresh:
+        had = report.checkpoint_classes
+        why = f"the checkpoint's head has {had}" if had is not None else "the checkpoint has no head"
+        warn(f"{source}: classifier head initialised fresh for {model.config.num_classes} classes ({why}); train it")
+    norms = sorted({k.split(".")[1] for k in report.fresh if k.startswith("out_norms.")})
+    if norms:
+        warn(
+            f"{source}: loaded the backbone; the output norms of stages {norms} are initialised fresh "
+            "(train them, or use a dense-prediction checkpoint)"
+        )
+    elif isinstance(model, MetaFormer) and report.ignored:
+        warn(f"{source}: the checkpoint's classifier head is not used (num_classes=0)")
+    if report.resized:
+        warn(f"{source}: position embedding resized to the model's token grid")
 
 
 # ------------------------------------------------------------------------------------------- saving weights
@@ -401,37 +523,58 @@ def _save_hf_folder(model: nn.Module, state_dict: StateDict, path: Path) -> Path
 
 # ------------------------------------------------------------------------------------------ converting files
 
+_SUFFIXES = (".safetensors", ".pth.tar", ".pth", ".bin", ".pt", ".tar")
 
-def infer_model_name(state_dict: StateDict, metadata: dict[str, str] | None = None) -> tuple[str, int]:
-    """The registered model (and number of classes) whose layout matches a state_dict in any format."""
-    metadata = metadata or {}
-    fmt = detect_format(state_dict)
-    if metadata.get("model"):
-        return metadata["model"], json.loads(metadata["config"])["num_classes"]
-    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+
+def _name_hint(source: str) -> str:
+    name = Path(source).name
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def infer_model_name(checkpoint: Checkpoint) -> str:
+    """The registered model a checkpoint belongs to: the name it records, else the one model whose layout and
+    declared architecture fit (the file name breaks ties, as in the official releases' names)."""
+    if checkpoint.metadata.get("model"):
+        return checkpoint.metadata["model"]
+    num_classes = checkpoint.num_classes() or 0
+    shapes = {k: tuple(v.shape) for k, v in checkpoint.state_dict.items()}
+    stored = checkpoint.stored_architecture() or {}
+    candidates = []
     for name in list_models():
-        config = resolve_config(name)
-        head = shapes.get(_KEY_MAPS[fmt]("head.weight", config))
-        config = dataclasses.replace(config, num_classes=head[0] if head else 0)
+        spec = get_spec(name)
+        config = dataclasses.replace(spec.config, num_classes=num_classes)
+        if checkpoint.format == "timm" and not spec.timm_name:
+            continue  # timm has only the PoolFormers
+        if any(getattr(config, k) != v for k, v in stored.items()):
+            continue
         with torch.device("meta"):
-            expected = MetaFormer(config).state_dict()
-        if shapes == {_KEY_MAPS[fmt](k, config): tuple(v.shape) for k, v in expected.items()}:
-            return name, config.num_classes
-    raise CheckpointError(f"no registered model has this checkpoint's layout ({fmt} format); pass the model name")
+            layout = {
+                _KEY_MAPS[checkpoint.format](k, config): tuple(v.shape)
+                for k, v in MetaFormer(config).state_dict().items()
+            }
+        if layout == shapes:
+            candidates.append(name)
+    hint = _name_hint(checkpoint.source)
+    if hint in candidates:
+        return hint
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise CheckpointError(f"{checkpoint.source}: no registered model has this layout ({checkpoint.format} format)")
+    raise CheckpointError(
+        f"{checkpoint.source}: the layout fits several models ({', '.join(candidates)}); name one (--model NAME)"
+    )
 
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str, model_name: str | None = None) -> Path:
     """Convert a checkpoint in any supported format into format ``to`` (see ``save_checkpoint``)."""
     from .api import create_model
 
-    state_dict, metadata = read_state_dict(src)
-    if model_name is None:
-        model_name, num_classes = infer_model_name(state_dict, metadata)
-    else:
-        fmt = detect_format(state_dict)
-        head = state_dict.get(_KEY_MAPS[fmt]("head.weight", resolve_config(model_name)))
-        num_classes = head.shape[0] if head is not None else 0
-    model = create_model(model_name, num_classes=num_classes, checkpoint=src)
+    checkpoint = open_checkpoint(src)
+    model = create_model(model_name or infer_model_name(checkpoint), checkpoint=checkpoint)
     return save_checkpoint(model, dst, to)
 
 

@@ -14,9 +14,20 @@ from .models.zoo import get_spec, list_models
 
 
 def _device(name: str) -> str:
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(f"error: --device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda asked for, but PyTorch sees no CUDA GPU here")
     return name
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def _load_classifier(args: argparse.Namespace):
@@ -68,6 +79,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     rows = [get_spec(name) for name in list_models(args.filter)]
+    if not rows:
+        print(f"no model name contains {args.filter!r}; `metaformer list` shows them all", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps([{"name": s.name, "description": s.description, "weights": s.url} for s in rows]))
         return 0
@@ -168,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model name (see `metaformer list`)")
     p.add_argument("--checkpoint", help="weights: official .pth.tar, timm or our .safetensors, HF folder")
     p.add_argument("--pretrained", action="store_true", help="download the official ImageNet-1k weights")
-    p.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--topk", type=_positive, default=5, help="classes to show per image (default 5)")
+    p.add_argument("--batch-size", type=_positive, default=32, help="images per forward pass (default 32)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: 2 for many images)")
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
@@ -195,12 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("benchmark", help="forward images/s and peak memory (random input)")
     p.add_argument("--model", required=True)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_positive, default=32)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3, help="untimed passes first")
+    p.add_argument("--iters", type=_positive, default=10)
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW contiguous tensors")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_benchmark)

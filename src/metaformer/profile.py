@@ -16,11 +16,11 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     return trainable, frozen
 
 
-def count_macs(model: nn.Module, image_size: int = 224) -> int:
-    """Multiply-accumulates of one forward pass on a ``image_size`` square image.
+def count_macs(model: nn.Module, image_size: int | None = None) -> int:
+    """Multiply-accumulates of one forward pass on a square image (default: the model's ``image_size``).
 
     As fvcore (which the paper used): convolutions, linear layers and matrix products, plus normalisation layers
-    at 5 operations per element with an affine transform (4 without; 2 and 1 for BatchNorm in eval mode).
+    at 5 operations per element with an affine transform (4 without; 2 and 1 for BatchNorm, counted in eval mode).
     The channel LayerNorm is not counted either: the official one is built of elementwise operations, which
     fvcore skips. Pooling, activations and elementwise sums are not counted.
     """
@@ -29,18 +29,23 @@ def count_macs(model: nn.Module, image_size: int = 224) -> int:
     def count_norm(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         nonlocal norm_ops
         affine = getattr(module, "weight", None) is not None
-        if isinstance(module, nn.BatchNorm2d) and not module.training:
+        if isinstance(module, nn.BatchNorm2d):
             norm_ops += output.numel() * (2 if affine else 1)
         else:
             norm_ops += output.numel() * (5 if affine else 4)
 
     hooks = [m.register_forward_hook(count_norm) for m in model.modules() if isinstance(m, _NORMS)]
+    config = model.config
+    size = image_size or config.image_size
     parameter = next(model.parameters())
-    image = torch.zeros(1, 3, image_size, image_size, device=parameter.device, dtype=parameter.dtype)
+    image = torch.zeros(1, config.in_chans, size, size, device=parameter.device, dtype=parameter.dtype)
+    training = model.training
+    model.eval()  # counting must not update BatchNorm statistics
     try:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             model(image)
     finally:
+        model.train(training)
         for hook in hooks:
             hook.remove()
     return counter.get_total_flops() // 2 + norm_ops

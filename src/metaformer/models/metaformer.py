@@ -11,7 +11,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import stochastic_depth
 
-from .layers import ConvEmbed, ConvMlp, make_norm, resize_pos_embed
+from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from .layers import ACTIVATIONS, NORMS, ConvEmbed, ConvMlp, make_norm, resize_pos_embed
 from .mixers import MIXERS, make_mixer
 
 STEM = (7, 4, 2)  # kernel, stride, padding of the patch embedding
@@ -52,6 +53,20 @@ class MetaFormerConfig:
             raise ValueError(f"unknown token mixer(s) {unknown}; choose from {list(MIXERS)}")
         if self.labels is not None and len(self.labels) != self.num_classes:
             raise ValueError(f"{len(self.labels)} labels given for {self.num_classes} classes")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0 (0: no head), got {self.num_classes}")
+        for name in ("drop_rate", "drop_path_rate"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} is a probability in [0, 1), got {getattr(self, name)}")
+        if self.image_size < MIN_INPUT_SIDE:
+            raise ValueError(f"image_size must be >= {MIN_INPUT_SIDE}, got {self.image_size}")
+        if self.pool_size < 1 or self.pool_size % 2 == 0:
+            raise ValueError(f"pool_size must be odd and positive to keep the token grid, got {self.pool_size}")
+        if self.norm not in NORMS or self.act not in ACTIVATIONS:
+            raise ValueError(
+                f"norm must be one of {sorted(NORMS)} and act one of {sorted(ACTIVATIONS)}, got {self.norm!r}, "
+                f"{self.act!r}"
+            )
 
     def stage_grids(self, image_size: int | None = None) -> list[tuple[int, int]]:
         """Token grid (H, W) of each stage for a square input of ``image_size``."""
@@ -167,6 +182,22 @@ class _Trunk(nn.Module):
             stages.append(MetaFormerStage(config, index, grids[index], rates[start : start + depth]))
         self.stages = nn.ModuleList(stages)
 
+    @property
+    def pretrained_cfg(self) -> dict:
+        """Evaluation preprocessing, in the keys timm uses."""
+        size = self.config.image_size
+        return {
+            "input_size": (self.config.in_chans, size, size),
+            "crop_pct": self.config.crop_pct,
+            "interpolation": "bicubic",
+            "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD,
+        }
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters the paper's recipe does not decay besides norms and biases: layer scales, position tables."""
+        return {n for n, _ in self.named_parameters() if "layer_scale" in n or n.endswith("pos_embed")}
+
     def _init_weights(self) -> None:
         # As the official code: truncated normal for every linear map and the MLP's 1x1 convolutions.
         for module in self.modules():
@@ -216,16 +247,21 @@ class MetaFormer(_Trunk):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def reset_classifier(self, num_classes: int, labels: Sequence[str] | None = None) -> None:
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, *, labels: Sequence[str] | None = None) -> None:
         """Replace the head with a freshly initialised one for ``num_classes`` classes (fine-tuning)."""
         self.config = dataclasses.replace(
             self.config, num_classes=num_classes, labels=tuple(labels) if labels else None
         )
-        device = self.norm.weight.device if hasattr(self.norm, "weight") else None
-        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes else nn.Identity()
+        reference = self.stem.proj.weight
         if num_classes:
+            self.head = nn.Linear(self.num_features, num_classes, device=reference.device, dtype=reference.dtype)
             nn.init.trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
+        else:
+            self.head = nn.Identity()
 
 
 class MetaFormerFeatures(_Trunk):
@@ -242,6 +278,10 @@ class MetaFormerFeatures(_Trunk):
         self.out_norms = nn.ModuleDict({str(i): make_norm(config.norm, config.widths[i]) for i in self.out_indices})
         self.out_channels = [config.widths[i] for i in self.out_indices]
         self.strides = [STEM[1] * DOWNSAMPLE[1] ** i for i in self.out_indices]
+        self.feature_info = [
+            {"num_chs": c, "reduction": r, "module": f"stages.{i}"}
+            for i, c, r in zip(self.out_indices, self.out_channels, self.strides, strict=True)
+        ]
         self._init_weights()
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

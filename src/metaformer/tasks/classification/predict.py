@@ -93,6 +93,9 @@ def predict(
     labels = class_labels(model)
     topk = min(topk, model.num_classes)
     model = model.eval().to(device)
+    if model.num_classes == 0:
+        raise ValueError("the model has no classifier head (num_classes=0); load a classification checkpoint")
+    dtype = next(model.parameters()).dtype
     loader = DataLoader(
         _ImageFiles(files, processor),
         batch_size=batch_size,
@@ -105,7 +108,9 @@ def predict(
             good = [(i, x) for i, x, _ in batch if x is not None]
             results: dict[int, Prediction] = {}
             if good:
-                images = torch.stack([x for _, x in good]).to(device).contiguous(memory_format=torch.channels_last)
+                images = (
+                    torch.stack([x for _, x in good]).to(device, dtype).contiguous(memory_format=torch.channels_last)
+                )
                 probs = model(images).float().softmax(-1)
                 values, indices = probs.topk(topk, dim=-1)
                 for (i, _), top_values, top_indices in zip(good, values.tolist(), indices.tolist(), strict=False):

@@ -50,21 +50,45 @@ def test_round_trip_every_format(to, filename, random_model, tmp_path):
     assert torch.equal(outputs(loaded), outputs(model))
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["metaformer_pppa_s12_224", "metaformer_ppaa_s12_224", "metaformer_ppff_s12_224", "metaformer_id_s12"],
-)
-def test_official_layout_of_hybrids(name, random_model, tmp_path):
+# The official ``network`` list of each released S12 model, written out from the official model definitions:
+# B = a stage's blocks (with the token mixer's own parameters), D = downsampling, P = position embedding.
+OFFICIAL_LAYOUTS = {
+    "poolformer_s12": ["B", "D", "B", "D", "B", "D", "B"],
+    "metaformer_id_s12": ["B", "D", "B", "D", "B", "D", "B"],
+    "metaformer_pppa_s12_224": ["B", "D", "B", "D", "B", "D", "P", "B:qkv"],
+    "metaformer_ppaa_s12_224": ["B", "D", "B", "D", "P", "B:qkv", "D", "B:qkv"],
+    "metaformer_pppf_s12_224": ["B", "D", "B", "D", "B", "D", "B:fc49"],
+    "metaformer_ppff_s12_224": ["B", "D", "B", "D", "B:fc196", "D", "B:fc49"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_LAYOUTS))
+def test_official_layouts(name, random_model, tmp_path):
     model = random_model(name)
     official = convert_state_dict(model.state_dict(), model.config, "official")
-    if name == "metaformer_pppa_s12_224":  # position embedding is its own entry before the last stage
-        assert official["network.6.pos_embed"].shape == (1, 512, 7, 7) and "network.7.0.norm1.weight" in official
-        assert "network.6.0.token_mixer.qkv.weight" not in official
-    if name == "metaformer_ppaa_s12_224":
-        assert official["network.4.pos_embed"].shape == (1, 320, 14, 14)
-        assert "network.5.0.token_mixer.qkv.weight" in official and "network.6.proj.weight" in official
-    if name == "metaformer_ppff_s12_224":
-        assert official["network.4.0.token_mixer.fc.weight"].shape == (196, 196)
+    depths = iter((2, 2, 6, 2))
+    for index, entry in enumerate(OFFICIAL_LAYOUTS[name]):
+        kind, _, mixer = entry.partition(":")
+        keys = {k for k in official if k.startswith(f"network.{index}.")}
+        if kind == "D":
+            assert keys == {f"network.{index}.proj.weight", f"network.{index}.proj.bias"}
+        elif kind == "P":
+            assert keys == {f"network.{index}.pos_embed"}
+        else:
+            depth = next(depths)
+            assert f"network.{index}.{depth - 1}.layer_scale_2" in keys
+            assert f"network.{index}.{depth}.norm1.weight" not in keys
+            if mixer == "qkv":
+                assert official[f"network.{index}.0.token_mixer.qkv.weight"].shape[0] % 3 == 0
+                assert f"network.{index}.0.token_mixer.qkv.bias" not in keys  # qkv_bias=False officially
+            elif mixer.startswith("fc"):
+                tokens = int(mixer[2:])
+                assert official[f"network.{index}.0.token_mixer.fc.weight"].shape == (tokens, tokens)
+            else:
+                assert not any(".token_mixer." in k for k in keys)
+    assert {k for k in official if not k.startswith("network.")} == {
+        "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight", "norm.bias", "head.weight", "head.bias"
+    }  # fmt: skip
     torch.save(official, tmp_path / "w.pth.tar")
     loaded = metaformer.create_model(name, checkpoint=tmp_path / "w.pth.tar")
     x = torch.randn(1, 3, 224, 224)
@@ -252,8 +276,99 @@ def test_convert_names_the_candidates_when_the_layout_is_ambiguous(random_model,
     path = save_checkpoint(random_model("metaformer_id_s12"), tmp_path / "weights.pth.tar", to="official")
     with pytest.raises(CheckpointError, match=r"fits several models \(poolformer_s12, metaformer_id_s12, .*--model"):
         metaformer.convert_checkpoint(path, tmp_path / "out.safetensors", "metaformer")
-    out = metaformer.convert_checkpoint(path, tmp_path / "out.safetensors", "metaformer", model_name="metaformer_id_s12")
+    out = metaformer.convert_checkpoint(
+        path, tmp_path / "out.safetensors", "metaformer", model_name="metaformer_id_s12"
+    )
     assert read_state_dict(out)[1]["model"] == "metaformer_id_s12"
     # Our files carry their architecture: loading one into another model is refused with the difference named.
     with pytest.raises(CheckpointError, match=r"saved from another architecture .* mixers=\('identity'"):
         metaformer.create_model("poolformer_s12", checkpoint=out)
+
+
+def test_fine_tuned_checkpoint_keeps_its_head_and_labels(random_model, tmp_path):
+    model = random_model("poolformer_s12", num_classes=4)
+    model.reset_classifier(4, labels=["daisy", "rose", "tulip", "iris"])
+    path = save_checkpoint(model, tmp_path / "flowers.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is re-initialised
+        loaded = metaformer.create_model("poolformer_s12", checkpoint=path)
+    assert loaded.num_classes == 4 and loaded.config.labels == ("daisy", "rose", "tulip", "iris")
+    assert torch.equal(outputs(loaded), outputs(model))
+    official = save_checkpoint(model, tmp_path / "flowers.pth.tar", to="official")  # no labels in this format
+    assert metaformer.create_model("poolformer_s12", checkpoint=official).num_classes == 4
+
+
+def test_in_memory_state_dicts_and_other_wrappers(random_model, tmp_path):
+    model = random_model("poolformer_s12")
+    official = convert_state_dict(model.state_dict(), model.config, "official")
+    assert torch.equal(outputs(metaformer.create_model("poolformer_s12", checkpoint=official)), outputs(model))
+    torch.save({"state_dict_ema": official, "epoch": 1}, tmp_path / "ema.pth.tar")
+    assert torch.equal(outputs(metaformer.create_model("poolformer_s12", checkpoint=tmp_path / "ema.pth.tar")),
+                       outputs(model))  # fmt: skip
+    # An mmdet/mmseg file: the backbone under "backbone.", beside a neck and heads that are not ours.
+    backbone = random_model("poolformer_s12", features_only=True)
+    mmdet = {
+        "backbone." + k: v for k, v in convert_state_dict(backbone.state_dict(), backbone.config, "official").items()
+    }
+    mmdet["neck.lateral_convs.0.conv.weight"] = torch.zeros(256, 64, 1, 1)
+    torch.save({"state_dict": mmdet, "meta": {}}, tmp_path / "retinanet.pth")
+    loaded = metaformer.create_model("poolformer_s12", features_only=True, checkpoint=tmp_path / "retinanet.pth")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.eval()(X), backbone(X), strict=True))
+
+
+def test_hugging_face_base_model_folder(random_model, tmp_path):
+    model = random_model("poolformer_s12")
+    folder = save_checkpoint(model, tmp_path / "hf", to="hf")
+    state_dict, _ = read_state_dict(folder / "model.safetensors")
+    base = {k[len("poolformer.") :]: v for k, v in state_dict.items() if k.startswith("poolformer.")}
+    (folder / "model.safetensors").unlink()
+    torch.save(base, folder / "pytorch_model.bin")  # PoolFormerModel: no final norm, no classifier
+    with pytest.warns(CheckpointWarning, match="output norms"):
+        backbone = metaformer.create_model("poolformer_s12", features_only=True, checkpoint=folder)
+    torch.testing.assert_close(backbone.eval()(X)[-1], torch.nn.functional.group_norm(model.forward_features(X), 1))
+
+
+def test_head_less_files_and_models(random_model, tmp_path):
+    model = random_model("poolformer_s12")
+    path = save_checkpoint(model, tmp_path / "w.pth.tar", to="official")
+    with pytest.warns(CheckpointWarning, match="classifier head is not used"):
+        pooled = metaformer.create_model("poolformer_s12", num_classes=0, checkpoint=path)
+    assert pooled.eval()(X).shape == (2, 512)
+    state_dict = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    torch.save(state_dict, tmp_path / "headless.pth")
+    assert metaformer.create_model("poolformer_s12", checkpoint=tmp_path / "headless.pth").num_classes == 0
+    with pytest.warns(CheckpointWarning, match="fresh for 1000 classes .*has no head"):
+        metaformer.create_model("poolformer_s12", num_classes=1000, checkpoint=tmp_path / "headless.pth")
+
+
+def test_backbone_with_fewer_outputs_ignores_unused_norms(random_model, tmp_path):
+    backbone = random_model("poolformer_s12", features_only=True)
+    torch.save(convert_state_dict(backbone.state_dict(), backbone.config, "official"), tmp_path / "det.pth")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        last3 = metaformer.create_model("poolformer_s12", features_only=True, out_indices=(1, 2, 3),
+                                        checkpoint=tmp_path / "det.pth")  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(last3.eval()(X), backbone(X)[1:], strict=True))
+
+
+def test_position_embedding_is_resized_for_another_input_size(random_model, tmp_path):
+    model = random_model("metaformer_pppa_s12_224")
+    path = save_checkpoint(model, tmp_path / "pppa.pth.tar", to="official")
+    with pytest.warns(CheckpointWarning, match="position embedding resized"):
+        big = metaformer.create_model("metaformer_pppa_s12_224", image_size=320, checkpoint=path)
+    assert big.stages[3].pos_embed.shape == (1, 512, 10, 10)
+    x = torch.randn(1, 3, 320, 320)
+    with torch.no_grad():  # the same as resizing the table on the fly in the original model
+        torch.testing.assert_close(big.eval()(x), model(x))
+
+
+def test_empty_and_broken_files(tmp_path):
+    (tmp_path / "empty.pth.tar").write_bytes(b"")  # an interrupted download
+    with pytest.raises(CheckpointError, match="empty.pth.tar: not a readable PyTorch checkpoint"):
+        metaformer.create_model("poolformer_s12", checkpoint=tmp_path / "empty.pth.tar")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"config.json: not valid JSON"):
+        metaformer.create_model("poolformer_s12", checkpoint=tmp_path / "hf")
+    with pytest.raises(CheckpointError, match="are not tensors"):
+        metaformer.create_model("poolformer_s12", checkpoint={"stem.proj.weight": [1, 2]})

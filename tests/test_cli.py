@@ -183,3 +183,34 @@ def test_console_script_runs():
     done = subprocess.run([*args, "info", "poolformer_s12", "--json"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["params"] == 11_915_176
+
+
+def test_predict_uses_a_fine_tuned_checkpoints_labels(imagenet_samples, tmp_path, capsys):
+    import metaformer
+    from metaformer.tasks.classification import predict
+
+    model = metaformer.create_model("poolformer_s12", num_classes=3)
+    model.reset_classifier(3, labels=["cat", "dog", "owl"])
+    path = save_checkpoint(model, tmp_path / "pets.safetensors")
+    code, results = run_json(
+        capsys, "predict", str(imagenet_samples[0]), "--model", "poolformer_s12", "--checkpoint", str(path), "--json"
+    )
+    assert code == 0 and sorted(e["label"] for e in results[0]["topk"]) == ["cat", "dog", "owl"]
+    assert sum(e["prob"] for e in results[0]["topk"]) == pytest.approx(1.0, abs=1e-4)
+    # The Python API runs a bfloat16 model too.
+    loaded = metaformer.create_model("poolformer_s12", checkpoint=path).to(torch.bfloat16)
+    processor = metaformer.ImageProcessor.for_model("poolformer_s12")
+    (result,) = predict(loaded, [imagenet_samples[0]], processor, topk=1)
+    assert result.topk[0]["label"] in {"cat", "dog", "owl"}
+
+
+def test_cli_usage_errors(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "x.jpg", "--model", "poolformer_s12", "--topk", "0", "--pretrained"])
+    assert "must be a positive integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="not a device"):
+        main(["benchmark", "--model", "poolformer_s12", "--device", "gpu"])
+    assert main(["list", "zzz"]) == 1
+    assert "no model name contains 'zzz'" in capsys.readouterr().err
+    assert main(["info", "poolformer_s99"]) == 2
+    assert "did you mean" in capsys.readouterr().err

@@ -32,6 +32,13 @@ OFFICIAL = {
 }
 
 
+def final_side(side: int) -> int:
+    side = (side + 2 * 2 - 7) // 4 + 1  # 7x7 stride-4 stem, padding 2
+    for _ in range(3):
+        side = (side + 2 * 1 - 3) // 2 + 1  # 3x3 stride-2 downsampling, padding 1
+    return side
+
+
 def test_registry_has_every_paper_model():
     names = set(metaformer.list_models())
     official = {f"poolformer_{s}" for s in ("s12", "s24", "s36", "m36", "m48")}
@@ -65,7 +72,7 @@ def test_forward_on_odd_sizes(name, random_model):
         assert logits.shape == (2, 1000)
         assert torch.isfinite(logits).all()
         assert features.shape[:2] == (2, model.config.widths[-1])
-        assert features.shape[-1] == math.ceil(width / 32) or features.shape[-1] == width // 32
+        assert tuple(features.shape[-2:]) == (final_side(height), final_side(width))
     # Different images give different logits: the model really looks at its input.
     assert not torch.allclose(logits[0], logits[1])
 
@@ -260,3 +267,57 @@ def test_channels_last_gives_the_same_output(random_model):
         expected = model(x)
         model = model.to(memory_format=torch.channels_last)
         torch.testing.assert_close(model(x.contiguous(memory_format=torch.channels_last)), expected)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"num_classes": -1}, "num_classes must be >= 0"),
+        ({"drop_path_rate": 1.5}, "drop_path_rate is a probability"),
+        ({"image_size": 16}, "image_size must be >= 32"),
+        ({"pool_size": 4}, "pool_size must be odd"),
+        ({"norm": "rmsnorm"}, "norm must be one of"),
+        ({"mixers": ("pooling", "conv", "pooling", "pooling")}, "unknown token mixer"),
+        ({"depths": (2, 2, 6)}, "widths has 4 entries but depths has 3"),
+    ],
+)
+def test_invalid_configurations_are_refused(override, message):
+    with pytest.raises(ValueError, match=message):
+        metaformer.create_model("poolformer_s12", **override)
+
+
+def test_reset_classifier_keeps_device_and_dtype():
+    model = metaformer.create_model("poolformer_s12_nonorm").to(torch.bfloat16)
+    model.reset_classifier(3)
+    assert model.head.weight.dtype == torch.bfloat16
+    assert model(torch.randn(1, 3, 64, 64, dtype=torch.bfloat16)).shape == (1, 3)
+    assert model.get_classifier() is model.head
+
+
+def test_count_macs_leaves_the_model_as_it_was():
+    model = metaformer.create_model("poolformer_s12_batchnorm").train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    metaformer.count_macs(model)
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    small = metaformer.create_model("metaformer_pppf_s12_224", image_size=160)
+    assert metaformer.count_macs(small) < metaformer.count_macs(metaformer.create_model("metaformer_pppf_s12_224"))
+
+
+def test_timm_style_helpers():
+    model = metaformer.create_model("metaformer_ppaa_s12_224")
+    no_decay = model.no_weight_decay()
+    assert "stages.2.pos_embed" in no_decay and "stages.0.blocks.0.layer_scale1" in no_decay
+    assert not any("weight" in name for name in no_decay)
+    assert model.pretrained_cfg["crop_pct"] == 0.95 and model.pretrained_cfg["input_size"] == (3, 224, 224)
+    backbone = metaformer.create_model("poolformer_s12", features_only=True)
+    assert [f["reduction"] for f in backbone.feature_info] == [4, 8, 16, 32]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu(random_model):
+    model = random_model("metaformer_ppaa_s12_224")
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = model(x)
+        got = model.cuda()(x.cuda()).cpu()
+    torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3)

@@ -9,6 +9,7 @@ from PIL import Image
 
 from metaformer import ImageProcessor, load_image
 from metaformer.data import ImageLoadError
+from metaformer.data.transforms import to_rgb
 
 transformers = pytest.importorskip("transformers")
 HFProcessor = getattr(transformers, "PoolFormerImageProcessorPil", None) or transformers.PoolFormerImageProcessor
@@ -67,29 +68,45 @@ def test_transparent_images_are_composited_on_white(photo):
     torch.testing.assert_close(processor(rgba), processor(white))
 
 
-@pytest.mark.parametrize("mode", ["L", "LA", "P", "CMYK", "1", "I;16", "I", "F"])
-def test_every_mode_gives_rgb(mode, photo, tmp_path):
-    if mode in ("I;16", "I"):  # 16-bit pixels are scaled to 8 bits: same as the 8-bit grayscale image
-        image = Image.fromarray(np.asarray(photo.convert("L"), np.uint16) * 257)
-        if mode == "I":
-            image = image.convert("I")
-        expected = ImageProcessor()(photo.convert("L"))
-        torch.testing.assert_close(ImageProcessor()(image), expected)
-        if mode == "I;16":
-            image.save(tmp_path / "sixteen.png")
-            torch.testing.assert_close(ImageProcessor()(tmp_path / "sixteen.png"), expected)
-        return
+@pytest.mark.parametrize("mode", ["L", "P", "CMYK", "1"])
+def test_opaque_modes_convert_like_pillow(mode, photo, tmp_path):
     image = photo.convert(mode)
-    rgb = load_image_from(image, tmp_path, mode)
-    assert rgb.mode == "RGB" and rgb.size == (300, 200)
-    assert ImageProcessor()(image).shape == (1, 3, 224, 224)
-
-
-def load_image_from(image: Image.Image, tmp_path, mode: str) -> Image.Image:
-    suffix = {"CMYK": ".tiff", "F": ".tiff"}.get(mode, ".png")
-    path = tmp_path / f"image{suffix}"
+    path = tmp_path / ("image.tiff" if mode == "CMYK" else "image.png")
     image.save(path)
-    return load_image(path)
+    expected = np.asarray(image.convert("RGB"))
+    assert np.array_equal(np.asarray(load_image(path)), expected)
+    torch.testing.assert_close(ImageProcessor()(image), ImageProcessor()(Image.fromarray(expected)))
+
+
+def test_transparent_gray_and_palette_pixels_become_white(photo):
+    la = photo.convert("LA")
+    la.putalpha(0)
+    assert np.all(np.asarray(to_rgb(la)) == 255)
+    palette = photo.convert("P")
+    clear = palette.getpixel((0, 0))
+    palette.info["transparency"] = clear
+    converted, opaque = np.asarray(to_rgb(palette)), np.asarray(palette.convert("RGB"))
+    is_clear = np.asarray(palette) == clear
+    assert np.all(converted[is_clear] == 255) and np.array_equal(converted[~is_clear], opaque[~is_clear])
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_16_bit_images_are_scaled_to_8_bits(mode, photo, tmp_path):
+    eight = photo.convert("L")
+    sixteen = Image.fromarray(np.asarray(eight, np.uint16) * 257)
+    if mode == "I":
+        sixteen = sixteen.convert("I")
+    expected = ImageProcessor()(eight)
+    torch.testing.assert_close(ImageProcessor()(sixteen), expected)
+    if mode == "I;16":
+        sixteen.save(tmp_path / "sixteen.png")
+        torch.testing.assert_close(ImageProcessor()(tmp_path / "sixteen.png"), expected)
+
+
+def test_float_images_in_unit_range(photo):
+    eight = np.asarray(photo.convert("L"))
+    as_float = Image.fromarray(eight.astype(np.float32) / 255.0)
+    assert np.array_equal(np.asarray(to_rgb(as_float))[..., 0], eight)
 
 
 def test_exif_orientation_is_applied(photo, tmp_path):

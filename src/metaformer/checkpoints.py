@@ -459,13 +459,14 @@ def save_checkpoint(model: MetaFormer | MetaFormerFeatures, path: str | os.PathL
             metadata["config"] = json.dumps(config.to_dict())
             if config.labels:
                 metadata["labels"] = json.dumps(list(config.labels))
-        _atomic_write(path, lambda tmp: save_file(converted, str(tmp), metadata=metadata))
+        atomic_write(path, lambda tmp: save_file(converted, str(tmp), metadata=metadata))
     else:
-        _atomic_write(path, lambda tmp: torch.save(converted, tmp))
+        atomic_write(path, lambda tmp: torch.save(converted, tmp))
     return path
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Write ``path`` through ``write(tmp)`` on a temporary file in the same folder, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
         tmp = Path(handle.name)
@@ -516,7 +517,7 @@ def _save_hf_folder(model: nn.Module, state_dict: StateDict, path: Path) -> Path
     config_json = hf_config(model.config)
     path.mkdir(parents=True, exist_ok=True)
     converted = convert_state_dict(state_dict, model.config, "hf")
-    _atomic_write(path / "model.safetensors", lambda tmp: save_file(converted, str(tmp), {"format": "pt"}))
+    atomic_write(path / "model.safetensors", lambda tmp: save_file(converted, str(tmp), {"format": "pt"}))
     (path / "config.json").write_text(json.dumps(config_json, indent=2))
     return path
 

@@ -173,6 +173,79 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+RECIPE_FLAGS = {  # flag: (recipe field, type, help)
+    "--epochs": ("epochs", int, "epochs to train (paper: 300); with --resume, extends the run"),
+    "--batch-size": ("batch_size", int, "images per process and step (paper: 128 on each of 8 GPUs)"),
+    "--lr": ("lr", float, "learning rate (default: 1e-3 x global batch / 1024; finetune: 2e-4)"),
+    "--weight-decay": ("weight_decay", float, "AdamW weight decay (0.05)"),
+    "--warmup-epochs": ("warmup_epochs", float, "linear warm-up epochs from 1e-6 (5)"),
+    "--min-lr": ("min_lr", float, "cosine schedule's final learning rate (1e-5)"),
+    "--image-size": ("image_size", int, "training crop and evaluation size (224)"),
+    "--label-smoothing": ("label_smoothing", float, "label smoothing (0.1)"),
+    "--randaugment": ("randaugment_magnitude", float, "RandAugment magnitude on timm's 0-10 scale, 0 = off (9)"),
+    "--random-erasing": ("random_erasing", float, "random erasing probability (0.25)"),
+    "--mixup": ("mixup", float, "MixUp alpha, 0 = off (0.8)"),
+    "--cutmix": ("cutmix", float, "CutMix alpha, 0 = off (1.0)"),
+    "--drop-path": ("drop_path", float, "stochastic depth (S12/S24 0.1, S36 0.2, M36 0.3, M48 0.4)"),
+    "--clip-grad": ("clip_grad", float, "clip the gradient norm to this value (off)"),
+}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .tasks.classification.recipe import get_recipe
+    from .tasks.classification.train import TrainArgs, resume_args, train
+
+    if args.resume:
+        run = resume_args(args.resume, epochs=args.epochs)
+        train(run, resume=True)
+        return 0
+    if not args.data or not args.model:
+        raise SystemExit("error: DATA and --model are required (or --resume RUN_DIR)")
+    _device(args.device)
+    overrides = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in RECIPE_FLAGS.items()}
+    if args.ema:
+        overrides["ema_decay"] = 0.9998
+    if args.no_augment:
+        overrides["augment"] = False
+    recipe = get_recipe(args.recipe, **overrides)
+    output = args.output or f"runs/{args.model}"
+    run = TrainArgs(
+        data=args.data, model=args.model, output=output, recipe=recipe, init=args.init,
+        num_workers=args.num_workers, device=args.device, seed=args.seed, amp=args.amp, compile=args.compile,
+        channels_last=not args.no_channels_last, progress=not args.no_progress,
+    )  # fmt: skip
+    records = train(run)
+    if records:
+        last = records[-1]
+        print(f"done: {output} (top-1 {last['top1']:.2f}%, top-5 {last['top5']:.2f}% after {last['epoch']} epochs)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .engine.distributed import init_distributed, shutdown_distributed
+    from .tasks.classification.evaluate import eval_folder, eval_loader, evaluate
+
+    _device(args.device)
+    model = _load_classifier(args)
+    context = init_distributed(args.device)
+    try:
+        model = model.to(context.device, memory_format=torch.channels_last)
+        loader, outputs = eval_loader(eval_folder(args.data), model, args.batch_size, args.num_workers, context)
+        result = evaluate(model, loader, outputs, context, progress=not args.json)
+    finally:
+        shutdown_distributed()
+    if not context.is_main:
+        return 0
+    if args.json:
+        keys = ("top1", "top5", "images", "errors")
+        print(json.dumps({k: result[k] for k in keys}))
+    else:
+        print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  ({result['images']} images)")
+        for error in result["errors"]:
+            print(f"skipped: {error}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metaformer", description="MetaFormer / PoolFormer models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -188,6 +261,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: 2 for many images)")
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune a classifier on an ImageNet-layout folder (DATA/train/<class>, DATA/val/<class>)",
+        description="Train with the paper's recipe (or --recipe finetune). Runs on CPU, one GPU, or under "
+        "`torchrun --nproc_per_node N` for distributed data parallel training. The run folder gets config.json, "
+        "metrics.jsonl, curves.png, last/best .safetensors and last.state.pt (for --resume).",
+    )
+    p.add_argument("data", nargs="?", help="dataset folder with train/ and val/")
+    p.add_argument("--model", help="model name (see `metaformer list`)")
+    p.add_argument("--output", help="run folder (default runs/MODEL)")
+    p.add_argument(
+        "--recipe",
+        default="paper",
+        choices=["paper", "finetune"],
+        help="paper: the official ImageNet recipe; finetune: short, lr 2e-4, light augmentation",
+    )
+    p.add_argument("--init", help="initial weights (any supported checkpoint); a new class count resets the head")
+    p.add_argument("--resume", help="continue the run in this folder exactly where it stopped")
+    for flag, (_, kind, text) in RECIPE_FLAGS.items():
+        p.add_argument(flag, type=_positive if kind is int else kind, default=None, help=text)
+    p.add_argument("--ema", action="store_true", help="keep an exponential moving average of the weights (0.9998)")
+    p.add_argument("--no-augment", action="store_true", help="train on the evaluation transform (no random crops)")
+    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="mixed precision (default none)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--num-workers", type=int, default=4, help="data loading processes per training process (4)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: each process its local GPU)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--no-channels-last", action="store_true", help="keep NCHW contiguous tensors")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="top-1/top-5 on DATA/val (or DATA) with the ImageNet validation protocol")
+    p.add_argument("data", help="folder of class folders, or a dataset folder with val/")
+    p.add_argument("--model", required=True)
+    p.add_argument("--checkpoint", help="weights in any supported format")
+    p.add_argument("--pretrained", action="store_true", help="the official ImageNet-1k weights")
+    p.add_argument("--batch-size", type=_positive, default=64)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help='print {"top1", "top5", "images", "errors"}')
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("list", help="list the model names")
     p.add_argument("filter", nargs="?", help="only names containing this text")
@@ -223,13 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoints import CheckpointError, CheckpointWarning
+    from .engine.trainer import NonFiniteLossError
 
     args = build_parser().parse_args(argv)
     warnings.simplefilter("always", CheckpointWarning)
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     try:
         return args.func(args)
-    except (CheckpointError, FileNotFoundError, ValueError, TypeError) as error:
+    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError, TypeError, NonFiniteLossError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

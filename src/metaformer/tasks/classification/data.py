@@ -1,0 +1,160 @@
+"""Image-folder datasets (``root/<class>/**/image``) that skip unreadable files, and the training transforms."""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Sampler
+from torchvision.transforms import v2
+
+from ...data import IMAGENET_MEAN, IMAGENET_STD, ImageLoadError, ImageProcessor, imagenet_classes, load_image
+from .predict import IMAGE_EXTENSIONS
+
+WNID = re.compile(r"^n\d{8}$")
+
+
+class DatasetError(ValueError):
+    """A dataset folder that cannot be used as given."""
+
+
+class ImageFolder(Dataset):
+    """Images under ``root/<class>/`` (searched recursively). An unreadable image yields ``(None, label, error)``
+    instead of raising, so a training run skips it and reports it rather than crashing."""
+
+    def __init__(self, root: str | os.PathLike, transform: Callable, classes: Sequence[str] | None = None) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: no such folder")
+        found = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not found:
+            raise DatasetError(f"{self.root} has no class folders; expected {self.root}/<class>/<image files>")
+        self.classes = list(classes) if classes is not None else found
+        strangers = sorted(set(found) - set(self.classes))
+        if strangers:
+            raise DatasetError(
+                f"{self.root} has class folders that are not among the training classes: {strangers[:10]}"
+            )
+        index = {name: i for i, name in enumerate(self.classes)}
+        self.samples = [
+            (path, index[name])
+            for name in found
+            for path in sorted((self.root / name).rglob("*"))
+            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+        ]
+        if not self.samples:
+            raise DatasetError(f"{self.root}: its class folders hold no image files ({', '.join(found[:5])} ...)")
+        empty = sorted(set(self.classes) - {self.classes[label] for _, label in self.samples})
+        if empty:
+            warnings.warn(f"{self.root}: no images for class(es) {empty[:10]}", stacklevel=2)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, str | None]:
+        path, label = self.samples[index]
+        try:
+            return self.transform(load_image(path)), label, None
+        except ImageLoadError as error:
+            return None, label, str(error)
+
+
+def collate(items: list[tuple[torch.Tensor | None, int, str | None]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Stack the readable samples; return the errors of the others."""
+    good = [(x, y) for x, y, _ in items if x is not None]
+    errors = [e for _, _, e in items if e is not None]
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), errors
+    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), errors
+
+
+def train_val_folders(data: str | os.PathLike) -> tuple[Path, Path]:
+    data = Path(data)
+    train, val = data / "train", data / "val"
+    missing = [str(p) for p in (train, val) if not p.is_dir()]
+    if missing:
+        raise DatasetError(f"{data}: expected the ImageNet layout train/<class>/* and val/<class>/*; missing {missing}")
+    return train, val
+
+
+class ShardSampler(Sampler[int]):
+    """Every ``world_size``-th index from ``rank``, no padding: each image is evaluated exactly once."""
+
+    def __init__(self, length: int, rank: int, world_size: int) -> None:
+        self.indices = list(range(rank, length, world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def class_to_output(classes: Sequence[str], labels: Sequence[str] | None, num_classes: int) -> list[int]:
+    """The model output that stands for each dataset class: by name for a model with class names, by WordNet id
+    for an ImageNet-1k model, else in order."""
+    if labels:
+        missing = [c for c in classes if c not in labels]
+        if missing:
+            raise DatasetError(f"the model's classes do not include the dataset's {missing[:10]}")
+        return [list(labels).index(c) for c in classes]
+    wnids = [w for w, _ in imagenet_classes()]
+    if num_classes == 1000 and all(WNID.match(c) for c in classes):
+        unknown = [c for c in classes if c not in wnids]
+        if unknown:
+            raise DatasetError(f"folders {unknown[:10]} are not ImageNet-1k WordNet ids")
+        return [wnids.index(c) for c in classes]
+    if len(classes) != num_classes:
+        raise DatasetError(f"the dataset has {len(classes)} classes but the model has {num_classes} outputs")
+    return list(range(len(classes)))
+
+
+class NoisyRandAugment(v2.Transform):
+    """RandAugment whose magnitude is drawn per image from N(magnitude, std) on timm's 0-10 scale, as the official
+    recipe's ``rand-m9-mstd0.5``. torchvision's RandAugment does the operations; 11 bins make its levels timm's."""
+
+    def __init__(self, magnitude: float = 9, std: float = 0.5, num_ops: int = 2) -> None:
+        super().__init__()
+        self.magnitude, self.std = magnitude, std
+        self.augment = v2.RandAugment(
+            num_ops=num_ops, magnitude=int(magnitude), num_magnitude_bins=11,
+            interpolation=v2.InterpolationMode.BILINEAR, fill=(124, 116, 104),
+        )  # fmt: skip
+
+    def forward(self, *inputs: object) -> object:
+        level = self.magnitude + self.std * torch.randn(()).item() if self.std > 0 else self.magnitude
+        self.augment.magnitude = int(round(min(max(level, 0.0), 10.0)))
+        return self.augment(*inputs)
+
+
+def train_transform(image_size: int, recipe, crop_pct: float = 0.9) -> Callable:
+    if not recipe.augment:
+        return ImageProcessor(size=image_size, crop_pct=crop_pct).transform
+    crops = [
+        v2.RandomResizedCrop(image_size, scale=recipe.scale, interpolation=mode, antialias=True)
+        for mode in (v2.InterpolationMode.BILINEAR, v2.InterpolationMode.BICUBIC)
+    ]
+    ops: list = [v2.RandomChoice(crops), v2.RandomHorizontalFlip(recipe.hflip)]
+    if recipe.randaugment_magnitude:
+        ops.append(NoisyRandAugment(recipe.randaugment_magnitude, recipe.randaugment_std))
+    ops += [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if recipe.random_erasing:
+        ops.append(v2.RandomErasing(recipe.random_erasing, value="random"))
+    return v2.Compose(ops)
+
+
+def batch_mixer(num_classes: int, recipe) -> Callable | None:
+    """MixUp or CutMix on each batch (chosen with ``mix_switch_prob``), or None when both are off."""
+    choices, weights = [], []
+    if recipe.mixup > 0:
+        choices.append(v2.MixUp(alpha=recipe.mixup, num_classes=num_classes))
+        weights.append(1 - recipe.mix_switch_prob if recipe.cutmix > 0 else 1.0)
+    if recipe.cutmix > 0:
+        choices.append(v2.CutMix(alpha=recipe.cutmix, num_classes=num_classes))
+        weights.append(recipe.mix_switch_prob if recipe.mixup > 0 else 1.0)
+    return v2.RandomChoice(choices, p=weights) if choices else None

@@ -1,0 +1,77 @@
+"""Training recipes: the paper's ImageNet recipe (the official ``train.py`` defaults) and a fine-tuning preset."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+# Stochastic depth of the official runs, by model size; the S12 hybrids and ablations use S12's.
+DROP_PATH = {"s12": 0.1, "s24": 0.1, "s36": 0.2, "m36": 0.3, "m48": 0.4}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "paper"
+    epochs: int = 300
+    batch_size: int = 128  # per process; the paper: 8 GPUs x 128 = 1024
+    base_lr: float = 1e-3  # the learning rate is base_lr x global batch / 1024 unless lr is given
+    lr: float | None = None
+    weight_decay: float = 0.05  # not on norms, biases, layer scales or position embeddings
+    warmup_epochs: float = 5
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    label_smoothing: float = 0.1
+    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
+    hflip: float = 0.5
+    augment: bool = True  # False: train on the evaluation transform (no random crop, flip or RandAugment)
+    randaugment_magnitude: float | None = 9  # timm's rand-m9-mstd0.5; None turns it off
+    randaugment_std: float = 0.5
+    random_erasing: float = 0.25
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mix_switch_prob: float = 0.5
+    drop_path: float | None = None  # None: the official value for the model (DROP_PATH)
+    ema_decay: float | None = None  # the paper's optional model EMA: 0.9998
+    clip_grad: float | None = None
+    image_size: int = 224
+
+    def resolved_lr(self, global_batch: int) -> float:
+        return self.lr if self.lr is not None else self.base_lr * global_batch / 1024
+
+    def resolved_drop_path(self, model_name: str) -> float:
+        if self.drop_path is not None:
+            return self.drop_path
+        size = next((s for s in DROP_PATH if f"_{s}" in model_name), "s12")
+        return DROP_PATH[size]
+
+
+PAPER = Recipe()
+
+# Fine-tuning a pretrained model on a small dataset: short, gentle, little augmentation.
+FINETUNE = dataclasses.replace(
+    PAPER,
+    name="finetune",
+    epochs=10,
+    batch_size=64,
+    lr=2e-4,
+    warmup_epochs=1,
+    min_lr=1e-6,
+    scale=(0.35, 1.0),
+    randaugment_magnitude=None,
+    random_erasing=0.0,
+    mixup=0.0,
+    cutmix=0.0,
+    drop_path=0.05,
+)
+
+RECIPES = {"paper": PAPER, "finetune": FINETUNE}
+
+
+def get_recipe(name: str, **overrides: object) -> Recipe:
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
+    fields = {f.name for f in dataclasses.fields(Recipe)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown recipe setting(s) {unknown}")
+    return dataclasses.replace(RECIPES[name], **{k: v for k, v in overrides.items() if v is not None})

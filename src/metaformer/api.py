@@ -41,6 +41,8 @@ def create_model(
         checkpoint = open_checkpoint(checkpoint)
         if num_classes is None and not features_only:
             num_classes = checkpoint.num_classes() or 0
+        for key, value in checkpoint.evaluation_settings().items():
+            overrides.setdefault(key, value)  # evaluate as the model was trained, unless told otherwise
     if num_classes is not None:
         overrides["num_classes"] = num_classes
     config = resolve_config(name, **overrides)

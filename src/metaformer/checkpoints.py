@@ -265,6 +265,13 @@ class Checkpoint:
             }
         return None
 
+    def evaluation_settings(self) -> dict:
+        """The input size and crop our files record, which the model should be evaluated with."""
+        if "config" not in self.metadata:
+            return {}
+        stored = json.loads(self.metadata["config"])
+        return {k: stored[k] for k in ("image_size", "crop_pct") if k in stored}
+
     def labels(self, num_classes: int) -> tuple[str, ...] | None:
         labels = None
         if "labels" in self.metadata:

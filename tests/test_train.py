@@ -1,0 +1,222 @@
+"""Training and evaluation as a user runs them, on small subsets of the real CIFAR-10 images."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DATA_DIR
+from safetensors.torch import load_file
+
+import metaformer
+from metaformer.cli import main
+from metaformer.engine.trainer import NonFiniteLossError, cosine_lr
+from metaformer.tasks.classification.recipe import FINETUNE, PAPER, get_recipe
+from metaformer.tasks.classification.train import TrainArgs, param_groups, resume_args, train
+
+FAST = ["--image-size", "32", "--num-workers", "0", "--no-progress", "--seed", "3"]
+
+
+def subset(root: Path, classes: list[str], train: int, val: int, source: str = "cifar10-small") -> Path:
+    """A real-image dataset in the ImageNet layout: symlinks to the first files of each class."""
+    data = DATA_DIR / source
+    if not data.is_dir():
+        pytest.skip(f"real images not found at {data}")
+    for split, count, origin in (("train", train, "train"), ("val", val, "test")):
+        for name in classes:
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for image in sorted((data / origin / name).iterdir())[:count]:
+                (folder / image.name).symlink_to(image)
+    return root
+
+
+@pytest.fixture
+def tiny(tmp_path) -> Path:
+    return subset(tmp_path / "data", ["airplane", "frog", "truck"], train=32, val=12)
+
+
+def run_train(*args: str) -> int:
+    return main(["train", *map(str, args)])
+
+
+def test_paper_recipe_is_the_official_one():
+    assert PAPER.epochs == 300 and PAPER.weight_decay == 0.05 and PAPER.label_smoothing == 0.1
+    assert (PAPER.warmup_epochs, PAPER.warmup_lr, PAPER.min_lr) == (5, 1e-6, 1e-5)
+    assert PAPER.resolved_lr(1024) == pytest.approx(1e-3) and PAPER.resolved_lr(4096) == pytest.approx(4e-3)
+    assert (PAPER.mixup, PAPER.cutmix, PAPER.mix_switch_prob, PAPER.random_erasing) == (0.8, 1.0, 0.5, 0.25)
+    assert (PAPER.randaugment_magnitude, PAPER.randaugment_std, PAPER.scale) == (9, 0.5, (0.08, 1.0))
+    drop = {m: PAPER.resolved_drop_path(f"poolformer_{m}") for m in ("s12", "s24", "s36", "m36", "m48")}
+    assert drop == {"s12": 0.1, "s24": 0.1, "s36": 0.2, "m36": 0.3, "m48": 0.4}
+    assert PAPER.resolved_drop_path("metaformer_pppa_s12_224") == 0.1 and PAPER.ema_decay is None
+    assert FINETUNE.mixup == 0 and FINETUNE.randaugment_magnitude is None and FINETUNE.epochs < PAPER.epochs
+    assert get_recipe("paper", lr=0.5, epochs=None).lr == 0.5
+    with pytest.raises(ValueError, match="unknown recipe"):
+        get_recipe("imagenet21k")
+
+
+def test_schedule_and_weight_decay_groups():
+    lr_at = cosine_lr(1e-3, epochs=300, warmup_epochs=5, warmup_lr=1e-6, min_lr=1e-5)
+    assert lr_at(0) == pytest.approx(1e-6) and lr_at(5) == pytest.approx(1e-3) and lr_at(300) == pytest.approx(1e-5)
+    assert lr_at(2.5) == pytest.approx((1e-6 + 1e-3) / 2) and lr_at(152.5) == pytest.approx((1e-3 + 1e-5) / 2)
+    model = metaformer.create_model("metaformer_ppaa_s12_224")
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert no_decay["weight_decay"] == 0 and decay["weight_decay"] == 0.05
+    assert {"stages.2.pos_embed", "stages.0.blocks.0.layer_scale1", "norm.weight", "head.bias"} <= skipped
+    assert "stages.0.blocks.0.norm1.weight" in skipped and "head.weight" not in skipped
+    assert all(names[id(p)].endswith("weight") and p.ndim > 1 for p in decay["params"])
+
+
+def test_train_learns_then_eval_reproduces_the_logged_accuracy(tmp_path, capsys):
+    data = subset(tmp_path / "data", ["airplane", "frog"], train=96, val=40)
+    run = tmp_path / "run"
+    assert run_train(data, "--model", "poolformer_s12", "--output", run, "--epochs", "6", "--batch-size", "32",
+                     "--lr", "2e-3", "--warmup-epochs", "1", "--recipe", "finetune", *FAST) == 0  # fmt: skip
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert max(r["top1"] for r in records) >= 70  # two classes: chance is 50%
+    assert {"config.json", "curves.png", "last.safetensors", "best.safetensors", "last.state.pt"} <= {
+        p.name for p in run.iterdir()
+    }  # fmt: skip
+    config = json.loads((run / "config.json").read_text())
+    assert config["resolved"]["classes"] == ["airplane", "frog"] and config["recipe"]["epochs"] == 6
+    capsys.readouterr()
+    assert main(["eval", str(data), "--model", "poolformer_s12", "--checkpoint", str(run / "last.safetensors"),
+                 "--json", "--num-workers", "0"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 80 and result["errors"] == []
+    assert result["top1"] == pytest.approx(records[-1]["top1"]) and result["top5"] == 100.0
+    loaded = metaformer.create_model("poolformer_s12", checkpoint=run / "best.safetensors")
+    assert loaded.config.labels == ("airplane", "frog")
+
+
+def test_resume_continues_exactly(tiny, tmp_path):
+    common = ["--model", "poolformer_s12", "--batch-size", "16", "--lr", "1e-3", "--warmup-epochs", "1", *FAST]
+    assert run_train(tiny, "--output", tmp_path / "straight", "--epochs", "3", *common) == 0
+    assert run_train(tiny, "--output", tmp_path / "stopped", "--epochs", "1", *common) == 0
+    assert run_train("--resume", tmp_path / "stopped", "--epochs", "3") == 0
+    straight = load_file(tmp_path / "straight" / "last.safetensors")
+    resumed = load_file(tmp_path / "stopped" / "last.safetensors")
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)  # with RandAugment, mixup and drop path on
+    lines = (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_two_process_ddp_matches_one_process(tiny, tmp_path):
+    common = ["--model", "poolformer_s12", "--epochs", "2", "--lr", "1e-3", "--warmup-epochs", "1", "--no-augment",
+              "--drop-path", "0", "--mixup", "0", "--cutmix", "0", *FAST]  # fmt: skip
+    assert run_train(tiny, "--output", tmp_path / "one", "--batch-size", "16", *common) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command = [*torchrun, "-m", "metaformer", "train", str(tiny), "--output", str(tmp_path / "two")]
+    command += ["--batch-size", "8"]
+    command += common
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = load_file(tmp_path / "one" / "last.safetensors")
+    two = load_file(tmp_path / "two" / "last.safetensors")
+    assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-4
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert config["resolved"]["world_size"] == 2 and config["resolved"]["global_batch"] == 16
+    first = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    second = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["images"] for r in second] == [36, 36]  # every validation image counted once across processes
+    assert second[-1]["top1"] == pytest.approx(first[-1]["top1"])
+    assert second[-1]["train_loss"] == pytest.approx(first[-1]["train_loss"], abs=1e-4)
+
+
+def test_fine_tuning_resets_the_head(tiny, tmp_path, recwarn):
+    source = metaformer.create_model("poolformer_s12")
+    init = metaformer.save_checkpoint(source, tmp_path / "poolformer_s12.pth.tar", to="official")
+    run = tmp_path / "ft"
+    assert run_train(tiny, "--model", "poolformer_s12", "--init", init, "--recipe", "finetune", "--epochs", "1",
+                     "--output", run, "--batch-size", "16", *FAST) == 0  # fmt: skip
+    assert any(
+        "head initialised fresh for 3 classes (the checkpoint's head has 1000)" in str(w.message) for w in recwarn
+    )
+    tuned = metaformer.create_model("poolformer_s12", checkpoint=run / "last.safetensors")
+    assert tuned.num_classes == 3 and tuned.config.labels == ("airplane", "frog", "truck")
+
+
+def test_eval_protocol_on_real_imagenet_photos(imagenet_samples, tmp_path, capsys):
+    """Synset folders map to the standard 1000-class order: eval's top-1 is predict's argmax == the folder's class."""
+    from conftest import randomize
+
+    val = tmp_path / "val"
+    for photo in imagenet_samples[:20]:
+        (val / photo.name.split("_")[0]).mkdir(parents=True)
+        (val / photo.name.split("_")[0] / photo.name).symlink_to(photo)
+    model = randomize(metaformer.create_model("poolformer_s12"), seed=2)
+    checkpoint = metaformer.save_checkpoint(model, tmp_path / "w.pth.tar", to="official")
+    assert main(["eval", str(tmp_path), "--model", "poolformer_s12", "--checkpoint", str(checkpoint), "--json",
+                 "--num-workers", "0", "--batch-size", "7"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    wnids = [w for w, _ in metaformer.data.imagenet_classes()]
+    processor = metaformer.ImageProcessor.for_model("poolformer_s12")
+    with torch.no_grad():
+        logits = model.eval()(processor(imagenet_samples[:20]))
+    targets = torch.tensor([wnids.index(p.name.split("_")[0]) for p in imagenet_samples[:20]])
+    assert result["images"] == 20
+    assert result["top1"] == pytest.approx(100 * (logits.argmax(-1) == targets).float().mean().item())
+    assert result["top5"] == pytest.approx(
+        100 * (logits.topk(5).indices == targets[:, None]).any(-1).float().mean().item()
+    )
+
+
+def test_bad_datasets_are_reported(tiny, tmp_path, capsys):
+    model = ["--model", "poolformer_s12", "--epochs", "1", "--batch-size", "16", *FAST]
+    assert run_train(tmp_path / "nowhere", "--output", tmp_path / "r0", *model) == 2
+    assert "missing" in capsys.readouterr().err
+    (tiny / "val" / "horse").mkdir()
+    (tiny / "val" / "horse" / "x.jpg").write_bytes(b"junk")
+    assert run_train(tiny, "--output", tmp_path / "r1", *model) == 2
+    assert "not among the training classes: ['horse']" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    (empty / "train" / "cat").mkdir(parents=True)
+    (empty / "val" / "cat").mkdir(parents=True)
+    assert run_train(empty, "--output", tmp_path / "r2", *model) == 2
+    assert "hold no image files" in capsys.readouterr().err
+
+
+def test_unreadable_training_images_are_skipped_and_counted(tiny, tmp_path, recwarn):
+    (tiny / "train" / "frog" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (tiny / "train" / "truck" / "empty.png").write_bytes(b"")
+    run = tmp_path / "run"
+    assert run_train(tiny, "--model", "poolformer_s12", "--epochs", "2", "--batch-size", "17", "--output", run,
+                     *FAST) == 0  # fmt: skip
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_images"] for r in records] == [2, 2]  # every epoch's count; each file warned about once
+    messages = [str(w.message) for w in recwarn if "skipping unreadable" in str(w.message)]
+    assert len(messages) == 2 and any("broken.jpg" in m for m in messages)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
+    run = tmp_path / "run"
+    assert run_train(tiny, "--model", "poolformer_s12", "--epochs", "1", "--batch-size", "16", "--output", run,
+                     *FAST) == 0  # fmt: skip
+    good = load_file(run / "last.safetensors")
+    args = resume_args(run, epochs=3)
+    args.recipe = dataclasses.replace(args.recipe, lr=1e30, warmup_epochs=0)
+    with pytest.raises(NonFiniteLossError, match="non-finite at epoch 2"):
+        train(args, resume=True)
+    assert torch.load(run / "last.state.pt", weights_only=True)["epoch"] == 1
+    kept = load_file(run / "last.safetensors")
+    assert all(torch.equal(good[k], kept[k]) for k in good)
+
+
+def test_existing_run_folder_is_not_overwritten(tiny, tmp_path, capsys):
+    args = TrainArgs(str(tiny), "poolformer_s12", str(tmp_path / "run"), get_recipe("paper", epochs=1, batch_size=16,
+                     image_size=32), num_workers=0, progress=False)  # fmt: skip
+    train(args)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(args)

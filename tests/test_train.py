@@ -220,3 +220,16 @@ def test_existing_run_folder_is_not_overwritten(tiny, tmp_path, capsys):
     train(args)
     with pytest.raises(FileExistsError, match="already holds a run"):
         train(args)
+
+
+def test_bf16_autocast_and_ema(tiny, tmp_path):
+    run = tmp_path / "run"
+    assert run_train(tiny, "--model", "poolformer_s12", "--epochs", "2", "--batch-size", "16", "--output", run,
+                     "--amp", "bf16", "--ema", *FAST) == 0  # fmt: skip
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in records)
+    assert "ema_top1" in records[-1] and (run / "last_ema.safetensors").exists()
+    state = torch.load(run / "last.state.pt", weights_only=True)
+    assert state["ema"] is not None and state["epoch"] == 2
+    config = json.loads((run / "config.json").read_text())
+    assert config["amp"] == "bf16" and config["recipe"]["ema_decay"] == 0.9998

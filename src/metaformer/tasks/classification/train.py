@@ -95,7 +95,7 @@ def _train(args: TrainArgs, resume: bool, context) -> list[dict]:
         checkpoint=args.init,
         drop_path_rate=recipe.resolved_drop_path(args.model),
         labels=tuple(classes),
-        **({"image_size": recipe.image_size} if recipe.image_size != 224 else {}),
+        image_size=recipe.image_size,  # the recipe's, not the size an --init checkpoint was trained at
     )
     torch.manual_seed(args.seed + context.rank)  # each process its own augmentation stream
     random.seed(args.seed + context.rank)

@@ -9,7 +9,7 @@ import torch
 
 from .checkpoints import Checkpoint, load_checkpoint, open_checkpoint, pretrained_file
 from .models.metaformer import MetaFormer, MetaFormerFeatures
-from .models.zoo import resolve_config
+from .models.zoo import get_spec, resolve_config
 
 
 def create_model(
@@ -35,6 +35,13 @@ def create_model(
     """
     if pretrained and checkpoint is not None:
         raise ValueError("pass either pretrained=True or checkpoint=PATH, not both")
+    spec = get_spec(name)
+    if spec.task != "classification":
+        from .tasks.dense import create_dense_model
+
+        if pretrained:
+            checkpoint = pretrained_file(spec.backbone)  # ImageNet weights initialise the backbone
+        return create_dense_model(spec, num_classes=num_classes, checkpoint=checkpoint, **overrides)
     if pretrained:
         checkpoint = pretrained_file(name)
     if checkpoint is not None:

@@ -44,7 +44,7 @@ class CheckpointWarning(UserWarning):
 # --------------------------------------------------------------------------------------------- reading files
 
 
-def read_state_dict(path: str | os.PathLike) -> tuple[StateDict, dict]:
+def read_state_dict(path: str | os.PathLike, strip_prefixes: bool = True) -> tuple[StateDict, dict]:
     """Tensors and metadata of a checkpoint file or Hugging Face folder. Never unpickles arbitrary objects."""
     path = Path(path)
     if not path.exists():
@@ -55,7 +55,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[StateDict, dict]:
         state_dict, metadata = _read_safetensors(path)
     else:
         state_dict, metadata = _torch_load(path), {}
-    return _strip_prefixes(state_dict), metadata
+    return (_strip_prefixes(state_dict) if strip_prefixes else state_dict), metadata
 
 
 def _read_safetensors(path: Path) -> tuple[StateDict, dict]:

@@ -22,6 +22,9 @@ class ModelSpec:
     url: str | None = None  # official release file
     hf_hub_id: str | None = None  # Hugging Face copy (transformers format)
     timm_name: str | None = None  # the same architecture in timm
+    task: str = "classification"  # or segmentation, detection, instance_segmentation
+    backbone: str | None = None  # dense models: the classifier whose trunk they use
+    default_classes: int = 1000
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -167,6 +170,23 @@ _register(
     **{**_S12, "residual": False},
 )
 _register("poolformer_s12_nomlp", "S12 ablation: no channel MLP", **{**_S12, "use_mlp": False})
+
+
+# Dense prediction (Table 3/4 of the paper): Semantic FPN on ADE20K (150 classes), RetinaNet and Mask R-CNN on
+# COCO (80 classes), on the PoolFormer backbones.
+_DENSE = [
+    ("fpn", "segmentation", "Semantic FPN", 150, ("s12", "s24", "s36", "m36", "m48")),
+    ("retinanet", "detection", "RetinaNet", 80, ("s12", "s24", "s36")),
+    ("mask_rcnn", "instance_segmentation", "Mask R-CNN", 80, ("s12", "s24", "s36")),
+]
+for _prefix, _task, _title, _classes, _sizes in _DENSE:
+    for _size in _sizes:
+        _trunk = _REGISTRY[f"poolformer_{_size}"]
+        _name = f"{_prefix}_poolformer_{_size}"
+        _REGISTRY[_name] = ModelSpec(
+            _name, _trunk.config, f"{_title} on PoolFormer-{_size.upper()}", task=_task, backbone=_trunk.name,
+            default_classes=_classes,
+        )  # fmt: skip
 
 
 def list_models(pattern: str | None = None) -> list[str]:

@@ -102,8 +102,9 @@ def test_train_learns_then_eval_reproduces_the_logged_accuracy(tmp_path, capsys)
 def test_resume_continues_exactly(tiny, tmp_path):
     common = ["--model", "poolformer_s12", "--batch-size", "16", "--lr", "1e-3", "--warmup-epochs", "1", *FAST]
     assert run_train(tiny, "--output", tmp_path / "straight", "--epochs", "3", *common) == 0
-    assert run_train(tiny, "--output", tmp_path / "stopped", "--epochs", "1", *common) == 0
-    assert run_train("--resume", tmp_path / "stopped", "--epochs", "3") == 0
+    assert run_train(tiny, "--output", tmp_path / "stopped", "--epochs", "3", "--stop-after-epochs", "1", *common) == 0
+    assert len((tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()) == 1
+    assert run_train("--resume", tmp_path / "stopped") == 0
     straight = load_file(tmp_path / "straight" / "last.safetensors")
     resumed = load_file(tmp_path / "stopped" / "last.safetensors")
     assert straight.keys() == resumed.keys()

@@ -7,6 +7,7 @@ import json
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -196,11 +197,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .tasks.classification.train import TrainArgs, resume_args, train
 
     if args.resume:
+        config = Path(args.resume) / "config.json"
+        if config.exists() and "iterations" in json.loads(config.read_text()):
+            from .tasks.segmentation.engine import resume_segmentation, train_segmentation
+
+            train_segmentation(resume_segmentation(args.resume), resume=True)
+            return 0
         run = resume_args(args.resume, epochs=args.epochs)
         train(run, resume=True)
         return 0
     if not args.data or not args.model:
         raise SystemExit("error: DATA and --model are required (or --resume RUN_DIR)")
+    if get_spec(args.model).task == "segmentation":
+        return _train_segmentation(args)
     _device(args.device)
     overrides = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in RECIPE_FLAGS.items()}
     if args.ema:
@@ -213,6 +222,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         data=args.data, model=args.model, output=output, recipe=recipe, init=args.init,
         num_workers=args.num_workers, device=args.device, seed=args.seed, amp=args.amp, compile=args.compile,
         channels_last=not args.no_channels_last, progress=not args.no_progress,
+        stop_after_epochs=args.stop_after_epochs,
     )  # fmt: skip
     records = train(run)
     if records:
@@ -221,7 +231,90 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_segmentation(args: argparse.Namespace) -> int:
+    from .tasks.segmentation.engine import SegmentationArgs, train_segmentation
+
+    _device(args.device)
+    given = {
+        "iterations": args.iterations, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+        "crop_size": args.crop_size, "num_classes": args.num_classes, "ignore_index": args.ignore_index,
+        "scale": tuple(args.scale) if args.scale else None,
+    }  # fmt: skip
+    run = SegmentationArgs(
+        data=args.data, model=args.model, output=args.output or f"runs/{args.model}", init=args.init,
+        num_workers=args.num_workers, device=args.device, seed=args.seed, amp=args.amp, progress=not args.no_progress,
+        stop_after_epochs=args.stop_after_epochs, **{k: v for k, v in given.items() if v is not None},
+    )  # fmt: skip
+    records = train_segmentation(run)
+    if records:
+        print(f"done: {run.output} (mIoU {records[-1]['mIoU']:.2f}% after {records[-1]['epoch']} epochs)")
+    return 0
+
+
+def _eval_segmentation(args: argparse.Namespace) -> int:
+    from .engine.distributed import DistributedContext
+    from .tasks.segmentation.data import SegmentationFolder, detect_layout
+    from .tasks.segmentation.engine import TTA_SCALES, evaluate_dataset
+
+    model = _load_dense(args).to(_device(args.device))
+    layout = detect_layout(args.data, args.num_classes or model.num_classes, args.ignore_index)
+    dataset = SegmentationFolder(args.data, layout.val_split, layout)
+    scales = TTA_SCALES if args.tta else (1.0,)
+    result = evaluate_dataset(model, dataset, DistributedContext(device=torch.device(args.device)), scales, args.tta)
+    names = model.labels or layout.classes or [str(i) for i in range(model.num_classes)]
+    if args.json:
+        print(json.dumps({**{k: result[k] for k in ("mIoU", "mAcc", "aAcc")}, "images": len(dataset),
+                          "IoU": dict(zip(names, result["IoU"], strict=True))}))  # fmt: skip
+        return 0
+    print(f"mIoU {result['mIoU']:.2f}%  mAcc {result['mAcc']:.2f}%  aAcc {result['aAcc']:.2f}%  ({len(dataset)} images"
+          f"{', multi-scale + flip' if args.tta else ''})")  # fmt: skip
+    for name, iou in zip(names, result["IoU"], strict=True):
+        print(f"  {name:<24} IoU {iou:6.2f}")
+    return 0
+
+
+def _load_dense(args: argparse.Namespace):
+    from .api import create_model
+
+    if not (args.checkpoint or getattr(args, "pretrained", False)):
+        raise SystemExit("error: pass --checkpoint FILE")
+    return create_model(args.model, checkpoint=args.checkpoint)
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from torchvision.transforms.v2 import functional as TF
+
+    from .data import ImageLoadError, load_image
+    from .tasks.classification.predict import find_images
+    from .tasks.segmentation.engine import TTA_SCALES, predict_probs, write_pictures
+
+    model = _load_dense(args).to(_device(args.device))
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for path in find_images(args.paths):
+        try:
+            image = TF.pil_to_tensor(load_image(path))
+        except (ImageLoadError, FileNotFoundError) as error:
+            print(json.dumps({"path": str(path), "error": str(error)}))
+            failed += 1
+            continue
+        probs = predict_probs(model, image, scales=TTA_SCALES if args.tta else (1.0,), flip=args.tta)
+        prediction = probs.argmax(0).cpu()
+        mask, overlay = write_pictures(image, prediction, model.num_classes, output / path.stem)
+        counts = torch.bincount(prediction.flatten(), minlength=model.num_classes).double() / prediction.numel()
+        names = model.labels or [str(i) for i in range(model.num_classes)]
+        top = counts.topk(min(5, model.num_classes))
+        classes = {
+            names[i]: round(v, 4) for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True) if v > 0
+        }
+        print(json.dumps({"path": str(path), "mask": str(mask), "overlay": str(overlay), "classes": classes}))
+    return 1 if failed else 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    if get_spec(args.model).task == "segmentation":
+        return _eval_segmentation(args)
     from .engine.distributed import init_distributed, shutdown_distributed
     from .tasks.classification.evaluate import eval_folder, eval_loader, evaluate
 
@@ -282,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", help="continue the run in this folder exactly where it stopped")
     for flag, (_, kind, text) in RECIPE_FLAGS.items():
         p.add_argument(flag, type=_positive if kind is int else kind, default=None, help=text)
+    p.add_argument("--iterations", type=_positive, help="segmentation: training iterations (40000)")
+    p.add_argument("--crop-size", type=_positive, help="segmentation: training crop (512)")
+    p.add_argument("--scale", type=_positive, nargs=2, help="segmentation: the resize scale, long short (2048 512)")
+    p.add_argument("--num-classes", type=_positive, help="segmentation: classes, unless ADE20K or classes.txt")
+    p.add_argument("--ignore-index", type=int, help="segmentation: the masks' ignore value (255)")
     p.add_argument("--ema", action="store_true", help="keep an exponential moving average of the weights (0.9998)")
     p.add_argument("--no-augment", action="store_true", help="train on the evaluation transform (no random crops)")
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="mixed precision (default none)")
@@ -291,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW contiguous tensors")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--stop-after-epochs",
+        type=_positive,
+        help="stop after this many epochs (the schedule stays the full run's); continue with --resume",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="top-1/top-5 on DATA/val (or DATA) with the ImageNet validation protocol")
@@ -301,8 +404,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive, default=64)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--json", action="store_true", help='print {"top1", "top5", "images", "errors"}')
+    p.add_argument("--json", action="store_true", help='print {"top1", "top5", "images", "errors"} (or mIoU ...)')
+    p.add_argument("--tta", action="store_true", help="segmentation: multi-scale (0.5-1.75) + flip inference")
+    p.add_argument("--num-classes", type=_positive, help="segmentation: classes of the dataset")
+    p.add_argument("--ignore-index", type=int, default=255, help="segmentation: the masks' ignore value")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("segment", help="semantic segmentation of images: colour mask and overlay PNGs")
+    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("--model", required=True, help="a segmentation model, e.g. fpn_poolformer_s12")
+    p.add_argument("--checkpoint", required=True, help="weights saved by `metaformer train`")
+    p.add_argument("--output", default="segmentations", help="folder for the PNGs (default segmentations/)")
+    p.add_argument("--tta", action="store_true", help="multi-scale + flip inference")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("list", help="list the model names")
     p.add_argument("filter", nargs="?", help="only names containing this text")

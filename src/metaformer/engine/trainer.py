@@ -57,6 +57,7 @@ class TrainerConfig:
     clip_grad: float | None = None  # max gradient norm
     ema_decay: float | None = None
     best_metric: str = "top1"  # a key of the evaluation's metrics; higher is better
+    stop_after_epochs: int | None = None  # stop early, as a job limit would; the schedule stays the full run's
     progress: bool = True
     run_config: dict = field(default_factory=dict)  # written to config.json
 
@@ -113,7 +114,12 @@ class Trainer:
                 self.output / "config.json", lambda tmp: tmp.write_text(json.dumps(self.config.run_config, indent=2))
             )
         records = []
-        for epoch in range(self.start_epoch, self.config.epochs):
+        last = (
+            self.config.epochs
+            if self.config.stop_after_epochs is None
+            else min(self.config.epochs, self.config.stop_after_epochs)
+        )
+        for epoch in range(self.start_epoch, last):
             record = {"epoch": epoch + 1, **self._train_epoch(epoch)}
             record.update(self.evaluate(self.module))
             if self.ema is not None:

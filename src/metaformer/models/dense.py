@@ -37,7 +37,9 @@ class FPNNeck(nn.Module):
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         laterals = [conv(x) for conv, x in zip(self.lateral, features, strict=True)]
         for i in range(len(laterals) - 1, 0, -1):
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(
+                laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest"
+            )
         return [conv(x) for conv, x in zip(self.output, laterals, strict=True)]
 
 

@@ -35,6 +35,7 @@ def build_dense(spec: ModelSpec, num_classes: int, **overrides: object) -> nn.Mo
     model.task = spec.task
     model.num_classes = num_classes
     model.labels = None
+    model.test_scale = (2048, 512) if spec.task == "segmentation" else None  # evaluation resize (long, short)
     return model
 
 
@@ -63,6 +64,8 @@ def create_dense_model(
         return model
     if whole:
         _load_whole(model, state_dict, str(checkpoint))
+        if metadata.get("test_scale"):
+            model.test_scale = tuple(json.loads(metadata["test_scale"]))
         if metadata.get("labels"):
             labels = tuple(json.loads(metadata["labels"]))
             model.labels = labels if len(labels) == model.num_classes else None
@@ -81,7 +84,9 @@ def _load_whole(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source
         lines = [f"{source} does not fit {model.name}:"]
         for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape conflicts", conflicts)):
             if keys:
-                lines.append(f"  {title}: {', '.join(keys[:8])}" + (f" ... ({len(keys)} in all)" if len(keys) > 8 else ""))
+                lines.append(
+                    f"  {title}: {', '.join(keys[:8])}" + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "")
+                )
         lines.append("  Was it saved from another model or number of classes? Pass the right --model/num_classes.")
         raise CheckpointError("\n".join(lines))
     model.load_state_dict(state_dict)
@@ -94,5 +99,7 @@ def save_dense(model: nn.Module, path: str | os.PathLike) -> Path:
     metadata = {"format": "metaformer-dense", "model": model.name, "num_classes": str(model.num_classes)}
     if getattr(model, "labels", None):
         metadata["labels"] = json.dumps(list(model.labels))
+    if getattr(model, "test_scale", None):
+        metadata["test_scale"] = json.dumps(list(model.test_scale))
     atomic_write(path, lambda tmp: save_file(state_dict, str(tmp), metadata=metadata))
     return path

@@ -37,6 +37,7 @@ class TrainArgs:
     compile: bool = False
     channels_last: bool = True
     progress: bool = True
+    stop_after_epochs: int | None = None
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -66,6 +67,7 @@ def resume_args(run: str | Path, epochs: int | None = None) -> TrainArgs:
         raise FileNotFoundError(f"{run} is not a run folder of `metaformer train` (no config.json / {STATE_FILE})")
     args = TrainArgs.from_json(json.loads(config.read_text()))
     args.output = str(run)
+    args.stop_after_epochs = None
     if epochs is not None:
         args.recipe = dataclasses.replace(args.recipe, epochs=epochs)
     return args
@@ -154,6 +156,7 @@ def _train(args: TrainArgs, resume: bool, context) -> list[dict]:
             clip_grad=recipe.clip_grad,
             ema_decay=recipe.ema_decay,
             progress=args.progress,
+            stop_after_epochs=args.stop_after_epochs,
             run_config={
                 **args.to_json(),
                 "resolved": {

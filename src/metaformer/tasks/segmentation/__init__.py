@@ -1,0 +1,1 @@
+"""Semantic segmentation: datasets, the official Semantic FPN recipe, mIoU evaluation and prediction."""

@@ -1,0 +1,156 @@
+"""Semantic FPN: the paper's parameter counts, real CamVid data, mmseg's metrics, training, evaluation, pictures."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import DATA_DIR
+from PIL import Image
+from safetensors.torch import load_file
+
+import metaformer
+from metaformer.cli import main
+from metaformer.tasks.classification.data import DatasetError
+from metaformer.tasks.segmentation.data import IGNORE, SegmentationFolder, TrainTransform, detect_layout, eval_size
+from metaformer.tasks.segmentation.metrics import confusion, scores
+
+# The paper's Table 3 (150 classes). S24's printed 23.2 M contradicts its own S12 and S36 rows: the S12->S24 and
+# S24->S36 backbones differ by the same 9.47 M, so S24 lies midway, at 25.1 M.
+PARAMS = {"s12": 15.7, "s24": 25.1, "s36": 34.6, "m36": 59.8, "m48": 77.1}
+
+
+@pytest.mark.parametrize("size", sorted(PARAMS))
+def test_parameter_counts(size):
+    model = metaformer.create_model(f"fpn_poolformer_{size}")
+    assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - PARAMS[size]) <= 0.2
+
+
+def test_forward_backward_on_odd_sizes():
+    model = metaformer.create_model("fpn_poolformer_s12", num_classes=5).train()
+    for height, width in ((97, 65), (64, 130)):
+        logits = model(torch.randn(2, 3, height, width))
+        assert logits.shape == (2, 5, height, width)
+        logits.logsumexp(1).mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.fixture
+def camvid():
+    root = DATA_DIR / "camvid"
+    if not root.is_dir():
+        pytest.skip(f"real data not found at {root}")
+    return root
+
+
+def test_reads_real_camvid(camvid):
+    layout = detect_layout(camvid, 11, ignore_index=11)
+    dataset = SegmentationFolder(camvid, "val", layout)
+    assert len(dataset) == 34
+    image, mask = dataset.read(0)
+    assert image.shape == (3, 360, 480) and image.dtype == torch.uint8 and mask.shape == (360, 480)
+    values = set(mask.unique().tolist())
+    assert values <= set(range(11)) | {IGNORE} and len(values) > 3  # void (11) became the ignore label
+    crop, target = TrainTransform((1024, 256), 256)(image, mask)
+    assert crop.shape == (3, 256, 256) and target.shape == (256, 256) and crop.dtype == torch.float32
+
+
+def test_ade20k_layout_reduces_the_zero_label(tmp_path):
+    for split in ("training", "validation"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+        (tmp_path / "annotations" / split).mkdir(parents=True)
+    Image.new("RGB", (40, 32)).save(tmp_path / "images" / "training" / "a.jpg")
+    mask = np.zeros((32, 40), np.uint8)
+    mask[:, 20:] = 150
+    mask[:4] = 1
+    Image.fromarray(mask).save(tmp_path / "annotations" / "training" / "a.png")
+    layout = detect_layout(tmp_path)
+    assert (layout.num_classes, layout.reduce_zero_label) == (150, True)
+    _, labels = SegmentationFolder(tmp_path, "training", layout).read(0)
+    assert labels[10, 0] == IGNORE and labels[10, 30] == 149 and labels[0, 0] == 0
+
+
+def test_bad_masks_are_reported(tmp_path):
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+        (tmp_path / "annotations" / split).mkdir(parents=True)
+    Image.new("RGB", (40, 32)).save(tmp_path / "images" / "train" / "a.png")
+    Image.new("RGB", (40, 32)).save(tmp_path / "images" / "train" / "b.png")
+    Image.fromarray(np.full((32, 40), 7, np.uint8)).save(tmp_path / "annotations" / "train" / "a.png")
+    layout = detect_layout(tmp_path, 5)
+    with pytest.raises(DatasetError, match=r"no mask for 1 image\(s\): \['b.png'\]"):
+        SegmentationFolder(tmp_path, "train", layout)
+    (tmp_path / "images" / "train" / "b.png").unlink()
+    with pytest.raises(DatasetError, match=r"a.png: label values \[7\] are neither classes \(0..4\)"):
+        SegmentationFolder(tmp_path, "train", layout).read(0)
+    Image.fromarray(np.zeros((16, 40), np.uint8)).save(tmp_path / "annotations" / "train" / "a.png")
+    with pytest.raises(DatasetError, match="mask of shape"):
+        SegmentationFolder(tmp_path, "train", layout).read(0)
+    with pytest.raises(DatasetError, match="number of classes"):
+        detect_layout(tmp_path)
+
+
+def test_metrics_on_a_hand_computed_case():
+    target = torch.tensor([[0, 0, 1, 1], [2, 2, IGNORE, 1]])
+    prediction = torch.tensor([[0, 1, 1, 1], [2, 0, 2, 3]])
+    matrix = confusion(prediction, target, 4)
+    assert matrix.sum() == 7  # the ignored pixel is not counted
+    result = scores(matrix)
+    # class 0: hit 1, target 2, predicted 2 -> IoU 1/3; class 1: hits 2, target 3, predicted 3 -> 2/4; class 2:
+    # 1 / (2 + 1 - 1) = 1/2; class 3: predicted once, never a target -> IoU 0 (counted); accuracy only over
+    # classes that occur in the targets.
+    assert result["IoU"][:3] == pytest.approx([100 / 3, 50, 50]) and result["IoU"][3] == 0
+    assert result["mIoU"] == pytest.approx((100 / 3 + 50 + 50 + 0) / 4)
+    assert result["mAcc"] == pytest.approx((50 + 200 / 3 + 50) / 3)
+    assert result["aAcc"] == pytest.approx(100 * 4 / 7)
+    assert math.isnan(scores(confusion(prediction[:, :1], target[:, :1], 5))["IoU"][4])
+
+
+def test_eval_size_rounds_to_multiples_of_32():
+    assert eval_size(360, 480) == [512, 672] and eval_size(512, 2048) == [512, 2048]
+    assert all(side % 32 == 0 for side in eval_size(333, 777))
+
+
+def test_train_eval_resume_and_pictures(camvid, tmp_path, capsys):
+    data = tmp_path / "camvid"
+    for split, count in (("train", 8), ("val", 3)):
+        for kind in ("images", "annotations"):
+            (data / kind / split).mkdir(parents=True)
+        for image in sorted((camvid / "images" / split).iterdir())[:count]:
+            shutil.copy(image, data / "images" / split)
+            shutil.copy(camvid / "annotations" / split / image.name, data / "annotations" / split)
+    (data / "classes.txt").write_text("\n".join(["sky", "building", "pole", "road", "pavement", "tree", "sign",
+                                                  "fence", "car", "pedestrian", "bicyclist"]))  # fmt: skip
+    common = ["--model", "fpn_poolformer_s12", "--ignore-index", "11", "--batch-size", "4", "--crop-size", "128",
+              "--scale", "512", "128", "--num-workers", "0", "--no-progress"]  # fmt: skip
+    assert main(["train", str(data), "--output", str(tmp_path / "run"), "--iterations", "4", *common]) == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and {"mIoU", "mAcc", "aAcc"} <= set(records[-1])
+    short = ["--output", str(tmp_path / "short"), "--iterations", "4", "--stop-after-epochs", "1"]
+    assert main(["train", str(data), *short, *common]) == 0  # as if the job were killed after epoch 1
+    assert len((tmp_path / "short" / "metrics.jsonl").read_text().splitlines()) == 1
+    assert main(["train", "--resume", str(tmp_path / "short")]) == 0
+    straight, resumed = (
+        load_file(tmp_path / "run" / "last.safetensors"),
+        load_file(tmp_path / "short" / "last.safetensors"),
+    )
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    capsys.readouterr()
+    checkpoint = str(tmp_path / "run" / "last.safetensors")
+    evaluate = ["eval", str(data), "--model", "fpn_poolformer_s12", "--checkpoint", checkpoint, "--ignore-index", "11"]
+    assert main([*evaluate, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["mIoU"] == pytest.approx(records[-1]["mIoU"]) and result["images"] == 3
+    assert set(result["IoU"]) >= {"sky", "road", "car"}
+    assert main([*evaluate, "--tta"]) == 0
+    assert "multi-scale + flip" in capsys.readouterr().out
+    photo = data / "images" / "val" / sorted(p.name for p in (data / "images" / "val").iterdir())[0]
+    assert main(["segment", str(photo), "--model", "fpn_poolformer_s12", "--checkpoint", checkpoint,
+                 "--output", str(tmp_path / "pictures")]) == 0  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    overlay = Image.open(out["overlay"])
+    assert overlay.size == (480, 360) and Image.open(out["mask"]).mode == "RGB"

@@ -198,6 +198,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         config = Path(args.resume) / "config.json"
+        if config.exists() and "warmup_iters" in json.loads(config.read_text()):
+            from .tasks.detection.engine import resume_detection, train_detection
+
+            train_detection(resume_detection(args.resume), resume=True)
+            return 0
         if config.exists() and "iterations" in json.loads(config.read_text()):
             from .tasks.segmentation.engine import resume_segmentation, train_segmentation
 
@@ -210,6 +215,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise SystemExit("error: DATA and --model are required (or --resume RUN_DIR)")
     if get_spec(args.model).task == "segmentation":
         return _train_segmentation(args)
+    if get_spec(args.model).task != "classification":
+        return _train_detection(args)
     _device(args.device)
     overrides = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in RECIPE_FLAGS.items()}
     if args.ema:
@@ -249,6 +256,71 @@ def _train_segmentation(args: argparse.Namespace) -> int:
     if records:
         print(f"done: {run.output} (mIoU {records[-1]['mIoU']:.2f}% after {records[-1]['epoch']} epochs)")
     return 0
+
+
+def _train_detection(args: argparse.Namespace) -> int:
+    from .tasks.detection.engine import DetectionArgs, train_detection
+
+    _device(args.device)
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+             "min_size": args.min_size, "max_size": args.max_size, "warmup_iters": args.warmup_iters}  # fmt: skip
+    run = DetectionArgs(
+        data=args.data, model=args.model, output=args.output or f"runs/{args.model}", init=args.init,
+        num_workers=args.num_workers, device=args.device, seed=args.seed, amp=args.amp, progress=not args.no_progress,
+        stop_after_epochs=args.stop_after_epochs, **{k: v for k, v in given.items() if v is not None},
+    )  # fmt: skip
+    records = train_detection(run)
+    if records:
+        print(f"done: {run.output} (box AP {records[-1]['AP']:.2f} after {records[-1]['epoch']} epochs)")
+    return 0
+
+
+def _eval_detection(args: argparse.Namespace) -> int:
+    from .engine.distributed import DistributedContext
+    from .tasks.detection.engine import build_dataset, coco_evaluate, is_instance
+
+    model = _load_dense(args).to(_device(args.device))
+    dataset = build_dataset(args.data, args.split, is_instance(model), train=False)
+    result = coco_evaluate(model, dataset, DistributedContext(device=torch.device(args.device)))
+    if args.json:
+        print(json.dumps({**result, "images": len(dataset)}))
+        return 0
+    for prefix, title in (("", "bbox"), ("mask_", "segm")):
+        if prefix + "AP" in result:
+            values = "  ".join(f"{n} {result[prefix + n]:.2f}" for n in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
+            print(f"{title}: {values}")
+    print(f"({len(dataset)} images, {result['detections']} detections)")
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from torchvision.transforms.v2 import functional as TF
+
+    from .data import ImageLoadError, load_image
+    from .tasks.classification.predict import find_images
+    from .tasks.detection.engine import draw, is_instance
+
+    overrides = {k: v for k, v in (("min_size", args.min_size), ("max_size", args.max_size)) if v}
+    from .api import create_model
+
+    model = create_model(args.model, checkpoint=args.checkpoint, **overrides).to(_device(args.device)).eval()
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for path in find_images(args.paths):
+        try:
+            image = TF.pil_to_tensor(load_image(path))
+        except (ImageLoadError, FileNotFoundError) as error:
+            print(json.dumps({"path": str(path), "error": str(error)}))
+            failed += 1
+            continue
+        with torch.inference_mode():
+            result = model([TF.to_dtype(image, torch.float32, scale=True).to(args.device)])[0]
+        result = {k: v.cpu() for k, v in result.items()}
+        picture = output / (path.stem + "_detections.png")
+        found = draw(image, result, model.labels, args.score_threshold, picture, 1 if is_instance(model) else 0)
+        print(json.dumps({"path": str(path), "picture": str(picture), "detections": found}))
+    return 1 if failed else 0
 
 
 def _eval_segmentation(args: argparse.Namespace) -> int:
@@ -315,6 +387,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     if get_spec(args.model).task == "segmentation":
         return _eval_segmentation(args)
+    if get_spec(args.model).task != "classification":
+        return _eval_detection(args)
     from .engine.distributed import init_distributed, shutdown_distributed
     from .tasks.classification.evaluate import eval_folder, eval_loader, evaluate
 
@@ -380,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=_positive, nargs=2, help="segmentation: the resize scale, long short (2048 512)")
     p.add_argument("--num-classes", type=_positive, help="segmentation: classes, unless ADE20K or classes.txt")
     p.add_argument("--ignore-index", type=int, help="segmentation: the masks' ignore value (255)")
+    p.add_argument("--warmup-iters", type=int, help="detection: linear warm-up iterations (500)")
+    p.add_argument("--min-size", type=_positive, help="detection: resize the short side to this (800)")
+    p.add_argument("--max-size", type=_positive, help="detection: ... keeping the long side within this (1333)")
     p.add_argument("--ema", action="store_true", help="keep an exponential moving average of the weights (0.9998)")
     p.add_argument("--no-augment", action="store_true", help="train on the evaluation transform (no random crops)")
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="mixed precision (default none)")
@@ -408,7 +485,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="segmentation: multi-scale (0.5-1.75) + flip inference")
     p.add_argument("--num-classes", type=_positive, help="segmentation: classes of the dataset")
     p.add_argument("--ignore-index", type=int, default=255, help="segmentation: the masks' ignore value")
+    p.add_argument("--split", default="val2017", help="detection: the COCO split to evaluate (val2017)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("detect", help="detect objects (RetinaNet) or instances (Mask R-CNN): PNGs and JSON")
+    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("--model", required=True, help="e.g. retinanet_poolformer_s12, mask_rcnn_poolformer_s12")
+    p.add_argument("--checkpoint", required=True, help="weights saved by `metaformer train`")
+    p.add_argument("--output", default="detections", help="folder for the PNGs (default detections/)")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="draw and print detections above this")
+    p.add_argument("--min-size", type=_positive, help="resize the short side to this (the model's: 800)")
+    p.add_argument("--max-size", type=_positive, help="keep the long side within this (1333)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("segment", help="semantic segmentation of images: colour mask and overlay PNGs")
     p.add_argument("paths", nargs="+", help="image files or folders")

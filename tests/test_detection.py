@@ -1,0 +1,141 @@
+"""RetinaNet and Mask R-CNN: the paper's parameter counts, real COCO files, training, COCO evaluation, pictures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import metaformer
+from metaformer.cli import main
+from metaformer.tasks.classification.data import DatasetError
+from metaformer.tasks.detection.data import CocoDetection, coco_split
+
+from conftest import DATA_DIR
+
+PARAMS = {  # the paper's Table 4, with 80 classes
+    "retinanet_poolformer_s12": 21.7, "retinanet_poolformer_s24": 31.1, "retinanet_poolformer_s36": 40.6,
+    "mask_rcnn_poolformer_s12": 31.6, "mask_rcnn_poolformer_s24": 41.0, "mask_rcnn_poolformer_s36": 50.5,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_parameter_counts(name):
+    model = metaformer.create_model(name)
+    assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - PARAMS[name]) <= 0.3
+
+
+@pytest.mark.parametrize("name", ["retinanet_poolformer_s12", "mask_rcnn_poolformer_s12"])
+def test_forward_backward_on_odd_sizes(name):
+    model = metaformer.create_model(name, num_classes=3, min_size=96, max_size=160).train()
+    images = [torch.rand(3, 97, 131), torch.rand(3, 120, 71)]
+    targets = [{"boxes": torch.tensor([[10.0, 12.0, 60.0, 80.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]  # fmt: skip
+    if name.startswith("mask"):
+        targets[0]["masks"] = torch.zeros(1, 97, 131, dtype=torch.uint8)
+        targets[0]["masks"][0, 12:80, 10:60] = 1
+        targets[1]["masks"] = torch.zeros(0, 120, 71, dtype=torch.uint8)
+    losses = model(images, targets)
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert model.backbone.body.stem.proj.weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        outputs = model(images)
+    assert len(outputs) == 2 and outputs[0]["boxes"].shape[-1] == 4
+
+
+@pytest.fixture
+def coco():
+    root = DATA_DIR / "coco-mini"
+    if not root.is_dir():
+        pytest.skip(f"real data not found at {root}")
+    return root
+
+
+def test_reads_real_coco_with_masks_and_crowds(coco):
+    images, annotations = coco_split(coco, "train2017")
+    dataset = CocoDetection(images, annotations, masks=True, background=True, train=False)
+    assert len(dataset) == 130 and len(dataset.labels) == 80 and dataset.labels[0] == "person"
+    crowded = next(i for i, image_id in enumerate(dataset.ids)
+                   if dataset.coco.getAnnIds(imgIds=image_id, iscrowd=True))  # fmt: skip
+    image, target = dataset[crowded]
+    image_id = dataset.ids[crowded]
+    plain = dataset.coco.getAnnIds(imgIds=image_id, iscrowd=False)
+    assert len(target["labels"]) <= len(plain) and target["labels"].min() >= 1  # crowds left out; 0 is background
+    assert target["masks"].shape[1:] == image.shape[1:] and target["masks"].shape[0] == len(target["labels"])
+    assert image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
+    box = target["boxes"][0]
+    assert target["masks"][0].any() and box[2] > box[0] and box[3] > box[1]
+
+
+def write_subset(coco, tmp_path, train: int = 4, val: int = 2, empty: bool = True):
+    """A tiny COCO dataset made of real images and annotations (plus one image without objects)."""
+    for split, count in (("train2017", train), ("val2017", val)):
+        source = json.loads((coco / "annotations" / f"instances_{split}.json").read_text())
+        with_objects = [i for i in source["images"] if any(a["image_id"] == i["id"] for a in source["annotations"])]
+        images = with_objects[:count]
+        folder = tmp_path / "images" / split
+        folder.mkdir(parents=True)
+        for info in images:
+            (folder / info["file_name"]).symlink_to(coco / "images" / split / info["file_name"])
+        if empty and split == "train2017":
+            Image.new("RGB", (64, 48), (90, 120, 200)).save(folder / "sky.jpg")
+            images = [*images, {"id": 999_999_999, "file_name": "sky.jpg", "width": 64, "height": 48}]
+        ids = {i["id"] for i in images}
+        subset = {**source, "images": images, "annotations": [a for a in source["annotations"] if a["image_id"] in ids]}
+        (tmp_path / "annotations").mkdir(exist_ok=True)
+        (tmp_path / "annotations" / f"instances_{split}.json").write_text(json.dumps(subset))
+    return tmp_path
+
+
+def test_bad_annotations(coco, tmp_path):
+    data = write_subset(coco, tmp_path / "data")
+    annotations = data / "annotations" / "instances_train2017.json"
+    content = json.loads(annotations.read_text())
+    content["annotations"][0]["category_id"] = 1000
+    annotations.write_text(json.dumps(content))
+    dataset = CocoDetection(*coco_split(data, "train2017"), masks=False, background=False, train=False)
+    index = dataset.ids.index(content["annotations"][0]["image_id"])
+    with pytest.raises(DatasetError, match="unknown category 1000"):
+        dataset[index]
+    (data / "images" / "train2017" / "sky.jpg").unlink()
+    with pytest.raises(
+        DatasetError, match=r"1 image\(s\) listed in instances_train2017.json are missing: \['sky.jpg'\]"
+    ):
+        CocoDetection(*coco_split(data, "train2017"), masks=False, background=False, train=False)
+    with pytest.raises(DatasetError, match="expected annotations/instances_test2017.json"):
+        coco_split(data, "test2017")
+
+
+@pytest.mark.parametrize("name", ["retinanet_poolformer_s12", "mask_rcnn_poolformer_s12"])
+def test_train_resume_eval_and_detect(name, coco, tmp_path, capsys):
+    data = write_subset(coco, tmp_path / "data")
+    common = ["--model", name, "--epochs", "2", "--batch-size", "2", "--min-size", "96", "--max-size", "128",
+              "--warmup-iters", "2", "--num-workers", "0", "--no-progress"]  # fmt: skip
+    assert main(["train", str(data), "--output", str(tmp_path / "run"), *common]) == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and "AP50" in records[-1]
+    assert ("mask_AP" in records[-1]) == name.startswith("mask")
+    assert main(["train", str(data), "--output", str(tmp_path / "cut"), "--stop-after-epochs", "1", *common]) == 0
+    assert main(["train", "--resume", str(tmp_path / "cut")]) == 0
+    straight, resumed = (
+        load_file(tmp_path / "run" / "last.safetensors"),
+        load_file(tmp_path / "cut" / "last.safetensors"),
+    )
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    checkpoint = str(tmp_path / "run" / "last.safetensors")
+    capsys.readouterr()
+    evaluate = ["eval", str(data), "--model", name, "--checkpoint", checkpoint, "--json"]
+    assert main(evaluate) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 2 and result["AP"] == pytest.approx(records[-1]["AP"])
+    photo = next((data / "images" / "val2017").iterdir())
+    assert main(["detect", str(photo), "--model", name, "--checkpoint", checkpoint, "--min-size", "96",
+                 "--max-size", "128", "--score-threshold", "0", "--output", str(tmp_path / "pictures")]) == 0  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert Image.open(out["picture"]).size == Image.open(photo).size
+    assert all(d["label"] in metaformer.create_model(name, checkpoint=checkpoint).labels for d in out["detections"])

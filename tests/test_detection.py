@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import DATA_DIR
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -13,8 +14,6 @@ import metaformer
 from metaformer.cli import main
 from metaformer.tasks.classification.data import DatasetError
 from metaformer.tasks.detection.data import CocoDetection, coco_split
-
-from conftest import DATA_DIR
 
 PARAMS = {  # the paper's Table 4, with 80 classes
     "retinanet_poolformer_s12": 21.7, "retinanet_poolformer_s24": 31.1, "retinanet_poolformer_s36": 40.6,
@@ -134,8 +133,9 @@ def test_train_resume_eval_and_detect(name, coco, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["images"] == 2 and result["AP"] == pytest.approx(records[-1]["AP"])
     photo = next((data / "images" / "val2017").iterdir())
-    assert main(["detect", str(photo), "--model", name, "--checkpoint", checkpoint, "--min-size", "96",
-                 "--max-size", "128", "--score-threshold", "0", "--output", str(tmp_path / "pictures")]) == 0  # fmt: skip
+    detect = ["detect", str(photo), "--model", name, "--checkpoint", checkpoint, "--min-size", "96"]
+    detect += ["--max-size", "128"]
+    assert main([*detect, "--score-threshold", "0", "--output", str(tmp_path / "pictures")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert Image.open(out["picture"]).size == Image.open(photo).size
     assert all(d["label"] in metaformer.create_model(name, checkpoint=checkpoint).labels for d in out["detections"])

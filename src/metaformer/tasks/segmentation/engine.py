@@ -140,14 +140,15 @@ def train_segmentation(args: SegmentationArgs, resume: bool = False) -> list[dic
         no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)  # fmt: skip
+        resolved = {"epochs": epochs, "steps_per_epoch": steps, "layout": dataclasses.asdict(layout),
+                    "world_size": context.world_size}  # fmt: skip
+        config = TrainerConfig(
+            epochs=epochs, output=output, amp=args.amp, channels_last=False, best_metric="mIoU",
+            progress=args.progress, stop_after_epochs=args.stop_after_epochs,
+            run_config={**dataclasses.asdict(args), "resolved": resolved},
+        )  # fmt: skip
         trainer = Trainer(model, optimizer, lr_at, make_loader, step, evaluate, lambda net, path: save_dense(net, path),
-                          TrainerConfig(epochs=epochs, output=output, amp=args.amp, channels_last=False,
-                                        best_metric="mIoU", progress=args.progress,
-                                        stop_after_epochs=args.stop_after_epochs,
-                                        run_config={**dataclasses.asdict(args), "resolved": {
-                                            "epochs": epochs, "steps_per_epoch": steps, "layout": dataclasses.asdict(layout),
-                                            "world_size": context.world_size}}),
-                          context)  # fmt: skip
+                          config, context)  # fmt: skip
         return trainer.fit(output if resume else None)
     finally:
         shutdown_distributed()

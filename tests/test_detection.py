@@ -139,3 +139,11 @@ def test_train_resume_eval_and_detect(name, coco, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert Image.open(out["picture"]).size == Image.open(photo).size
     assert all(d["label"] in metaformer.create_model(name, checkpoint=checkpoint).labels for d in out["detections"])
+
+
+def test_list_and_info_show_the_dense_models(capsys):
+    assert main(["list", "mask_rcnn"]) == 0
+    assert "mask_rcnn_poolformer_s36" in capsys.readouterr().out
+    assert main(["info", "retinanet_poolformer_s12", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["task"] == "detection" and info["num_classes"] == 80 and round(info["params"] / 1e6, 1) == 21.7

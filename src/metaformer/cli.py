@@ -98,6 +98,14 @@ def model_info(name: str, image_size: int | None = None) -> dict:
     from .profile import count_macs, count_params
 
     spec = get_spec(name)
+    if spec.task != "classification":  # the paper reports parameters only for the dense models
+        model = create_model(name)
+        trainable, frozen = count_params(model)
+        config = model.config.to_dict()
+        config.pop("labels")
+        return {"name": name, "description": spec.description, "task": spec.task, "backbone": spec.backbone,
+                "num_classes": model.num_classes, "config": config, "params": trainable, "frozen_params": frozen,
+                "macs": None}  # fmt: skip
     overrides = {"image_size": image_size} if image_size else {}
     model = create_model(name, **overrides).eval()
     trainable, frozen = count_params(model)
@@ -128,6 +136,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"  params      {info['params'] / 1e6:.3f} M"
         + (f" (+{info['frozen_params'] / 1e6:.3f} M frozen)" if info["frozen_params"] else "")
     )
+    if info["macs"] is None:
+        print(f"  task        {info['task']} ({info['num_classes']} classes) on {info['backbone']}")
+        return 0
     print(f"  MACs        {info['macs'] / 1e9:.3f} G at {info['image_size']}x{info['image_size']}")
     print(f"  eval        crop_pct {info['crop_pct']}, bicubic, ImageNet mean/std")
     for key, value in info["config"].items():

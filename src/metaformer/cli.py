@@ -99,9 +99,11 @@ def model_info(name: str, image_size: int | None = None) -> dict:
 
     spec = get_spec(name)
     if spec.task != "classification":  # the paper reports parameters only for the dense models
+        from .models.dense import backbone_of
+
         model = create_model(name)
         trainable, frozen = count_params(model)
-        config = model.config.to_dict()
+        config = backbone_of(model).config.to_dict()
         config.pop("labels")
         return {"name": name, "description": spec.description, "task": spec.task, "backbone": spec.backbone,
                 "num_classes": model.num_classes, "config": config, "params": trainable, "frozen_params": frozen,

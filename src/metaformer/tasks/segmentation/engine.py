@@ -163,13 +163,15 @@ def _spec(name: str):
     return spec
 
 
-PALETTE_SEED = 7
-
-
 def palette(num_classes: int) -> np.ndarray:
-    """A fixed colour per class (the same colours in every picture)."""
-    generator = np.random.default_rng(PALETTE_SEED)
-    return generator.integers(0, 256, size=(max(num_classes, 1), 3), dtype=np.uint8)
+    """A fixed, well-separated colour per class: hues a golden-ratio step apart, alternating brightness."""
+    import colorsys
+
+    colours = [
+        colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.85, 1.0 if i % 2 == 0 else 0.7)
+        for i in range(max(num_classes, 1))
+    ]
+    return (np.array(colours) * 255).round().astype(np.uint8)
 
 
 def write_pictures(image: torch.Tensor, prediction: torch.Tensor, num_classes: int, stem: Path) -> tuple[Path, Path]:

@@ -551,7 +551,7 @@ def infer_model_name(checkpoint: Checkpoint) -> str:
     shapes = {k: tuple(v.shape) for k, v in checkpoint.state_dict.items()}
     stored = checkpoint.stored_architecture() or {}
     candidates = []
-    for name in list_models():
+    for name in list_models(task="classification"):
         spec = get_spec(name)
         config = dataclasses.replace(spec.config, num_classes=num_classes)
         if checkpoint.format == "timm" and not spec.timm_name:

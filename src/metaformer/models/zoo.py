@@ -189,9 +189,14 @@ for _prefix, _task, _title, _classes, _sizes in _DENSE:
         )  # fmt: skip
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """Names of every registered model, optionally those containing ``pattern``."""
-    return [name for name in _REGISTRY if pattern is None or pattern in name]
+def list_models(pattern: str | None = None, task: str | None = None) -> list[str]:
+    """Names of the registered models, optionally those containing ``pattern`` or of one ``task``
+    (classification, segmentation, detection, instance_segmentation)."""
+    return [
+        name
+        for name, spec in _REGISTRY.items()
+        if (pattern is None or pattern in name) and (task is None or spec.task == task)
+    ]
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -251,6 +251,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_arguments(args: argparse.Namespace) -> dict:
+    """The arguments every dense training run takes from the command line."""
+    return {
+        "data": args.data, "model": args.model, "output": args.output or f"runs/{args.model}", "init": args.init,
+        "num_workers": args.num_workers, "device": args.device, "seed": args.seed, "amp": args.amp,
+        "progress": not args.no_progress, "stop_after_epochs": args.stop_after_epochs,
+    }  # fmt: skip
+
+
 def _train_segmentation(args: argparse.Namespace) -> int:
     from .tasks.segmentation.engine import SegmentationArgs, train_segmentation
 
@@ -261,9 +270,7 @@ def _train_segmentation(args: argparse.Namespace) -> int:
         "scale": tuple(args.scale) if args.scale else None,
     }  # fmt: skip
     run = SegmentationArgs(
-        data=args.data, model=args.model, output=args.output or f"runs/{args.model}", init=args.init,
-        num_workers=args.num_workers, device=args.device, seed=args.seed, amp=args.amp, progress=not args.no_progress,
-        stop_after_epochs=args.stop_after_epochs, **{k: v for k, v in given.items() if v is not None},
+        **_run_arguments(args), **{k: v for k, v in given.items() if v is not None},
     )  # fmt: skip
     records = train_segmentation(run)
     if records:
@@ -278,9 +285,7 @@ def _train_detection(args: argparse.Namespace) -> int:
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
              "min_size": args.min_size, "max_size": args.max_size, "warmup_iters": args.warmup_iters}  # fmt: skip
     run = DetectionArgs(
-        data=args.data, model=args.model, output=args.output or f"runs/{args.model}", init=args.init,
-        num_workers=args.num_workers, device=args.device, seed=args.seed, amp=args.amp, progress=not args.no_progress,
-        stop_after_epochs=args.stop_after_epochs, **{k: v for k, v in given.items() if v is not None},
+        **_run_arguments(args), **{k: v for k, v in given.items() if v is not None},
     )  # fmt: skip
     records = train_detection(run)
     if records:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,6 +19,22 @@ from ..models.zoo import ModelSpec, resolve_config
 # Keys only a whole dense model has (a classifier has "head.weight", an mmdet file "backbone.network...").
 DENSE_PREFIXES = ("neck.", "head.scale_heads.", "head.classification_head.", "backbone.fpn.", "rpn.", "roi_heads.")
 DETECTOR_OPTIONS = ("min_size", "max_size")  # torchvision's resize of the input (default 800, 1333)
+
+
+@dataclass
+class DenseRunArgs:
+    """What every dense training run is given besides its recipe (which the task's subclass adds)."""
+
+    data: str
+    model: str
+    output: str
+    init: str | None = None  # a classification checkpoint for the backbone, or a whole dense model
+    num_workers: int = 4
+    device: str = "cpu"
+    seed: int = 0
+    amp: str = "none"
+    progress: bool = True
+    stop_after_epochs: int | None = None
 
 
 def build_dense(spec: ModelSpec, num_classes: int, **overrides: object) -> nn.Module:

@@ -20,20 +20,16 @@ from ...engine import StepResult, Trainer, TrainerConfig, init_distributed
 from ...engine.distributed import DistributedContext, shutdown_distributed
 from ...engine.trainer import STATE_FILE
 from ..classification.data import ShardSampler
-from ..dense import create_dense_model, save_dense
+from ..dense import DenseRunArgs, create_dense_model, save_dense
 from .data import CocoDetection, coco_split, collate
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 @dataclass
-class DetectionArgs:
+class DetectionArgs(DenseRunArgs):
     """The official 1x schedule (12 epochs, global batch 16) unless overridden."""
 
-    data: str
-    model: str
-    output: str
-    init: str | None = None
     epochs: int = 12
     batch_size: int = 16  # global, split over the processes (the paper: 8 GPUs x 2)
     lr: float | None = None  # AdamW: 1e-4 for RetinaNet, 2e-4 for Mask R-CNN
@@ -45,12 +41,6 @@ class DetectionArgs:
     max_size: int = 1333
     train_split: str = "train2017"
     val_split: str = "val2017"
-    num_workers: int = 4
-    device: str = "cpu"
-    seed: int = 0
-    amp: str = "none"
-    progress: bool = True
-    stop_after_epochs: int | None = None
 
 
 def is_instance(model) -> bool:

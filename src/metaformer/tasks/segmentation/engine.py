@@ -19,7 +19,7 @@ from ...engine import StepResult, Trainer, TrainerConfig, init_distributed
 from ...engine.distributed import DistributedContext, shutdown_distributed
 from ...engine.trainer import STATE_FILE
 from ..classification.data import ShardSampler
-from ..dense import create_dense_model, save_dense
+from ..dense import DenseRunArgs, create_dense_model, save_dense
 from .data import (
     IGNORE,
     SegmentationFolder,
@@ -35,13 +35,9 @@ TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
 @dataclass
-class SegmentationArgs:
+class SegmentationArgs(DenseRunArgs):
     """The official Semantic FPN recipe (ADE20K, 40k iterations) unless overridden."""
 
-    data: str
-    model: str
-    output: str
-    init: str | None = None
     iterations: int = 40_000
     batch_size: int = 32  # global, split over the processes (the paper: 8 GPUs x 4)
     lr: float = 2e-4
@@ -53,12 +49,6 @@ class SegmentationArgs:
     epochs_between_evals: int = 1  # an "epoch" is one pass over the training images
     num_classes: int | None = None
     ignore_index: int = 255
-    num_workers: int = 4
-    device: str = "cpu"
-    seed: int = 0
-    amp: str = "none"
-    progress: bool = True
-    stop_after_epochs: int | None = None
 
 
 @torch.inference_mode()

@@ -132,6 +132,7 @@ def _read_hf_folder(path: Path) -> tuple[StateDict, dict]:
 # ---------------------------------------------------------------------------------------- key name mappings
 
 
+@functools.cache
 def _official_indices(config: MetaFormerConfig) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
     """Positions in the official ``network`` list of each stage's blocks, downsampling and position embedding."""
     blocks, downsample, pos_embed = {}, {}, {}

@@ -48,7 +48,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     device = _device(args.device)
     model = _load_classifier(args)
     processor = ImageProcessor(size=model.config.image_size, crop_pct=model.config.crop_pct)
-    count = len(find_images(args.paths))
+    files = find_images(args.paths)  # searched once, here
+    count = len(files)
     if count == 0:
         print("error: no image files found in " + " ".join(args.paths), file=sys.stderr)
         return 2
@@ -56,7 +57,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     failed = 0
     for result in predict(
         model,
-        args.paths,
+        files,
         processor,
         args.topk,
         args.batch_size,
@@ -211,25 +212,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         config = Path(args.resume) / "config.json"
-        if config.exists() and "warmup_iters" in json.loads(config.read_text()):
-            from .tasks.detection.engine import resume_detection, train_detection
-
-            train_detection(resume_detection(args.resume), resume=True)
-            return 0
-        if config.exists() and "iterations" in json.loads(config.read_text()):
+        task = get_spec(json.loads(config.read_text())["model"]).task if config.exists() else "classification"
+        if task == "segmentation":
             from .tasks.segmentation.engine import resume_segmentation, train_segmentation
 
             train_segmentation(resume_segmentation(args.resume), resume=True)
+            return 0
+        if task != "classification":
+            from .tasks.detection.engine import resume_detection, train_detection
+
+            train_detection(resume_detection(args.resume), resume=True)
             return 0
         run = resume_args(args.resume, epochs=args.epochs)
         train(run, resume=True)
         return 0
     if not args.data or not args.model:
         raise SystemExit("error: DATA and --model are required (or --resume RUN_DIR)")
-    if get_spec(args.model).task == "segmentation":
-        return _train_segmentation(args)
     if get_spec(args.model).task != "classification":
-        return _train_detection(args)
+        return _train_dense(args, get_spec(args.model).task)
     _device(args.device)
     overrides = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in RECIPE_FLAGS.items()}
     if args.ema:
@@ -260,36 +260,30 @@ def _run_arguments(args: argparse.Namespace) -> dict:
     }  # fmt: skip
 
 
-def _train_segmentation(args: argparse.Namespace) -> int:
-    from .tasks.segmentation.engine import SegmentationArgs, train_segmentation
+# The flags each dense task takes besides the common ones, and the metric its summary line reports.
+DENSE_FLAGS = {
+    "segmentation": (("iterations", "batch_size", "lr", "weight_decay", "crop_size", "num_classes", "ignore_index",
+                      "scale"), "mIoU"),
+    "detection": (("epochs", "batch_size", "lr", "weight_decay", "min_size", "max_size", "warmup_iters"), "AP"),
+}  # fmt: skip
 
+
+def _train_dense(args: argparse.Namespace, task: str) -> int:
+    if task == "segmentation":
+        from .tasks.segmentation.engine import SegmentationArgs as RunArgs
+        from .tasks.segmentation.engine import train_segmentation as run
+    else:
+        from .tasks.detection.engine import DetectionArgs as RunArgs
+        from .tasks.detection.engine import train_detection as run
+    flags, metric = DENSE_FLAGS["segmentation" if task == "segmentation" else "detection"]
     _device(args.device)
-    given = {
-        "iterations": args.iterations, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-        "crop_size": args.crop_size, "num_classes": args.num_classes, "ignore_index": args.ignore_index,
-        "scale": tuple(args.scale) if args.scale else None,
-    }  # fmt: skip
-    run = SegmentationArgs(
-        **_run_arguments(args), **{k: v for k, v in given.items() if v is not None},
-    )  # fmt: skip
-    records = train_segmentation(run)
+    given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
+    if "scale" in given:
+        given["scale"] = tuple(given["scale"])
+    settings = RunArgs(**_run_arguments(args), **given)
+    records = run(settings)
     if records:
-        print(f"done: {run.output} (mIoU {records[-1]['mIoU']:.2f}% after {records[-1]['epoch']} epochs)")
-    return 0
-
-
-def _train_detection(args: argparse.Namespace) -> int:
-    from .tasks.detection.engine import DetectionArgs, train_detection
-
-    _device(args.device)
-    given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-             "min_size": args.min_size, "max_size": args.max_size, "warmup_iters": args.warmup_iters}  # fmt: skip
-    run = DetectionArgs(
-        **_run_arguments(args), **{k: v for k, v in given.items() if v is not None},
-    )  # fmt: skip
-    records = train_detection(run)
-    if records:
-        print(f"done: {run.output} (box AP {records[-1]['AP']:.2f} after {records[-1]['epoch']} epochs)")
+        print(f"done: {settings.output} ({metric} {records[-1][metric]:.2f} after {records[-1]['epoch']} epochs)")
     return 0
 
 

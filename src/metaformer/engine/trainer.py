@@ -154,7 +154,8 @@ class Trainer:
             with autocast:
                 result = self.step(self.model, batch, self.device)
             totals[2] += result.skipped
-            if not self._step_is_usable(result, epoch, index):
+            loss = self._usable_loss(result, epoch, index)
+            if loss is None:
                 continue
             self.scaler.scale(result.loss).backward()
             if self.config.clip_grad:
@@ -165,7 +166,6 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             if self.ema is not None:
                 self.ema.update_parameters(self.module)
-            loss = result.loss.item()
             totals[0] += loss * result.count
             totals[1] += result.count
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
@@ -182,12 +182,12 @@ class Trainer:
             "skipped_images": int(skipped),
         }
 
-    def _step_is_usable(self, result: StepResult, epoch: int, index: int) -> bool:
-        """Skip a batch whose images were all unreadable; stop on a non-finite loss. In DDP every process must
-        take the same decision, or the gradient all-reduce would hang."""
+    def _usable_loss(self, result: StepResult, epoch: int, index: int) -> float | None:
+        """The step's loss value, or None to skip a batch whose images were all unreadable; stops on a non-finite
+        loss. In DDP every process must take the same decision, or the gradient all-reduce would hang."""
         empty = result.count == 0 or result.loss is None
-        finite = empty or bool(torch.isfinite(result.loss.detach()).item())
-        flags = torch.tensor([float(empty), float(not finite)])
+        value = 0.0 if empty else result.loss.detach().item()  # the step's one read of the loss
+        flags = torch.tensor([float(empty), float(not math.isfinite(value))])
         if self.context.enabled:
             flags = self.context.all_reduce_sum(flags)
         if flags[1] > 0:
@@ -196,7 +196,7 @@ class Trainer:
                 f"good checkpoint is kept in {self.output} (resume with --resume {self.output}). Try a lower "
                 "--lr, --clip-grad 1.0, or --amp bf16 instead of fp16."
             )
-        return flags[0] == 0
+        return None if flags[0] > 0 else value
 
     # --------------------------------------------------------------------------------------------- files
 

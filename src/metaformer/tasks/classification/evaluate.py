@@ -36,23 +36,22 @@ def evaluate(
     model.eval()
     device = context.device
     lookup = torch.tensor(outputs, device=device)
-    totals = torch.zeros(5, dtype=torch.float64)  # loss sum, top-1, top-5, images, unreadable
+    totals = torch.zeros(4, device=device)  # loss sum, top-1, top-5, images: summed on the device, read once
     errors: list[str] = []
     dtype = next(model.parameters()).dtype
     for images, labels, bad in tqdm(loader, disable=not (progress and context.is_main), unit="batch", leave=False):
         errors += bad
-        totals[4] += len(bad)
         if len(labels) == 0:
             continue
         images = images.to(device, dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
         targets = lookup[labels.to(device)]
         logits = model(images).float()
-        totals[0] += F.cross_entropy(logits, targets, reduction="sum").item()
         top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
         hits = top5 == targets[:, None]
-        totals[1] += hits[:, 0].sum().item()
-        totals[2] += hits.any(-1).sum().item()
-        totals[3] += len(labels)
+        loss = F.cross_entropy(logits, targets, reduction="sum")
+        counts = torch.stack([hits[:, 0].sum(), hits.any(-1).sum(), torch.tensor(len(labels), device=device)])
+        totals += torch.cat([loss[None], counts.float()])
+    totals = torch.cat([totals.cpu().double(), torch.tensor([float(len(errors))], dtype=torch.float64)])
     loss, top1, top5, count, unreadable = context.all_reduce_sum(totals).tolist()
     count = max(count, 1)
     return {

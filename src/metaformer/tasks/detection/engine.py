@@ -65,15 +65,15 @@ def coco_results(model, dataset: CocoDetection, context: DistributedContext, bat
         outputs = model([image.to(context.device) for image in images])
         for output, target in zip(outputs, targets, strict=True):
             boxes = output["boxes"].cpu()
+            masks = (output["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8) if "masks" in output else None
             boxes[:, 2:] -= boxes[:, :2]
             for k, (box, score, label) in enumerate(
                 zip(boxes.tolist(), output["scores"].tolist(), output["labels"].tolist(), strict=True)
             ):
                 entry = {"image_id": target["image_id"], "category_id": dataset.label_to_category(label),
                          "bbox": [round(v, 2) for v in box], "score": round(score, 5)}  # fmt: skip
-                if "masks" in output:
-                    binary = (output["masks"][k, 0] > 0.5).cpu().numpy().astype(np.uint8)
-                    rle = mask_utils.encode(np.asfortranarray(binary))
+                if masks is not None:
+                    rle = mask_utils.encode(np.asfortranarray(masks[k]))
                     rle["counts"] = rle["counts"].decode("ascii")
                     entry["segmentation"] = rle
                 results.append(entry)

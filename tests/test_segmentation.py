@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -115,7 +118,8 @@ def test_eval_size_rounds_to_multiples_of_32():
     assert all(side % 32 == 0 for side in eval_size(333, 777))
 
 
-def test_train_eval_resume_and_pictures(camvid, tmp_path, capsys):
+@pytest.fixture
+def small_camvid(camvid, tmp_path):
     data = tmp_path / "camvid"
     for split, count in (("train", 8), ("val", 3)):
         for kind in ("images", "annotations"):
@@ -125,8 +129,16 @@ def test_train_eval_resume_and_pictures(camvid, tmp_path, capsys):
             shutil.copy(camvid / "annotations" / split / image.name, data / "annotations" / split)
     (data / "classes.txt").write_text("\n".join(["sky", "building", "pole", "road", "pavement", "tree", "sign",
                                                   "fence", "car", "pedestrian", "bicyclist"]))  # fmt: skip
-    common = ["--model", "fpn_poolformer_s12", "--ignore-index", "11", "--batch-size", "4", "--crop-size", "128",
-              "--scale", "512", "128", "--num-workers", "0", "--no-progress"]  # fmt: skip
+    return data
+
+
+SMALL_RUN = ["--model", "fpn_poolformer_s12", "--ignore-index", "11", "--batch-size", "4", "--crop-size", "128",
+             "--scale", "512", "128", "--num-workers", "0", "--no-progress"]  # fmt: skip
+
+
+def test_train_eval_resume_and_pictures(small_camvid, tmp_path, capsys):
+    data = small_camvid
+    common = SMALL_RUN
     assert main(["train", str(data), "--output", str(tmp_path / "run"), "--iterations", "4", *common]) == 0
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2] and {"mIoU", "mAcc", "aAcc"} <= set(records[-1])
@@ -154,3 +166,17 @@ def test_train_eval_resume_and_pictures(camvid, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     overlay = Image.open(out["overlay"])
     assert overlay.size == (480, 360) and Image.open(out["mask"]).mode == "RGB"
+
+
+def test_two_process_training_on_cpu(small_camvid, tmp_path):
+    # Under torchrun on CPU (gloo) the head's BatchNorm must stay per-process: SyncBatchNorm has no CPU kernel.
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command = [*torchrun, "-m", "metaformer", "train", str(small_camvid), "--output", str(tmp_path / "ddp"),
+               "--iterations", "2", *SMALL_RUN]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("done:") == 1  # the summary comes from the main process only
+    config = json.loads((tmp_path / "ddp" / "config.json").read_text())
+    assert config["resolved"]["world_size"] == 2
+    assert (tmp_path / "ddp" / "last.safetensors").is_file()

@@ -9,6 +9,7 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .data import ImageProcessor, imagenet_labels, load_image
+from .models.fused import fuse, is_fused
 from .models.metaformer import MetaFormer, MetaFormerConfig, MetaFormerFeatures
 from .models.zoo import list_models
 from .profile import count_macs, count_params
@@ -26,7 +27,9 @@ __all__ = [
     "count_macs",
     "count_params",
     "create_model",
+    "fuse",
     "imagenet_labels",
+    "is_fused",
     "list_models",
     "load_checkpoint",
     "load_image",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -33,12 +34,14 @@ def _positive(text: str) -> int:
 
 def _load_classifier(args: argparse.Namespace):
     from .api import create_model
+    from .models.fused import fuse
 
     if args.pretrained and args.checkpoint:
         raise SystemExit("error: pass either --checkpoint FILE or --pretrained, not both")
     if not (args.pretrained or args.checkpoint):
         raise SystemExit("error: pass --checkpoint FILE (any supported format) or --pretrained")
-    return create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint)
+    model = create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint)
+    return model if getattr(args, "no_fuse", True) else fuse(model)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -164,9 +167,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from .api import create_model
     from .benchmark import time_forward
+    from .models.fused import fuse
 
     device = _device(args.device)
     model = create_model(args.model, image_size=args.image_size)
+    if not args.no_fuse:
+        model = fuse(model)
     result = time_forward(
         model,
         args.batch_size,
@@ -178,6 +184,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         not args.no_channels_last,
     )
     result["model"] = args.model
+    result["fused"] = not args.no_fuse
     if args.json:
         print(json.dumps(result))
     else:
@@ -245,10 +252,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         stop_after_epochs=args.stop_after_epochs,
     )  # fmt: skip
     records = train(run)
-    if records:
+    if records and _is_main_process():
         last = records[-1]
         print(f"done: {output} (top-1 {last['top1']:.2f}%, top-5 {last['top5']:.2f}% after {last['epoch']} epochs)")
     return 0
+
+
+def _is_main_process() -> bool:
+    """False in torchrun's other processes, so summaries print once."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _run_arguments(args: argparse.Namespace) -> dict:
@@ -282,7 +294,7 @@ def _train_dense(args: argparse.Namespace, task: str) -> int:
         given["scale"] = tuple(given["scale"])
     settings = RunArgs(**_run_arguments(args), **given)
     records = run(settings)
-    if records:
+    if records and _is_main_process():
         print(f"done: {settings.output} ({metric} {records[-1][metric]:.2f} after {records[-1]['epoch']} epochs)")
     return 0
 
@@ -439,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: 2 for many images)")
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    p.add_argument("--no-fuse", action="store_true", help="run the plain model, not the folded one")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
@@ -498,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=_positive, help="segmentation: classes of the dataset")
     p.add_argument("--ignore-index", type=int, default=255, help="segmentation: the masks' ignore value")
     p.add_argument("--split", default="val2017", help="detection: the COCO split to evaluate (val2017)")
+    p.add_argument("--no-fuse", action="store_true", help="run the plain model, not the folded one")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("detect", help="detect objects (RetinaNet) or instances (Mask R-CNN): PNGs and JSON")
@@ -548,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=_positive, default=10)
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW contiguous tensors")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--no-fuse", action="store_true", help="run the plain model, not the folded one")
     p.set_defaults(func=cmd_benchmark)
     return parser
 

@@ -12,8 +12,9 @@ from torch.utils.checkpoint import checkpoint
 from torchvision.ops import stochastic_depth
 
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from .layers import ACTIVATIONS, NORMS, ConvEmbed, ConvMlp, make_norm, resize_pos_embed
-from .mixers import MIXERS, make_mixer
+from .layers import ACTIVATIONS, NORMS, ConvEmbed, ConvMlp, GroupNorm1, make_norm, resize_pos_embed
+from .mixers import MIXERS, Pooling, make_mixer
+from .pooling_branch import pooling_branch
 
 STEM = (7, 4, 2)  # kernel, stride, padding of the patch embedding
 DOWNSAMPLE = (3, 2, 1)  # the same for the embedding between stages
@@ -108,6 +109,12 @@ class MetaFormerBlock(nn.Module):
             self.norm2 = make_norm(config.norm, dim)
             self.mlp = ConvMlp(dim, int(dim * config.mlp_ratio), config.act, config.drop_rate)
             self.layer_scale2 = self._layer_scale(config, dim)
+        # PoolFormer's own block trains through the few-pass branch with its own backward (pooling_branch.py).
+        self.fused_pooling = self.has_pooling_branch()
+
+    def has_pooling_branch(self) -> bool:
+        """PoolFormer's own block (one-group norm, pooling, residual): the one ``pooling_branch`` computes."""
+        return isinstance(self.token_mixer, Pooling) and isinstance(self.norm1, GroupNorm1) and self.residual
 
     @staticmethod
     def _layer_scale(config: MetaFormerConfig, dim: int) -> nn.Parameter | None:
@@ -124,8 +131,25 @@ class MetaFormerBlock(nn.Module):
         branch = stochastic_depth(branch, self.drop_path, "row", self.training)
         return x + branch if self.residual else branch
 
+    def _sample_scale(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Stochastic depth's per-sample factor, drawn exactly as torchvision's ``stochastic_depth`` draws it."""
+        if not (self.training and self.drop_path > 0):
+            return None
+        keep = 1.0 - self.drop_path
+        noise = torch.empty(x.shape[0], dtype=x.dtype, device=x.device).bernoulli_(keep)
+        return noise.div_(keep).float() if keep > 0 else noise.float()
+
+    def _pooling_branch(self, x: torch.Tensor) -> torch.Tensor:
+        norm = self.norm1
+        layer_scale = self.layer_scale1 if self.layer_scale1 is not None else torch.ones_like(norm.weight)
+        pool_size = self.token_mixer.pool.kernel_size
+        return pooling_branch(x, norm.weight, norm.bias, layer_scale, pool_size, norm.eps, self._sample_scale(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._add(x, self.token_mixer(self.norm1(x)), self.layer_scale1)
+        if self.fused_pooling and torch.is_grad_enabled():
+            x = self._pooling_branch(x)
+        else:
+            x = self._add(x, self.token_mixer(self.norm1(x)), self.layer_scale1)
         if self.mlp is not None:
             x = self._add(x, self.mlp(self.norm2(x)), self.layer_scale2)
         return x
@@ -205,6 +229,12 @@ class _Trunk(nn.Module):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+
+    def set_fused_pooling(self, enable: bool = True) -> None:
+        """Train PoolFormer blocks through the few-pass token-mixer branch (default) or the literal modules."""
+        for module in self.modules():
+            if isinstance(module, MetaFormerBlock):
+                module.fused_pooling = enable and module.has_pooling_branch()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass to save memory."""

@@ -95,7 +95,9 @@ def train_segmentation(args: SegmentationArgs, resume: bool = False) -> list[dic
         model = create_dense_model(_spec(args.model), num_classes=layout.num_classes, checkpoint=args.init)
         model.labels = layout.classes
         model.test_scale = tuple(args.scale)
-        if context.enabled:
+        if context.enabled and context.device.type == "cuda":
+            # The official head syncs BatchNorm statistics across GPUs; SyncBatchNorm has no CPU kernel, so CPU
+            # (gloo) runs keep per-process statistics.
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         torch.manual_seed(args.seed + context.rank)
         random.seed(args.seed + context.rank)

@@ -1,0 +1,296 @@
+"""PoolFormer speed, side by side: ours (plain, fused, compiled) against timm (eager, compiled) and Hugging Face.
+
+    python benchmarks/speed.py                          # CPU: about 15 minutes on 2 cores
+    python benchmarks/speed.py --quick                  # fewer rounds, no compiled rows
+    python benchmarks/speed.py --device cuda            # CUDA AMP rows (needs a GPU)
+
+Every row of a group runs in this one process, the same weights and inputs, alternating round by round; each
+figure is the median over rounds, and each ratio is against the group's first row (timm eager, float32 on CPU).
+Groups: inference latency at batch 1, throughput at batch 32 (float32 and bfloat16), a training step (forward,
+backward, AdamW) at batch 32, and the whole ``predict`` pipeline (decode, resize, crop, model) over the real photos
+in ``../shared/data/imagenet-samples``. Peak memory: CUDA's allocator peak; for CPU training, the activations kept
+for the backward (bytes saved by autograd), which is what grows with the batch. Writes everything to ``--json``.
+Needs the dev extra (timm, transformers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+import torch._inductor.config as inductor_config
+import torch.nn.functional as F
+from transformers import PoolFormerForImageClassification, PoolFormerImageProcessor
+
+import metaformer
+from metaformer.checkpoints import save_checkpoint
+from metaformer.data import ImageProcessor, load_image
+
+DATA = Path(os.environ.get("METAFORMER_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+CL = torch.channels_last
+
+
+@dataclass
+class Row:
+    name: str
+    step: Callable[[], object]
+    images: int
+    saved_bytes: int | None = None
+    times: list[float] = field(default_factory=list)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def saved_activation_bytes(step: Callable[[], object]) -> int:
+    """Bytes of the tensors autograd keeps for the backward during one training step (shared storages once)."""
+    seen: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if not isinstance(tensor, torch.nn.Parameter) and tensor.layout == torch.strided:
+            storage = tensor.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(seen.values())
+
+
+def run_group(title: str, rows: list[Row], rounds: int, device: torch.device, warmup: int = 2) -> dict:
+    print(f"\n== {title}", flush=True)
+    for row in rows:
+        start = time.perf_counter()
+        for _ in range(warmup):
+            row.step()
+        sync(device)
+        print(f"   warm-up {row.name}: {time.perf_counter() - start:.1f} s", flush=True)
+    peaks: dict[str, float] = {}
+    for _ in range(rounds):
+        for row in rows:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            sync(device)
+            start = time.perf_counter()
+            row.step()
+            sync(device)
+            row.times.append(time.perf_counter() - start)
+            if device.type == "cuda":
+                peaks[row.name] = torch.cuda.max_memory_allocated(device) / 2**20
+    base = statistics.median(rows[0].times)
+    results = []
+    print(f"   {'':34s} {'images/s':>9s} {'ms':>9s} {'ratio':>6s} {'memory MiB':>11s}")
+    for row in rows:
+        median = statistics.median(row.times)
+        memory = peaks.get(row.name) if device.type == "cuda" else (row.saved_bytes or 0) / 2**20 or None
+        result = {"name": row.name, "images_per_s": row.images / median, "median_ms": median * 1e3,
+                  "ratio": base / median, "memory_mib": memory, "times_ms": [t * 1e3 for t in row.times]}  # fmt: skip
+        results.append(result)
+        shown = f"{memory:11.0f}" if memory else f"{'-':>11s}"
+        print(f"   {row.name:34s} {result['images_per_s']:9.1f} {median * 1e3:9.1f} {result['ratio']:6.2f} {shown}")
+    return {"group": title, "rows": results}
+
+
+def build_models(name: str, device: torch.device) -> dict[str, torch.nn.Module]:
+    """Ours, timm's and HF's model with the same (non-trivial, random) weights."""
+    ours = metaformer.create_model(name).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # layer scales of order 1, or the blocks vanish next to the residual stream
+        for key, param in ours.named_parameters():
+            if "layer_scale" in key:
+                param.copy_(torch.rand(param.shape, generator=generator) * 0.9 + 0.1)
+    with tempfile.TemporaryDirectory() as folder:
+        timm_file = save_checkpoint(ours, f"{folder}/timm.safetensors", to="timm")
+        theirs = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(timm_file)})
+        hf_folder = save_checkpoint(ours, f"{folder}/hf", to="hf")
+        hf = PoolFormerForImageClassification.from_pretrained(hf_folder)
+    models = {"ours": ours, "timm": theirs.eval(), "hf": hf.eval()}
+    return {key: model.to(device, memory_format=CL) for key, model in models.items()}
+
+
+def compiled(model: torch.nn.Module) -> torch.nn.Module:
+    return torch.compile(model)
+
+
+def inference_rows(models: dict, batch: int, device: torch.device, dtype: torch.dtype, compile_rows: bool) -> list:
+    images = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=CL)
+    ours, theirs, hf = models["ours"], models["timm"], models["hf"]
+    fused = metaformer.fuse(ours)
+
+    def call(model: torch.nn.Module, x: torch.Tensor, autocast: torch.dtype | None = None) -> Callable[[], object]:
+        def step() -> object:
+            context = torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext()
+            with torch.inference_mode(), context:
+                return model(x)
+
+        return step
+
+    low = images.to(dtype)
+    if device.type == "cuda":  # AMP on CUDA: the peers under autocast, ours fused in half precision
+        rows = [Row("timm eager AMP", call(theirs, images, dtype), batch)]
+        if compile_rows:
+            rows.append(Row("timm compiled AMP", call(compiled(theirs), images, dtype), batch))
+        rows += [Row("HF AMP", call(hf, images, dtype), batch), Row("ours plain AMP", call(ours, images, dtype), batch)]
+        half = fused.to(dtype)
+        rows.append(Row("ours fused", call(half, low), batch))
+        if compile_rows:
+            rows.append(Row("ours fused compiled", call(compiled(half), low), batch))
+        return rows
+    rows = [Row("timm eager fp32", call(theirs, images), batch)]
+    if dtype == torch.float32:
+        if compile_rows:
+            rows.append(Row("timm compiled fp32", call(compiled(theirs), images), batch))
+        rows += [Row("HF fp32", call(hf, images), batch), Row("ours plain fp32", call(ours, images), batch),
+                 Row("ours fused fp32", call(fused, images), batch)]  # fmt: skip
+        if compile_rows:
+            rows.append(Row("ours fused compiled fp32", call(compiled(fused), images), batch))
+        return rows
+    rows.append(Row("timm eager bf16 (autocast)", call(theirs, images, dtype), batch))
+    if compile_rows:
+        rows.append(Row("timm compiled bf16 (autocast)", call(compiled(theirs), images, dtype), batch))
+    half = metaformer.fuse(ours).to(dtype)
+    rows.append(Row("ours fused bf16", call(half, low), batch))
+    if compile_rows:
+        rows.append(Row("ours fused compiled bf16", call(compiled(half), low), batch))
+    return rows
+
+
+def training_rows(name: str, batch: int, device: torch.device, amp: torch.dtype | None, compile_rows: bool) -> list:
+    images = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=CL)
+    labels = torch.randint(0, 1000, (batch,), device=device)
+
+    def trainer(model: torch.nn.Module) -> Callable[[], object]:
+        model = model.to(device, memory_format=CL).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step() -> object:
+            context = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
+            with context:
+                loss = F.cross_entropy(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return loss
+
+        return step
+
+    def ours(fused_pooling: bool) -> torch.nn.Module:
+        model = metaformer.create_model(name, drop_path_rate=0.1)
+        model.set_fused_pooling(fused_pooling)
+        return model
+
+    suffix = f" {str(amp).split('.')[-1]} autocast" if amp else " fp32"
+    rows = [Row("timm eager" + suffix, trainer(timm.create_model(name, drop_path_rate=0.1)), batch)]
+    if compile_rows:
+        rows.append(Row("timm compiled" + suffix, trainer(compiled(timm.create_model(name, drop_path_rate=0.1))),
+                        batch))  # fmt: skip
+    rows += [Row("ours literal modules" + suffix, trainer(ours(False)), batch),
+             Row("ours" + suffix, trainer(ours(True)), batch)]  # fmt: skip
+    if compile_rows:
+        rows.append(Row("ours compiled" + suffix, trainer(compiled(ours(True))), batch))
+    if device.type == "cpu":
+        for row in rows:
+            row.saved_bytes = saved_activation_bytes(row.step)
+    return rows
+
+
+def pipeline_rows(models: dict, batch: int, device: torch.device) -> tuple[list, dict]:
+    """``predict`` as a user runs it: read, decode, resize, crop, normalise, model; ours against HF's."""
+    folder = DATA / "imagenet-samples"
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    ours_processor = ImageProcessor(crop_pct=0.9)
+    hf_processor = PoolFormerImageProcessor(crop_pct=0.9)
+    fused = metaformer.fuse(models["ours"])
+
+    def run_ours(model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> Callable[[], list]:
+        def step() -> list:
+            top = []
+            for start in range(0, len(paths), batch):
+                pixels = ours_processor([load_image(p) for p in paths[start : start + batch]])
+                with torch.inference_mode():
+                    logits = model(pixels.to(device, dtype).contiguous(memory_format=CL))
+                top += logits.argmax(1).tolist()
+            return top
+
+        return step
+
+    def run_hf() -> list:
+        top = []
+        for start in range(0, len(paths), batch):
+            images = [load_image(p) for p in paths[start : start + batch]]
+            pixels = hf_processor(images, return_tensors="pt")["pixel_values"]
+            with torch.inference_mode():
+                top += models["hf"](pixels.to(device).contiguous(memory_format=CL)).logits.argmax(1).tolist()
+        return top
+
+    rows = [Row("HF processor + model fp32", run_hf, len(paths)),
+            Row("ours predict, plain fp32", run_ours(models["ours"]), len(paths)),
+            Row("ours predict, fused fp32", run_ours(fused), len(paths))]  # fmt: skip
+    agreement = {}
+    if device.type == "cpu":
+        low = metaformer.fuse(models["ours"]).to(torch.bfloat16)
+        rows.append(Row("ours predict, fused bf16", run_ours(low, torch.bfloat16), len(paths)))
+        reference, half = run_ours(models["ours"])(), rows[-1].step()
+        agrees = sum(a == b for a, b in zip(reference, half, strict=True))
+        agreement = {"photos": len(paths), "bf16_top1_agrees_with_fp32": agrees}
+    return rows, agreement
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="poolformer_s12")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--train-rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="3 rounds, no compiled rows")
+    parser.add_argument("--only", nargs="+", choices=["b1", "b32", "bf16", "train", "pipeline"])
+    parser.add_argument("--json", default="speed.json")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    rounds, compile_rows = (3, False) if args.quick else (args.rounds, True)
+    inductor_config.freezing = True  # inference graphs: constant weights folded and prepacked, for every peer alike
+    torch.manual_seed(0)
+    models = build_models(args.model, device)
+    wanted = set(args.only or ["b1", "b32", "bf16", "train", "pipeline"])
+    amp = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+    report: dict = {"model": args.model, "device": str(device), "threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "timm": timm.__version__, "groups": []}  # fmt: skip
+    if device.type == "cuda":
+        report["gpu"] = torch.cuda.get_device_name(device)
+    if "b1" in wanted:
+        rows = inference_rows(models, 1, device, torch.float32 if device.type == "cpu" else amp, compile_rows)
+        report["groups"].append(run_group("inference, batch 1", rows, rounds * 4, device))
+    if "b32" in wanted:
+        rows = inference_rows(models, 32, device, torch.float32 if device.type == "cpu" else amp, compile_rows)
+        report["groups"].append(run_group("inference, batch 32", rows, rounds, device))
+    if "bf16" in wanted and device.type == "cpu":
+        rows = inference_rows(models, 32, device, torch.bfloat16, compile_rows)
+        report["groups"].append(run_group("inference, batch 32, bfloat16", rows, rounds, device))
+    if "train" in wanted:
+        rows = training_rows(args.model, 32, device, None if device.type == "cpu" else amp, compile_rows)
+        report["groups"].append(run_group("training step, batch 32", rows, args.train_rounds, device, warmup=1))
+    if "pipeline" in wanted and (DATA / "imagenet-samples").is_dir():
+        rows, agreement = pipeline_rows(models, 32, device)
+        report["groups"].append(run_group("predict pipeline on the real photos", rows, max(rounds // 2, 2), device,
+                                          warmup=1))  # fmt: skip
+        report["bf16_agreement"] = agreement
+        if agreement:
+            print(f"   bf16 top-1 agrees with fp32 on {agreement['bf16_top1_agrees_with_fp32']}/{agreement['photos']}")
+    Path(args.json).write_text(json.dumps(report, indent=1))
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

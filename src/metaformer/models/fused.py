@@ -1,0 +1,209 @@
+"""An exact, inference-only form of a MetaFormer with the norms and layer scales folded away.
+
+With ``n(x) = g * (x - mu) / sigma + b`` the one-group GroupNorm (per-sample ``mu``, ``sigma``) and ``P`` the average
+pooling without padded counts (linear, and maps a per-channel constant to itself):
+
+* token mixer: ``x + ls1 * (P(n(x)) - n(x)) = lerp(x, P(x), ls1 * g / sigma)``: the mean and bias cancel, only
+  ``sigma`` is needed, and the branch plus the residual add is one pooling and one blend pass;
+* channel MLP: ``fc1(n(y)) = (W1 diag(g)) (y - mu) / sigma + (W1 b + c1)``: the norm's affine folds into ``fc1``,
+  ``ls2`` into ``fc2``; on CPU the activation and the residual add run inside oneDNN's convolution epilogues.
+
+BatchNorm (inference statistics) folds into constants; the identity mixer becomes one multiply-add. Mixers with no
+such algebra (attention, random and spatial mixing, depthwise convolution) and the per-token LayerNorm keep their
+plain token-mixer branch, and still get the fused MLP branch.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import GroupNorm1, LayerNormChannel
+from .metaformer import MetaFormer, MetaFormerBlock, MetaFormerStage
+from .mixers import IdentityMixer, Pooling
+
+# oneDNN's names for the activations it can run inside a convolution's epilogue ("none" selects the exact erf GELU).
+_ONEDNN_ACT = {nn.GELU: ("gelu", "none"), nn.ReLU: ("relu", ""), nn.SiLU: ("swish", "")}
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+_ONEDNN = torch.backends.mkldnn.is_available()
+
+
+def _use_onednn(x: torch.Tensor) -> bool:
+    # Under torch.compile the portable form is traced instead: inductor makes the same epilogue fusions itself.
+    return _ONEDNN and x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES and not torch.compiler.is_compiling()
+
+
+def _inverse_std(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """``1 / sigma`` over (C, H, W) of each sample, as ``[B, 1, 1, 1]`` (GroupNorm's own fast statistics kernel)."""
+    batch, channels = x.shape[:2]
+    _, _, rstd = torch.native_group_norm(x, None, None, batch, channels, x[0, 0].numel(), 1, eps)
+    return rstd.view(batch, 1, 1, 1)
+
+
+def _norm_affine(norm: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel ``(scale, shift)`` a norm applies after its own normalisation (BatchNorm: all of it).
+
+    ``like`` is any ``[C]`` tensor of the block, for the identity's sizes, device and dtype.
+    """
+    if isinstance(norm, nn.BatchNorm2d):
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        return scale, norm.bias - norm.running_mean * scale
+    if isinstance(norm, (GroupNorm1, LayerNormChannel)):
+        return norm.weight, norm.bias
+    return torch.ones_like(like), torch.zeros_like(like)
+
+
+def _layer_scale(scale: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return scale if scale is not None else torch.ones_like(like)
+
+
+class _Normalize(nn.Module):
+    """The affine-free part of a norm, whose affine was folded into the next layer."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.kind = "group" if isinstance(norm, GroupNorm1) else "layer" if isinstance(norm, LayerNormChannel) else ""
+        self.eps = getattr(norm, "eps", 0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "group":
+            return F.group_norm(x, 1, eps=self.eps)
+        if self.kind == "layer":
+            return F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], eps=self.eps).permute(0, 3, 1, 2)
+        return x
+
+
+class FusedMlp(nn.Module):
+    """``y + ls2 * fc2(act(fc1(norm(y))))`` with the norm's affine in ``fc1`` and ``ls2`` in ``fc2``."""
+
+    def __init__(self, block: MetaFormerBlock) -> None:
+        super().__init__()
+        mlp = block.mlp
+        scale, shift = _norm_affine(block.norm2, mlp.fc2.bias)
+        layer_scale = _layer_scale(block.layer_scale2, mlp.fc2.bias)
+        w1 = mlp.fc1.weight.flatten(1)
+        self.normalize = _Normalize(block.norm2)
+        self.fc1_weight = nn.Parameter((w1 * scale).view_as(mlp.fc1.weight), requires_grad=False)
+        self.fc1_bias = nn.Parameter(w1 @ shift + mlp.fc1.bias, requires_grad=False)
+        self.fc2_weight = nn.Parameter(mlp.fc2.weight * layer_scale.view(-1, 1, 1, 1), requires_grad=False)
+        self.fc2_bias = nn.Parameter(mlp.fc2.bias * layer_scale, requires_grad=False)
+        self.act = mlp.act
+        self.onednn_act = _ONEDNN_ACT.get(type(mlp.act))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(y)
+        if self.onednn_act is not None and _use_onednn(x):
+            ops = torch.ops.mkldnn
+            attr, algorithm = self.onednn_act
+            h = ops._convolution_pointwise(x, self.fc1_weight, self.fc1_bias, [0, 0], [1, 1], [1, 1], 1, attr, [],
+                                           algorithm)  # fmt: skip
+            return ops._convolution_pointwise.binary(h, y, self.fc2_weight, self.fc2_bias, [0, 0], [1, 1], [1, 1],
+                                                     1, "add", None, None, [], None)  # fmt: skip
+        h = self.act(F.conv2d(x, self.fc1_weight, self.fc1_bias))
+        return F.conv2d(h, self.fc2_weight, self.fc2_bias).add_(y)
+
+
+class FusedPooling(nn.Module):
+    """``x + ls1 * (P(norm(x)) - norm(x))`` as ``lerp(x, P(x), weight)``, weight ``ls1 * g / sigma`` (GroupNorm)."""
+
+    def __init__(self, block: MetaFormerBlock, like: torch.Tensor) -> None:
+        super().__init__()
+        pool: nn.AvgPool2d = block.token_mixer.pool
+        scale, _ = _norm_affine(block.norm1, like)
+        layer_scale = _layer_scale(block.layer_scale1, like)
+        self.kernel_size = pool.kernel_size
+        self.per_sample = isinstance(block.norm1, GroupNorm1)
+        self.eps = getattr(block.norm1, "eps", 0.0)
+        self.weight = nn.Parameter((layer_scale * scale).view(1, -1, 1, 1).detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = self.kernel_size // 2
+        pooled = F.avg_pool2d(x, self.kernel_size, 1, pad, count_include_pad=False)
+        weight = self.weight * _inverse_std(x, self.eps).to(x.dtype) if self.per_sample else self.weight
+        return torch.lerp(x, pooled, weight)
+
+
+class FusedIdentity(nn.Module):
+    """``x + ls1 * norm(x)`` as one multiply-add ``x * (1 + k / sigma) + ls1 * (b - k * mu / sigma)``, ``k = ls1 g``."""
+
+    def __init__(self, block: MetaFormerBlock, like: torch.Tensor) -> None:
+        super().__init__()
+        scale, shift = _norm_affine(block.norm1, like)
+        layer_scale = _layer_scale(block.layer_scale1, like)
+        self.per_sample = isinstance(block.norm1, GroupNorm1)
+        self.eps = getattr(block.norm1, "eps", 0.0)
+        self.scale = nn.Parameter((layer_scale * scale).view(1, -1, 1, 1).detach().clone(), requires_grad=False)
+        self.shift = nn.Parameter((layer_scale * shift).view(1, -1, 1, 1).detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.per_sample:
+            return torch.addcmul(self.shift, x, self.scale + 1)
+        batch, channels = x.shape[:2]
+        _, mean, rstd = torch.native_group_norm(x, None, None, batch, channels, x[0, 0].numel(), 1, self.eps)
+        mean, rstd = mean.view(batch, 1, 1, 1).to(x.dtype), rstd.view(batch, 1, 1, 1).to(x.dtype)
+        factor = self.scale * rstd
+        return torch.addcmul(self.shift - factor * mean, x, factor + 1)
+
+
+class PlainMixer(nn.Module):
+    """The token-mixer branch as in the plain block, for mixers without a fold."""
+
+    def __init__(self, block: MetaFormerBlock) -> None:
+        super().__init__()
+        self.norm = block.norm1
+        self.mixer = block.token_mixer
+        self.layer_scale = block.layer_scale1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch = self.mixer(self.norm(x))
+        if self.layer_scale is None:
+            return x + branch
+        return torch.addcmul(x, branch, self.layer_scale[:, None, None])
+
+
+class FusedBlock(nn.Module):
+    def __init__(self, block: MetaFormerBlock, like: torch.Tensor) -> None:
+        super().__init__()
+        foldable_norm = isinstance(block.norm1, (GroupNorm1, nn.BatchNorm2d, nn.Identity))
+        if isinstance(block.token_mixer, Pooling) and foldable_norm:
+            self.mix: nn.Module = FusedPooling(block, like)
+        elif isinstance(block.token_mixer, IdentityMixer) and foldable_norm:
+            self.mix = FusedIdentity(block, like)
+        else:
+            self.mix = PlainMixer(block)
+        self.mlp = FusedMlp(block) if block.mlp is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.mix(x)
+        return self.mlp(x) if self.mlp is not None else x
+
+
+def _fusable(block: MetaFormerBlock) -> bool:
+    # Without the residual the identities above do not hold; such blocks (an ablation) keep the plain path.
+    return block.residual
+
+
+def fuse(model: MetaFormer) -> MetaFormer:
+    """A copy of ``model`` for inference with every block folded (see the module's docstring); same outputs.
+
+    The copy is in eval mode with frozen parameters; keep the original for training or saving checkpoints.
+    """
+    if not isinstance(model, MetaFormer):
+        raise TypeError(f"fuse() takes a MetaFormer classifier, got {type(model).__name__}")
+    fused = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        reference = fused.stem.proj.weight
+        for stage, width in zip(fused.stages, model.config.widths, strict=True):
+            assert isinstance(stage, MetaFormerStage)
+            like = torch.zeros(width, device=reference.device, dtype=reference.dtype)  # identity affines' shape
+            stage.blocks = nn.Sequential(*(FusedBlock(b, like) if _fusable(b) else b for b in stage.blocks))
+    fused.requires_grad_(False)
+    fused.fused = True
+    return fused
+
+
+def is_fused(model: nn.Module) -> bool:
+    return bool(getattr(model, "fused", False))

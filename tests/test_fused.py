@@ -1,0 +1,156 @@
+"""The fast paths: metaformer.fuse()'s folded inference form, and the pooling branch PoolFormer trains through."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import randomize
+
+import metaformer
+from metaformer.models.fused import FusedBlock, FusedIdentity, FusedMlp, FusedPooling, PlainMixer
+from metaformer.models.pooling_branch import pooling_branch
+
+FIXED_GRID = {"metaformer_pppf_s12_224", "metaformer_ppff_s12_224", "metaformer_random_s12"}
+CLASSIFIERS = metaformer.list_models(task="classification")
+
+
+def pair(name: str, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
+    model = randomize(metaformer.create_model(name), seed).eval()
+    return model, metaformer.fuse(model)
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_fused_equals_plain_on_every_model(name):
+    model, fused = pair(name)
+    sizes = [(224, 224)] if name in FIXED_GRID else [(224, 224), (97, 130)]
+    for batch, (height, width) in zip((3, 1), sizes, strict=False):
+        x = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(batch))
+        for memory_format in (torch.contiguous_format, torch.channels_last):
+            x = x.contiguous(memory_format=memory_format)
+            with torch.inference_mode():
+                expected, got = model(x), fused(x)
+            assert got.shape == expected.shape
+            assert (got - expected).abs().max().item() <= 1e-4, name  # the issue allows 1e-3
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5, 16])
+def test_fused_equals_plain_over_batch_sizes_and_shapes(batch):
+    model, fused = pair("poolformer_s12", seed=batch)
+    for side in (32, 64, 161):
+        x = torch.randn(batch, 3, side, side + 31)
+        with torch.inference_mode():
+            assert torch.allclose(fused(x), model(x), atol=1e-4, rtol=0)
+
+
+def test_fused_blocks_are_the_folded_ones():
+    kinds = {
+        "poolformer_s12": FusedPooling,
+        "poolformer_s12_batchnorm": FusedPooling,
+        "poolformer_s12_nonorm": FusedPooling,
+        "metaformer_id_s12": FusedIdentity,
+        "poolformer_s12_layernorm": PlainMixer,  # per-token statistics: no fold through the pooling
+        "metaformer_dwconv_s12": PlainMixer,
+    }
+    for name, kind in kinds.items():
+        fused = metaformer.fuse(metaformer.create_model(name))
+        block = fused.stages[0].blocks[0]
+        assert isinstance(block, FusedBlock) and isinstance(block.mix, kind) and isinstance(block.mlp, FusedMlp), name
+    hybrid = metaformer.fuse(metaformer.create_model("metaformer_ppaa_s12_224"))
+    assert isinstance(hybrid.stages[3].blocks[0].mix, PlainMixer)
+    assert isinstance(hybrid.stages[3].blocks[0].mlp, FusedMlp)
+    plain_block = metaformer.fuse(metaformer.create_model("poolformer_s12_noresidual")).stages[0].blocks[0]
+    assert not isinstance(plain_block, FusedBlock)  # the identities need the residual: this ablation stays plain
+
+
+def test_fused_model_is_frozen_and_leaves_the_original_alone():
+    model = randomize(metaformer.create_model("poolformer_s12"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = metaformer.fuse(model)
+    assert model.training and not fused.training
+    assert not any(p.requires_grad for p in fused.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert metaformer.is_fused(fused) and not metaformer.is_fused(model)
+
+
+def test_portable_path_equals_plain_in_float64():
+    # float64 skips oneDNN's fused kernels: this is the path CUDA and other devices take.
+    for name in ("poolformer_s12", "metaformer_id_s12", "poolformer_s12_batchnorm", "poolformer_s12_layernorm"):
+        model = randomize(metaformer.create_model(name)).eval().double()
+        fused = metaformer.fuse(model)  # folded in float64: only the algebra can differ
+        x = torch.randn(2, 3, 96, 80, dtype=torch.float64)
+        with torch.inference_mode():
+            assert torch.allclose(fused(x), model(x), atol=1e-10, rtol=0), name
+
+
+def test_bfloat16_fused_agrees_with_float32():
+    model, fused = pair("poolformer_s12")
+    x = torch.randn(8, 3, 224, 224)
+    with torch.inference_mode():
+        reference = model(x)
+        low = fused.to(torch.bfloat16)(x.to(torch.bfloat16)).float()
+    assert (low - reference).abs().max().item() < 0.1 * reference.abs().max().item()
+    assert (low.argmax(1) == reference.argmax(1)).float().mean().item() >= 0.75
+
+
+def test_fuse_refuses_other_models():
+    with pytest.raises(TypeError, match="MetaFormer classifier"):
+        metaformer.fuse(metaformer.create_model("fpn_poolformer_s12"))
+
+
+def test_pooling_branch_gradcheck_in_float64():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 5, 6, dtype=torch.float64, generator=generator, requires_grad=True)
+    weight = (torch.rand(4, dtype=torch.float64, generator=generator) + 0.5).requires_grad_()
+    bias = torch.randn(4, dtype=torch.float64, generator=generator, requires_grad=True)
+    layer_scale = (torch.rand(4, dtype=torch.float64, generator=generator) + 0.1).requires_grad_()
+    for pool_size, sample_scale in ((3, None), (5, torch.tensor([0.0, 1.25, 1.25], dtype=torch.float64))):
+
+        def branch(x, weight, bias, layer_scale, pool_size=pool_size, sample_scale=sample_scale):
+            return pooling_branch(x, weight, bias, layer_scale, pool_size, 1e-5, sample_scale)
+
+        assert torch.autograd.gradcheck(branch, (x, weight, bias, layer_scale))
+        norm = F.group_norm(x, 1, weight, bias, 1e-5)
+        pooled = F.avg_pool2d(norm, pool_size, 1, pool_size // 2, count_include_pad=False)
+        scale = 1.0 if sample_scale is None else sample_scale.view(-1, 1, 1, 1)
+        literal = x + scale * layer_scale.view(1, -1, 1, 1) * (pooled - norm)
+        assert torch.allclose(branch(x, weight, bias, layer_scale), literal, atol=1e-12)
+
+
+def test_training_through_the_pooling_branch_equals_the_literal_modules():
+    def gradients(fused_pooling: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        torch.manual_seed(0)  # the same initial weights, and then the same stochastic-depth draws, on both paths
+        model = randomize(metaformer.create_model("poolformer_s12", num_classes=7, drop_path_rate=0.3)).train()
+        model.set_fused_pooling(fused_pooling)
+        logits = model(torch.randn(4, 3, 64, 96, generator=torch.Generator().manual_seed(1)))
+        logits.logsumexp(1).sum().backward()
+        return logits, {n: p.grad for n, p in model.named_parameters()}
+
+    fast_logits, fast = gradients(True)
+    literal_logits, literal = gradients(False)
+    assert torch.allclose(fast_logits, literal_logits, atol=1e-4)
+    for name, grad in literal.items():
+        assert fast[name] is not None, name  # every parameter gets a gradient (DDP needs it)
+        assert torch.allclose(fast[name], grad, atol=1e-3, rtol=1e-3), name
+
+
+def test_training_keeps_less_for_the_backward_than_timm():
+    timm = pytest.importorskip("timm")
+
+    def saved_bytes(model: torch.nn.Module) -> int:
+        storages: dict[int, int] = {}
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            if not isinstance(tensor, torch.nn.Parameter):
+                storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.train()(torch.randn(4, 3, 128, 128)).sum().backward()
+        return sum(storages.values())
+
+    ours, theirs = (
+        saved_bytes(metaformer.create_model("poolformer_s12")),
+        saved_bytes(timm.create_model("poolformer_s12")),
+    )
+    assert ours <= 0.9 * theirs, (ours, theirs)  # measured: 0.87

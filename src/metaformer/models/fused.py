@@ -181,6 +181,23 @@ class FusedBlock(nn.Module):
         return self.mlp(x) if self.mlp is not None else x
 
 
+# On CPU a batch runs in slices whose widest activation (the first stage's MLP hidden map) stays below this size:
+# glibc hands out larger blocks as fresh mmap pages, which page-fault on every pass; smaller ones are reused.
+CPU_SLICE_BYTES = 32 * 2**20
+
+
+class FusedMetaFormer(MetaFormer):
+    """What ``fuse`` returns: the same module tree with folded blocks; on CPU, large batches run in slices."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        per_image = self.config.widths[0] * self.config.mlp_ratio * x[0, 0].numel() / 16 * x.element_size()
+        slice_size = max(1, int(CPU_SLICE_BYTES // per_image))
+        if x.device.type != "cpu" or x.shape[0] <= slice_size or torch.compiler.is_compiling():
+            return super().forward(x)
+        slices = -(-x.shape[0] // slice_size)
+        return torch.cat([super(FusedMetaFormer, self).forward(part) for part in x.tensor_split(slices)])
+
+
 def _fusable(block: MetaFormerBlock) -> bool:
     # Without the residual the identities above do not hold; such blocks (an ablation) keep the plain path.
     return block.residual
@@ -201,9 +218,9 @@ def fuse(model: MetaFormer) -> MetaFormer:
             like = torch.zeros(width, device=reference.device, dtype=reference.dtype)  # identity affines' shape
             stage.blocks = nn.Sequential(*(FusedBlock(b, like) if _fusable(b) else b for b in stage.blocks))
     fused.requires_grad_(False)
-    fused.fused = True
+    fused.__class__ = FusedMetaFormer
     return fused
 
 
 def is_fused(model: nn.Module) -> bool:
-    return bool(getattr(model, "fused", False))
+    return isinstance(model, FusedMetaFormer)

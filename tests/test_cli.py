@@ -214,3 +214,17 @@ def test_cli_usage_errors(capsys):
     assert "no model name contains 'zzz'" in capsys.readouterr().err
     assert main(["info", "poolformer_s99"]) == 2
     assert "did you mean" in capsys.readouterr().err
+
+
+def test_predict_fused_plain_and_bfloat16_agree(official_checkpoint, imagenet_samples, capsys):
+    photos = imagenet_samples[:12]
+    runs = {}
+    for name, flags in (("fused", []), ("plain", ["--no-fuse"]), ("bf16", ["--dtype", "bfloat16"])):
+        weights = ["--checkpoint", str(official_checkpoint[0])]
+        assert main(["predict", *map(str, photos), "--model", "poolformer_s12", *weights, "--json", *flags]) == 0
+        runs[name] = [json.loads(line)["topk"] for line in capsys.readouterr().out.splitlines()]
+    for fused, plain in zip(runs["fused"], runs["plain"], strict=True):
+        assert [t["index"] for t in fused] == [t["index"] for t in plain]
+        assert all(abs(a["prob"] - b["prob"]) < 1e-5 for a, b in zip(fused, plain, strict=True))
+    agree = sum(low[0]["index"] == high[0]["index"] for low, high in zip(runs["bf16"], runs["fused"], strict=True))
+    assert agree >= 10, agree  # bf16 keeps 8 bits of mantissa: near-ties may flip

@@ -93,9 +93,23 @@ def test_bfloat16_fused_agrees_with_float32():
     assert (low.argmax(1) == reference.argmax(1)).float().mean().item() >= 0.75
 
 
+def test_dense_models_fuse_their_backbones():
+    segmenter = randomize(metaformer.create_model("fpn_poolformer_s12", num_classes=5)).eval()
+    x = torch.randn(2, 3, 97, 130)
+    with torch.inference_mode():
+        assert torch.allclose(metaformer.fuse(segmenter)(x), segmenter(x), atol=1e-4)
+    detector = randomize(metaformer.create_model("retinanet_poolformer_s12", num_classes=3)).eval()
+    fused = metaformer.fuse(detector)
+    assert metaformer.is_fused(fused) and isinstance(fused.backbone.body.stages[1].blocks[0], FusedBlock)
+    with torch.inference_mode():
+        expected, got = detector.backbone(x), fused.backbone(x)
+    assert expected.keys() == got.keys()
+    assert all(torch.allclose(expected[k], got[k], atol=1e-4) for k in expected)
+
+
 def test_fuse_refuses_other_models():
-    with pytest.raises(TypeError, match="MetaFormer classifier"):
-        metaformer.fuse(metaformer.create_model("fpn_poolformer_s12"))
+    with pytest.raises(TypeError, match="MetaFormer backbone"):
+        metaformer.fuse(torch.nn.Conv2d(3, 3, 1))
 
 
 def test_pooling_branch_gradcheck_in_float64():

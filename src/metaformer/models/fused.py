@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import GroupNorm1, LayerNormChannel
-from .metaformer import MetaFormer, MetaFormerBlock, MetaFormerStage
+from .metaformer import MetaFormer, MetaFormerBlock, MetaFormerStage, _Trunk
 from .mixers import IdentityMixer, Pooling
 
 # oneDNN's names for the activations it can run inside a convolution's epilogue ("none" selects the exact erf GELU).
@@ -100,8 +100,9 @@ class FusedMlp(nn.Module):
             attr, algorithm = self.onednn_act
             h = ops._convolution_pointwise(x, self.fc1_weight, self.fc1_bias, [0, 0], [1, 1], [1, 1], 1, attr, [],
                                            algorithm)  # fmt: skip
-            return ops._convolution_pointwise.binary(h, y, self.fc2_weight, self.fc2_bias, [0, 0], [1, 1], [1, 1],
-                                                     1, "add", None, None, [], None)  # fmt: skip
+            # fc2 accumulates into y in place: y is this block's own fresh tensor (the mixer's output).
+            return ops._convolution_pointwise_.binary(y, h, self.fc2_weight, self.fc2_bias, [0, 0], [1, 1], [1, 1],
+                                                      1, "add", 1.0, None, [None], None)  # fmt: skip
         h = self.act(F.conv2d(x, self.fc1_weight, self.fc1_bias))
         return F.conv2d(h, self.fc2_weight, self.fc2_bias).add_(y)
 
@@ -203,24 +204,33 @@ def _fusable(block: MetaFormerBlock) -> bool:
     return block.residual
 
 
-def fuse(model: MetaFormer) -> MetaFormer:
+def _fuse_trunk(trunk: _Trunk) -> None:
+    reference = trunk.stem.proj.weight
+    for stage, width in zip(trunk.stages, trunk.config.widths, strict=True):
+        assert isinstance(stage, MetaFormerStage)
+        like = torch.zeros(width, device=reference.device, dtype=reference.dtype)  # identity affines' shape
+        stage.blocks = nn.Sequential(*(FusedBlock(b, like) if _fusable(b) else b for b in stage.blocks))
+
+
+def fuse(model: nn.Module) -> nn.Module:
     """A copy of ``model`` for inference with every block folded (see the module's docstring); same outputs.
 
-    The copy is in eval mode with frozen parameters; keep the original for training or saving checkpoints.
+    Takes a MetaFormer classifier, or any model built on MetaFormer backbones (the segmentation and detection
+    models). The copy is in eval mode with frozen parameters; keep the original for training or saving checkpoints.
     """
-    if not isinstance(model, MetaFormer):
-        raise TypeError(f"fuse() takes a MetaFormer classifier, got {type(model).__name__}")
+    if not any(isinstance(m, _Trunk) for m in model.modules()):
+        raise TypeError(f"fuse() takes a MetaFormer or a model with a MetaFormer backbone, got {type(model).__name__}")
     fused = copy.deepcopy(model).eval()
     with torch.no_grad():
-        reference = fused.stem.proj.weight
-        for stage, width in zip(fused.stages, model.config.widths, strict=True):
-            assert isinstance(stage, MetaFormerStage)
-            like = torch.zeros(width, device=reference.device, dtype=reference.dtype)  # identity affines' shape
-            stage.blocks = nn.Sequential(*(FusedBlock(b, like) if _fusable(b) else b for b in stage.blocks))
+        for module in fused.modules():
+            if isinstance(module, _Trunk):
+                _fuse_trunk(module)
     fused.requires_grad_(False)
-    fused.__class__ = FusedMetaFormer
+    if isinstance(fused, MetaFormer):
+        fused.__class__ = FusedMetaFormer
+    fused.is_fused = True
     return fused
 
 
 def is_fused(model: nn.Module) -> bool:
-    return isinstance(model, FusedMetaFormer)
+    return bool(getattr(model, "is_fused", False))

@@ -202,7 +202,8 @@ def draw(image: torch.Tensor, output: dict, labels, threshold: float, path: Path
         image = draw_segmentation_masks(image, output["masks"][keep, 0] > 0.5, alpha=0.45)
     scores = output["scores"][keep].tolist()
     captions = [f"{n} {s:.2f}" for n, s in zip(names, scores, strict=True)]
-    image = draw_bounding_boxes(image, output["boxes"][keep], captions, width=3)
+    if captions:  # torchvision warns on an empty box list; the picture is then the photo as it is
+        image = draw_bounding_boxes(image, output["boxes"][keep], captions, width=3)
     Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
     return [{"label": n, "score": round(s, 4), "box": [round(v, 1) for v in b]}
             for n, s, b in zip(names, scores, output["boxes"][keep].tolist(), strict=True)]  # fmt: skip

@@ -1,16 +1,16 @@
 """PoolFormer speed, side by side: ours (plain, fused, compiled) against timm (eager, compiled) and Hugging Face.
 
-    python benchmarks/speed.py                          # CPU: about 15 minutes on 2 cores
+    python benchmarks/speed.py                          # CPU: about 20 minutes on 2 cores
     python benchmarks/speed.py --quick                  # fewer rounds, no compiled rows
     python benchmarks/speed.py --device cuda            # CUDA AMP rows (needs a GPU)
 
 Every row of a group runs in this one process, the same weights and inputs, alternating round by round; each
 figure is the median over rounds, and each ratio is against the group's first row (timm eager, float32 on CPU).
 Groups: inference latency at batch 1, throughput at batch 32 (float32 and bfloat16), a training step (forward,
-backward, AdamW) at batch 32, and the whole ``predict`` pipeline (decode, resize, crop, model) over the real photos
-in ``../shared/data/imagenet-samples``. Peak memory: CUDA's allocator peak; for CPU training, the activations kept
-for the backward (bytes saved by autograd), which is what grows with the batch. Writes everything to ``--json``.
-Needs the dev extra (timm, transformers).
+backward, AdamW) at batch 32 (float32, and bfloat16 autocast on CPU), and the whole ``predict`` pipeline (decode,
+resize, crop, model) over the real photos in ``../shared/data/imagenet-samples``. Peak memory: CUDA's allocator
+peak; for CPU training, the activations kept for the backward (bytes saved by autograd), which is what grows with
+the batch. Writes everything to ``--json``. Needs the dev extra (timm, transformers).
 """
 
 from __future__ import annotations
@@ -171,12 +171,12 @@ def training_rows(name: str, batch: int, device: torch.device, amp: torch.dtype 
     images = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=CL)
     labels = torch.randint(0, 1000, (batch,), device=device)
 
-    def trainer(model: torch.nn.Module) -> Callable[[], object]:
+    def trainer(model: torch.nn.Module, autocast: torch.dtype | None = amp) -> Callable[[], object]:
         model = model.to(device, memory_format=CL).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
         def step() -> object:
-            context = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
+            context = torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext()
             with context:
                 loss = F.cross_entropy(model(images), labels)
             loss.backward()
@@ -191,11 +191,15 @@ def training_rows(name: str, batch: int, device: torch.device, amp: torch.dtype 
         model.set_fused_pooling(fused_pooling)
         return model
 
+    def theirs() -> torch.nn.Module:
+        return timm.create_model(name, drop_path_rate=0.1)
+
     suffix = f" {str(amp).split('.')[-1]} autocast" if amp else " fp32"
-    rows = [Row("timm eager" + suffix, trainer(timm.create_model(name, drop_path_rate=0.1)), batch)]
+    rows = [Row("timm eager" + suffix, trainer(theirs()), batch)]
+    if device.type == "cpu" and amp:  # bf16 on CPU: the baseline stays timm in fp32, as for inference
+        rows.insert(0, Row("timm eager fp32", trainer(theirs(), None), batch))
     if compile_rows:
-        rows.append(Row("timm compiled" + suffix, trainer(compiled(timm.create_model(name, drop_path_rate=0.1))),
-                        batch))  # fmt: skip
+        rows.append(Row("timm compiled" + suffix, trainer(compiled(theirs())), batch))
     rows += [Row("ours literal modules" + suffix, trainer(ours(False)), batch),
              Row("ours" + suffix, trainer(ours(True)), batch)]  # fmt: skip
     if compile_rows:
@@ -255,7 +259,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--train-rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="3 rounds, no compiled rows")
-    parser.add_argument("--only", nargs="+", choices=["b1", "b32", "bf16", "train", "pipeline"])
+    parser.add_argument("--only", nargs="+", choices=["b1", "b32", "bf16", "train", "train_bf16", "pipeline"])
     parser.add_argument("--json", default="speed.json")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -263,7 +267,7 @@ def main() -> None:
     inductor_config.freezing = True  # inference graphs: constant weights folded and prepacked, for every peer alike
     torch.manual_seed(0)
     models = build_models(args.model, device)
-    wanted = set(args.only or ["b1", "b32", "bf16", "train", "pipeline"])
+    wanted = set(args.only or ["b1", "b32", "bf16", "train", "train_bf16", "pipeline"])
     amp = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
     report: dict = {"model": args.model, "device": str(device), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "timm": timm.__version__, "groups": []}  # fmt: skip
@@ -281,9 +285,13 @@ def main() -> None:
     if "train" in wanted:
         rows = training_rows(args.model, 32, device, None if device.type == "cpu" else amp, compile_rows)
         report["groups"].append(run_group("training step, batch 32", rows, args.train_rounds, device, warmup=1))
+    if "train_bf16" in wanted and device.type == "cpu":
+        rows = training_rows(args.model, 32, device, torch.bfloat16, compile_rows)
+        report["groups"].append(run_group("training step, batch 32, bf16 autocast", rows, args.train_rounds, device,
+                                          warmup=1))  # fmt: skip
     if "pipeline" in wanted and (DATA / "imagenet-samples").is_dir():
         rows, agreement = pipeline_rows(models, 32, device)
-        report["groups"].append(run_group("predict pipeline on the real photos", rows, max(rounds // 2, 2), device,
+        report["groups"].append(run_group("predict pipeline on the real photos", rows, rounds, device,
                                           warmup=1))  # fmt: skip
         report["bf16_agreement"] = agreement
         if agreement:

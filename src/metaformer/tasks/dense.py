@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import nn
@@ -120,3 +121,14 @@ def save_dense(model: nn.Module, path: str | os.PathLike) -> Path:
         metadata["test_scale"] = json.dumps(list(model.test_scale))
     atomic_write(path, lambda tmp: save_file(state_dict, str(tmp), metadata=metadata))
     return path
+
+
+def palette(num_classes: int) -> np.ndarray:
+    """A fixed, well-separated colour per class: hues a golden-ratio step apart, alternating brightness."""
+    import colorsys
+
+    colours = [
+        colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.85, 1.0 if i % 2 == 0 else 0.7)
+        for i in range(max(num_classes, 1))
+    ]
+    return (np.array(colours) * 255).round().astype(np.uint8)

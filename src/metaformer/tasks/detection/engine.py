@@ -20,7 +20,7 @@ from ...engine import StepResult, Trainer, TrainerConfig, init_distributed
 from ...engine.distributed import DistributedContext, shutdown_distributed
 from ...engine.trainer import STATE_FILE
 from ..classification.data import ShardSampler
-from ..dense import DenseRunArgs, create_dense_model, save_dense
+from ..dense import DenseRunArgs, create_dense_model, palette, save_dense
 from .data import CocoDetection, coco_split, collate
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -190,6 +190,15 @@ def _spec(name: str):
     return spec
 
 
+def _caption_font() -> str | None:
+    """A scalable font for readable captions: matplotlib's bundled DejaVu Sans (PIL's default is 11 px, fixed)."""
+    from matplotlib import font_manager
+
+    with contextlib.suppress(ValueError, RuntimeError):
+        return font_manager.findfont("DejaVu Sans", fallback_to_default=False)
+    return None
+
+
 def draw(image: torch.Tensor, output: dict, labels, threshold: float, path: Path, offset: int = 0) -> list[dict]:
     """Boxes (and masks) scoring at least ``threshold`` drawn with their labels on the uint8 image, saved as PNG."""
     from PIL import Image
@@ -203,7 +212,11 @@ def draw(image: torch.Tensor, output: dict, labels, threshold: float, path: Path
     scores = output["scores"][keep].tolist()
     captions = [f"{n} {s:.2f}" for n, s in zip(names, scores, strict=True)]
     if captions:  # torchvision warns on an empty box list; the picture is then the photo as it is
-        image = draw_bounding_boxes(image, output["boxes"][keep], captions, width=3)
+        table, side = palette(max(indices) + 1), min(image.shape[-2:])
+        colours = [tuple(table[i].tolist()) for i in indices]  # one colour per class, as in the segmentation masks
+        image = draw_bounding_boxes(image, output["boxes"][keep], captions, colours,
+                                    width=max(2, side // 160), font=_caption_font(), font_size=max(12, side // 28),
+                                    label_colors="black", fill_labels=True)  # fmt: skip
     Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
     return [{"label": n, "score": round(s, 4), "box": [round(v, 1) for v in b]}
             for n, s, b in zip(names, scores, output["boxes"][keep].tolist(), strict=True)]  # fmt: skip

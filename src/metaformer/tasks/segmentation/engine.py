@@ -19,7 +19,7 @@ from ...engine import StepResult, Trainer, TrainerConfig, init_distributed
 from ...engine.distributed import DistributedContext, shutdown_distributed
 from ...engine.trainer import STATE_FILE
 from ..classification.data import ShardSampler
-from ..dense import DenseRunArgs, create_dense_model, save_dense
+from ..dense import DenseRunArgs, create_dense_model, palette, save_dense
 from .data import (
     IGNORE,
     SegmentationFolder,
@@ -153,17 +153,6 @@ def _spec(name: str):
     if spec.task != "segmentation":
         raise ValueError(f"{name} is not a segmentation model (see `metaformer list fpn_`)")
     return spec
-
-
-def palette(num_classes: int) -> np.ndarray:
-    """A fixed, well-separated colour per class: hues a golden-ratio step apart, alternating brightness."""
-    import colorsys
-
-    colours = [
-        colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.85, 1.0 if i % 2 == 0 else 0.7)
-        for i in range(max(num_classes, 1))
-    ]
-    return (np.array(colours) * 255).round().astype(np.uint8)
 
 
 def write_pictures(image: torch.Tensor, prediction: torch.Tensor, num_classes: int, stem: Path) -> tuple[Path, Path]:

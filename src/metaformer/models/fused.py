@@ -16,6 +16,7 @@ plain token-mixer branch, and still get the fused MLP branch.
 from __future__ import annotations
 
 import copy
+import platform
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,12 @@ from .mixers import IdentityMixer, Pooling
 # oneDNN's names for the activations it can run inside a convolution's epilogue ("none" selects the exact erf GELU).
 _ONEDNN_ACT = {nn.GELU: ("gelu", "none"), nn.ReLU: ("relu", ""), nn.SiLU: ("swish", "")}
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
-_ONEDNN = torch.backends.mkldnn.is_available()
+# The fused-epilogue operators are inductor's x86 kernels; other builds and machines take the portable form.
+_ONEDNN = (
+    torch.backends.mkldnn.is_available()
+    and platform.machine().lower() in ("x86_64", "amd64")
+    and hasattr(torch.ops.mkldnn, "_convolution_pointwise_")
+)
 
 
 def _use_onednn(x: torch.Tensor) -> bool:

@@ -207,13 +207,13 @@ def draw(image: torch.Tensor, output: dict, labels, threshold: float, path: Path
     keep = output["scores"] >= threshold
     indices = [i - offset for i in output["labels"][keep].tolist()]  # Mask R-CNN's labels start at 1 (0: background)
     names = [labels[i] if labels and 0 <= i < len(labels) else str(i) for i in indices]
-    if "masks" in output and keep.any():
-        image = draw_segmentation_masks(image, output["masks"][keep, 0] > 0.5, alpha=0.45)
     scores = output["scores"][keep].tolist()
     captions = [f"{n} {s:.2f}" for n, s in zip(names, scores, strict=True)]
     if captions:  # torchvision warns on an empty box list; the picture is then the photo as it is
         table, side = palette(max(indices) + 1), min(image.shape[-2:])
         colours = [tuple(table[i].tolist()) for i in indices]  # one colour per class, as in the segmentation masks
+        if "masks" in output:
+            image = draw_segmentation_masks(image, output["masks"][keep, 0] > 0.5, alpha=0.45, colors=colours)
         image = draw_bounding_boxes(image, output["boxes"][keep], captions, colours,
                                     width=max(2, side // 160), font=_caption_font(), font_size=max(12, side // 28),
                                     label_colors="black", fill_labels=True)  # fmt: skip

@@ -1,13 +1,14 @@
 """Can the detectors learn? Overfit a few real COCO-mini photos, evaluate on them, and draw the detections.
 
     python benchmarks/detect_overfit.py --model retinanet_poolformer_s12 --output overfit/   # ~15 min, 2 CPU cores
-    python benchmarks/detect_overfit.py --model mask_rcnn_poolformer_s12 --output overfit/
+    python benchmarks/detect_overfit.py --model mask_rcnn_poolformer_s12 --epochs 40 --output overfit/   # ~8 min
 
 With no ImageNet-initialised backbone (none is reachable offline here) and only a CPU, a detector trained briefly on
 COCO-mini finds nothing yet. Memorising a handful of photos, one large object each, is the check that the whole
 path learns: data, anchors and losses, the COCO evaluation, and ``metaformer detect``'s pictures, which should
 show the right boxes (and masks) with the right labels. The photos are both the training and the evaluation set,
-so the AP printed says "memorised", not "generalises".
+so the AP printed says "memorised", not "generalises". Measured on 2 CPU cores: RetinaNet-S12 reached AP 62.6
+(AP50 77.8) after 120 epochs, Mask R-CNN-S12 bbox AP 50-70 and mask AP 61-66 after 40.
 """
 
 from __future__ import annotations

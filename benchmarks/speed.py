@@ -123,10 +123,6 @@ def build_models(name: str, device: torch.device) -> dict[str, torch.nn.Module]:
     return {key: model.to(device, memory_format=CL) for key, model in models.items()}
 
 
-def compiled(model: torch.nn.Module) -> torch.nn.Module:
-    return torch.compile(model)
-
-
 def inference_rows(models: dict, batch: int, device: torch.device, dtype: torch.dtype, compile_rows: bool) -> list:
     images = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=CL)
     ours, theirs, hf = models["ours"], models["timm"], models["hf"]
@@ -144,29 +140,29 @@ def inference_rows(models: dict, batch: int, device: torch.device, dtype: torch.
     if device.type == "cuda":  # AMP on CUDA: the peers under autocast, ours fused in half precision
         rows = [Row("timm eager AMP", call(theirs, images, dtype), batch)]
         if compile_rows:
-            rows.append(Row("timm compiled AMP", call(compiled(theirs), images, dtype), batch))
+            rows.append(Row("timm compiled AMP", call(torch.compile(theirs), images, dtype), batch))
         rows += [Row("HF AMP", call(hf, images, dtype), batch), Row("ours plain AMP", call(ours, images, dtype), batch)]
         half = fused.to(dtype)
         rows.append(Row("ours fused", call(half, low), batch))
         if compile_rows:
-            rows.append(Row("ours fused compiled", call(compiled(half), low), batch))
+            rows.append(Row("ours fused compiled", call(torch.compile(half), low), batch))
         return rows
     rows = [Row("timm eager fp32", call(theirs, images), batch)]
     if dtype == torch.float32:
         if compile_rows:
-            rows.append(Row("timm compiled fp32", call(compiled(theirs), images), batch))
+            rows.append(Row("timm compiled fp32", call(torch.compile(theirs), images), batch))
         rows += [Row("HF fp32", call(hf, images), batch), Row("ours plain fp32", call(ours, images), batch),
                  Row("ours fused fp32", call(fused, images), batch)]  # fmt: skip
         if compile_rows:
-            rows.append(Row("ours fused compiled fp32", call(compiled(fused), images), batch))
+            rows.append(Row("ours fused compiled fp32", call(torch.compile(fused), images), batch))
         return rows
     rows.append(Row("timm eager bf16 (autocast)", call(theirs, images, dtype), batch))
     if compile_rows:
-        rows.append(Row("timm compiled bf16 (autocast)", call(compiled(theirs), images, dtype), batch))
+        rows.append(Row("timm compiled bf16 (autocast)", call(torch.compile(theirs), images, dtype), batch))
     half = metaformer.fuse(ours).to(dtype)
     rows.append(Row("ours fused bf16", call(half, low), batch))
     if compile_rows:
-        rows.append(Row("ours fused compiled bf16", call(compiled(half), low), batch))
+        rows.append(Row("ours fused compiled bf16", call(torch.compile(half), low), batch))
     return rows
 
 
@@ -202,11 +198,11 @@ def training_rows(name: str, batch: int, device: torch.device, amp: torch.dtype 
     if device.type == "cpu" and amp:  # bf16 on CPU: the baseline stays timm in fp32, as for inference
         rows.insert(0, Row("timm eager fp32", trainer(theirs(), None), batch))
     if compile_rows:
-        rows.append(Row("timm compiled" + suffix, trainer(compiled(theirs())), batch))
+        rows.append(Row("timm compiled" + suffix, trainer(torch.compile(theirs())), batch))
     rows += [Row("ours literal modules" + suffix, trainer(ours(False)), batch),
              Row("ours" + suffix, trainer(ours(True)), batch)]  # fmt: skip
     if compile_rows:
-        rows.append(Row("ours compiled" + suffix, trainer(compiled(ours(True))), batch))
+        rows.append(Row("ours compiled" + suffix, trainer(torch.compile(ours(True))), batch))
     if device.type == "cpu":
         for row in rows:
             row.saved_bytes = saved_activation_bytes(row.step)

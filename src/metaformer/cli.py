@@ -41,7 +41,7 @@ def _load_classifier(args: argparse.Namespace):
     if not (args.pretrained or args.checkpoint):
         raise SystemExit("error: pass --checkpoint FILE (any supported format) or --pretrained")
     model = create_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint)
-    return model if getattr(args, "no_fuse", True) else fuse(model)
+    return model if args.no_fuse else fuse(model)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import GroupNorm1, LayerNormChannel
+from .layers import GroupNorm1, LayerNormChannel, average_pool, group_statistics
 from .metaformer import MetaFormer, MetaFormerBlock, MetaFormerStage, _Trunk
 from .mixers import IdentityMixer, Pooling
 
@@ -40,13 +40,6 @@ _ONEDNN = (
 def _use_onednn(x: torch.Tensor) -> bool:
     # Under torch.compile the portable form is traced instead: inductor makes the same epilogue fusions itself.
     return _ONEDNN and x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES and not torch.compiler.is_compiling()
-
-
-def _inverse_std(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """``1 / sigma`` over (C, H, W) of each sample, as ``[B, 1, 1, 1]`` (GroupNorm's own fast statistics kernel)."""
-    batch, channels = x.shape[:2]
-    _, _, rstd = torch.native_group_norm(x, None, None, batch, channels, x[0, 0].numel(), 1, eps)
-    return rstd.view(batch, 1, 1, 1)
 
 
 def _norm_affine(norm: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,10 +120,10 @@ class FusedPooling(nn.Module):
         self.weight = nn.Parameter((layer_scale * scale).view(1, -1, 1, 1).detach().clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pad = self.kernel_size // 2
-        pooled = F.avg_pool2d(x, self.kernel_size, 1, pad, count_include_pad=False)
-        weight = self.weight * _inverse_std(x, self.eps).to(x.dtype) if self.per_sample else self.weight
-        return torch.lerp(x, pooled, weight)
+        weight = self.weight
+        if self.per_sample:
+            weight = weight * group_statistics(x, self.eps)[1].view(-1, 1, 1, 1).to(x.dtype)
+        return torch.lerp(x, average_pool(x, self.kernel_size), weight)
 
 
 class FusedIdentity(nn.Module):
@@ -148,9 +141,7 @@ class FusedIdentity(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.per_sample:
             return torch.addcmul(self.shift, x, self.scale + 1)
-        batch, channels = x.shape[:2]
-        _, mean, rstd = torch.native_group_norm(x, None, None, batch, channels, x[0, 0].numel(), 1, self.eps)
-        mean, rstd = mean.view(batch, 1, 1, 1).to(x.dtype), rstd.view(batch, 1, 1, 1).to(x.dtype)
+        mean, rstd = (s.view(-1, 1, 1, 1).to(x.dtype) for s in group_statistics(x, self.eps))
         factor = self.scale * rstd
         return torch.addcmul(self.shift - factor * mean, x, factor + 1)
 
@@ -227,10 +218,10 @@ def fuse(model: nn.Module) -> nn.Module:
     if not any(isinstance(m, _Trunk) for m in model.modules()):
         raise TypeError(f"fuse() takes a MetaFormer or a model with a MetaFormer backbone, got {type(model).__name__}")
     fused = copy.deepcopy(model).eval()
+    trunks = [m for m in fused.modules() if isinstance(m, _Trunk)]  # listed first: fusing replaces submodules
     with torch.no_grad():
-        for module in fused.modules():
-            if isinstance(module, _Trunk):
-                _fuse_trunk(module)
+        for trunk in trunks:
+            _fuse_trunk(trunk)
     fused.requires_grad_(False)
     if isinstance(fused, MetaFormer):
         fused.__class__ = FusedMetaFormer

@@ -18,6 +18,22 @@ class GroupNorm1(nn.GroupNorm):
         super().__init__(1, num_channels, eps=eps)
 
 
+def group_statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample mean and ``1 / sigma`` over (C, H, W), each ``[B]``, by GroupNorm's own fast statistics kernel.
+
+    Kept in at least float32 so bf16/fp16 activations get full-precision statistics.
+    """
+    batch, channels = x.shape[:2]
+    _, mean, rstd = torch.native_group_norm(x, None, None, batch, channels, x[0, 0].numel(), 1, eps)
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    return mean.view(batch).to(dtype), rstd.view(batch).to(dtype)
+
+
+def average_pool(x: torch.Tensor, size: int) -> torch.Tensor:
+    """PoolFormer's pooling: stride 1, same size out, padded positions not counted."""
+    return F.avg_pool2d(x, size, 1, size // 2, count_include_pad=False)
+
+
 class LayerNormChannel(nn.Module):
     """LayerNorm over the channel axis only of a ``[B, C, H, W]`` tensor (each token normalised alone)."""
 

@@ -12,30 +12,19 @@ Stochastic depth multiplies the branch by a per-sample factor ``m`` (0, or ``1 /
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-
-def _statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample mean and ``1 / sigma`` over (C, H, W), each ``[B]``, by GroupNorm's own statistics kernel."""
-    batch, channels = x.shape[:2]
-    _, mean, rstd = torch.native_group_norm(x, None, None, batch, channels, x[0, 0].numel(), 1, eps)
-    dtype = torch.promote_types(x.dtype, torch.float32)  # bf16/fp16 activations keep float32 statistics
-    return mean.view(batch).to(dtype), rstd.view(batch).to(dtype)
-
-
-def _pool(x: torch.Tensor, size: int) -> torch.Tensor:
-    return F.avg_pool2d(x, size, 1, size // 2, count_include_pad=False)
+from .layers import average_pool, group_statistics
 
 
 class _PoolingBranch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, layer_scale, sample_scale, pool_size: int, eps: float):  # noqa: ANN001
-        mean, rstd = _statistics(x, eps)
+        mean, rstd = group_statistics(x, eps)
         blend = (layer_scale * weight)[None, :, None, None] * (rstd * sample_scale)[:, None, None, None]
         ctx.save_for_backward(x, weight, layer_scale, sample_scale, mean, rstd)
         ctx.pool_size = pool_size
         ctx.bias_shape = bias.shape
-        return torch.lerp(x, _pool(x, pool_size), blend.to(x.dtype))
+        return torch.lerp(x, average_pool(x, pool_size), blend.to(x.dtype))
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
@@ -44,7 +33,7 @@ class _PoolingBranch(torch.autograd.Function):
         batch, channels = x.shape[:2]
         scale = layer_scale * weight  # [C]
         per_sample = rstd * sample_scale  # [B]
-        diff = _pool(x, size) - x
+        diff = average_pool(x, size) - x
         # Per-(sample, channel) sums of grad * (P(x) - x): everything the parameters and sigma need.
         sums = (grad * diff).sum((2, 3), dtype=mean.dtype)  # [B, C]
         shared = (sums * per_sample[:, None]).sum(0)  # [C]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import random
@@ -190,6 +191,7 @@ def _spec(name: str):
     return spec
 
 
+@functools.cache
 def _caption_font() -> str | None:
     """A scalable font for readable captions: matplotlib's bundled DejaVu Sans (PIL's default is 11 px, fixed)."""
     from matplotlib import font_manager

@@ -228,3 +228,15 @@ def test_predict_fused_plain_and_bfloat16_agree(official_checkpoint, imagenet_sa
         assert all(abs(a["prob"] - b["prob"]) < 1e-5 for a, b in zip(fused, plain, strict=True))
     agree = sum(low[0]["index"] == high[0]["index"] for low, high in zip(runs["bf16"], runs["fused"], strict=True))
     assert agree >= 10, agree  # bf16 keeps 8 bits of mantissa: near-ties may flip
+
+
+def test_predict_into_a_closed_pipe_stops_quietly(official_checkpoint, imagenet_samples):
+    weights = ["--model", "poolformer_s12", "--checkpoint", str(official_checkpoint[0])]
+    photos = [str(p) for p in imagenet_samples[:40]]
+    command = [sys.executable, "-m", "metaformer", "predict", *photos, *weights, "--json", "--batch-size", "8"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = process.stdout.readline()
+    process.stdout.close()  # as `| head -1` does
+    _, errors = process.communicate(timeout=300)
+    assert json.loads(first)["topk"]
+    assert "Traceback" not in errors and "BrokenPipe" not in errors, errors[-2000:]

@@ -581,6 +581,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckpointError, FileNotFoundError, FileExistsError, ValueError, TypeError, NonFiniteLossError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`metaformer predict ... | head`): stop quietly, and keep Python's final flush of
+        # stdout from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

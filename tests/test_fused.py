@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,28 @@ def test_fused_equals_plain_over_batch_sizes_and_shapes(batch):
         x = torch.randn(batch, 3, side, side + 31)
         with torch.inference_mode():
             assert torch.allclose(fused(x), model(x), atol=1e-4, rtol=0)
+
+
+def test_packed_weights_follow_shapes_casts_and_edits():
+    # On x86 CPUs the fused model keeps oneDNN-packed copies of its convolution weights, per input shape.
+    model, fused = pair("poolformer_s12")
+    shapes = [(1, 64), (2, 64), (1, 64), (3, 80), (2, 64), (1, 96)]  # more shapes than are kept: some are packed again
+    for batch, side in shapes:
+        x = torch.randn(batch, 3, side, side).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            assert torch.allclose(fused(x), model(x), atol=1e-4, rtol=0), (batch, side)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():  # an in-place edit of a weight must reach the packed copy
+        for m in (model, fused):
+            m.stem.proj.weight.mul_(0.5)
+            m.stages[3].downsample.proj.weight.mul_(-1)
+    with torch.inference_mode():
+        assert torch.allclose(fused(x), model(x), atol=1e-4, rtol=0)
+    copied = copy.deepcopy(fused)  # the packed copies are not copied: the copy packs its own
+    with torch.inference_mode():
+        assert torch.allclose(copied(x), model(x), atol=1e-4, rtol=0)
+        low = fused.to(torch.bfloat16)(x.to(torch.bfloat16)).float()  # a cast packs the bfloat16 weights
+        assert (low - model(x)).abs().max().item() < 0.1 * model(x).abs().max().item()
 
 
 def test_fused_blocks_are_the_folded_ones():

@@ -166,6 +166,12 @@ def test_train_eval_resume_and_pictures(small_camvid, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     overlay = Image.open(out["overlay"])
     assert overlay.size == (480, 360) and Image.open(out["mask"]).mode == "RGB"
+    # segment folds the backbone by default; the plain one paints the same classes
+    assert main(["segment", str(photo), "--model", "fpn_poolformer_s12", "--checkpoint", checkpoint,
+                 "--output", str(tmp_path / "plain"), "--no-fuse"]) == 0  # fmt: skip
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["classes"].keys() == out["classes"].keys()
+    assert all(abs(plain["classes"][k] - v) < 1e-3 for k, v in out["classes"].items())
 
 
 def test_two_process_training_on_cpu(small_camvid, tmp_path):

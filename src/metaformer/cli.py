@@ -325,9 +325,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from .tasks.detection.engine import draw, is_instance
 
     overrides = {k: v for k, v in (("min_size", args.min_size), ("max_size", args.max_size)) if v}
-    from .api import create_model
-
-    model = create_model(args.model, checkpoint=args.checkpoint, **overrides).to(_device(args.device)).eval()
+    model = _load_dense(args, **overrides).to(_device(args.device))
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     failed = 0
@@ -369,12 +367,14 @@ def _eval_segmentation(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_dense(args: argparse.Namespace):
+def _load_dense(args: argparse.Namespace, **overrides):
     from .api import create_model
+    from .models.fused import fuse
 
     if not (args.checkpoint or getattr(args, "pretrained", False)):
         raise SystemExit("error: pass --checkpoint FILE")
-    return create_model(args.model, checkpoint=args.checkpoint)
+    model = create_model(args.model, checkpoint=args.checkpoint, **overrides).eval()
+    return model if args.no_fuse else fuse(model)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -513,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=_positive, help="segmentation: classes of the dataset")
     p.add_argument("--ignore-index", type=int, default=255, help="segmentation: the masks' ignore value")
     p.add_argument("--split", default="val2017", help="detection: the COCO split to evaluate (val2017)")
-    p.add_argument("--no-fuse", action="store_true", help="run the plain model, not the folded one")
+    p.add_argument("--no-fuse", action="store_true", help="run the plain model (or backbone), not the folded one")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("detect", help="detect objects (RetinaNet) or instances (Mask R-CNN): PNGs and JSON")
@@ -525,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-size", type=_positive, help="resize the short side to this (the model's: 800)")
     p.add_argument("--max-size", type=_positive, help="keep the long side within this (1333)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--no-fuse", action="store_true", help="run the plain backbone, not the folded one")
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("segment", help="semantic segmentation of images: colour mask and overlay PNGs")
@@ -534,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="segmentations", help="folder for the PNGs (default segmentations/)")
     p.add_argument("--tta", action="store_true", help="multi-scale + flip inference")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--no-fuse", action="store_true", help="run the plain backbone, not the folded one")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("list", help="list the model names")

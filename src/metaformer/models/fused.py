@@ -6,7 +6,8 @@ pooling without padded counts (linear, and maps a per-channel constant to itself
 * token mixer: ``x + ls1 * (P(n(x)) - n(x)) = lerp(x, P(x), ls1 * g / sigma)``: the mean and bias cancel, only
   ``sigma`` is needed, and the branch plus the residual add is one pooling and one blend pass;
 * channel MLP: ``fc1(n(y)) = (W1 diag(g)) (y - mu) / sigma + (W1 b + c1)``: the norm's affine folds into ``fc1``,
-  ``ls2`` into ``fc2``; on CPU the activation and the residual add run inside oneDNN's convolution epilogues.
+  ``ls2`` into ``fc2``; on CPU the activation and the residual add run inside oneDNN's convolution epilogues, and
+  every convolution (the MLP's, the stem's, the downsampling ones) keeps its weight in oneDNN's packed layout.
 
 BatchNorm (inference statistics) folds into constants; the identity mixer becomes one multiply-add. Mixers with no
 such algebra (attention, random and spatial mixing, depthwise convolution) and the per-token LayerNorm keep their
@@ -17,12 +18,13 @@ from __future__ import annotations
 
 import copy
 import platform
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import GroupNorm1, LayerNormChannel, average_pool, group_statistics
+from .layers import ConvEmbed, GroupNorm1, LayerNormChannel, average_pool, group_statistics
 from .metaformer import MetaFormer, MetaFormerBlock, MetaFormerStage, _Trunk
 from .mixers import IdentityMixer, Pooling
 
@@ -34,12 +36,48 @@ _ONEDNN = (
     torch.backends.mkldnn.is_available()
     and platform.machine().lower() in ("x86_64", "amd64")
     and hasattr(torch.ops.mkldnn, "_convolution_pointwise_")
+    and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
 )
 
 
 def _use_onednn(x: torch.Tensor) -> bool:
     # Under torch.compile the portable form is traced instead: inductor makes the same epilogue fusions itself.
     return _ONEDNN and x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES and not torch.compiler.is_compiling()
+
+
+class OneDnnWeight:
+    """A convolution weight in oneDNN's blocked layout, reordered once per input shape rather than on every call.
+
+    Unpacked, oneDNN reorders the weight inside each call: at batch 1 that costs as much as the last stage's GEMMs.
+    The layout it picks depends on the input shape, so the last few shapes are kept. The copies follow the weight
+    (moved, cast or edited in place, it is packed again); they are not in the state dict, not copied, not pickled.
+    """
+
+    SHAPES = 2
+
+    def __init__(self, padding: list[int], stride: list[int]) -> None:
+        self.padding = padding
+        self.stride = stride
+        self.source: torch.Tensor | None = None  # held so that no other weight can take its memory while it is the key
+        self.key: tuple = ()
+        self.by_shape: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
+
+    def __reduce__(self) -> tuple:
+        return OneDnnWeight, (self.padding, self.stride)
+
+    def __call__(self, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        key = (weight.data_ptr(), weight.dtype, 0 if weight.is_inference() else weight._version)
+        if key != self.key:
+            self.source, self.key = weight.detach(), key
+            self.by_shape.clear()
+        shape = tuple(x.shape)
+        packed = self.by_shape.pop(shape, None)
+        if packed is None:
+            packed = torch.ops.mkldnn._reorder_convolution_weight(weight, self.padding, self.stride, [1, 1], 1, shape)
+        self.by_shape[shape] = packed
+        while len(self.by_shape) > self.SHAPES:
+            self.by_shape.popitem(last=False)
+        return packed
 
 
 def _norm_affine(norm: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,16 +129,20 @@ class FusedMlp(nn.Module):
         self.fc2_bias = nn.Parameter(mlp.fc2.bias * layer_scale, requires_grad=False)
         self.act = mlp.act
         self.onednn_act = _ONEDNN_ACT.get(type(mlp.act))
+        self.fc1_packed = OneDnnWeight([0, 0], [1, 1])
+        self.fc2_packed = OneDnnWeight([0, 0], [1, 1])
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         x = self.normalize(y)
         if self.onednn_act is not None and _use_onednn(x):
             ops = torch.ops.mkldnn
             attr, algorithm = self.onednn_act
-            h = ops._convolution_pointwise(x, self.fc1_weight, self.fc1_bias, [0, 0], [1, 1], [1, 1], 1, attr, [],
+            fc1_weight = self.fc1_packed(self.fc1_weight, x)
+            h = ops._convolution_pointwise(x, fc1_weight, self.fc1_bias, [0, 0], [1, 1], [1, 1], 1, attr, [],
                                            algorithm)  # fmt: skip
             # fc2 accumulates into y in place: y is this block's own fresh tensor (the mixer's output).
-            return ops._convolution_pointwise_.binary(y, h, self.fc2_weight, self.fc2_bias, [0, 0], [1, 1], [1, 1],
+            fc2_weight = self.fc2_packed(self.fc2_weight, h)
+            return ops._convolution_pointwise_.binary(y, h, fc2_weight, self.fc2_bias, [0, 0], [1, 1], [1, 1],
                                                       1, "add", 1.0, None, [None], None)  # fmt: skip
         h = self.act(F.conv2d(x, self.fc1_weight, self.fc1_bias))
         return F.conv2d(h, self.fc2_weight, self.fc2_bias).add_(y)
@@ -162,6 +204,23 @@ class PlainMixer(nn.Module):
         return torch.addcmul(x, branch, self.layer_scale[:, None, None])
 
 
+class FusedConvEmbed(nn.Module):
+    """The stem or a downsampling convolution, with its weight packed for oneDNN (same parameter names)."""
+
+    def __init__(self, embed: ConvEmbed) -> None:
+        super().__init__()
+        self.proj = embed.proj
+        self.packed = OneDnnWeight(list(self.proj.padding), list(self.proj.stride))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        proj = self.proj
+        if not _use_onednn(x):
+            return proj(x)
+        weight = self.packed(proj.weight, x)
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, proj.bias, list(proj.padding), list(proj.stride),
+                                                       [1, 1], 1, "none", [], "")  # fmt: skip
+
+
 class FusedBlock(nn.Module):
     def __init__(self, block: MetaFormerBlock, like: torch.Tensor) -> None:
         super().__init__()
@@ -203,8 +262,11 @@ def _fusable(block: MetaFormerBlock) -> bool:
 
 def _fuse_trunk(trunk: _Trunk) -> None:
     reference = trunk.stem.proj.weight
+    trunk.stem = FusedConvEmbed(trunk.stem)
     for stage, width in zip(trunk.stages, trunk.config.widths, strict=True):
         assert isinstance(stage, MetaFormerStage)
+        if isinstance(stage.downsample, ConvEmbed):
+            stage.downsample = FusedConvEmbed(stage.downsample)
         like = torch.zeros(width, device=reference.device, dtype=reference.dtype)  # identity affines' shape
         stage.blocks = nn.Sequential(*(FusedBlock(b, like) if _fusable(b) else b for b in stage.blocks))
 

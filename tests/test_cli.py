@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+import torch._inductor.config as inductor_config
 from PIL import Image
 
 from metaformer.checkpoints import save_checkpoint
@@ -175,6 +176,7 @@ def test_benchmark_command(capsys):
         "--json",
     )
     assert code == 0 and result["images_per_s"] > 0 and result["peak_memory_mib"] > 0
+    assert result["fused"] and not result["compiled"]
 
 
 def test_console_script_runs():
@@ -216,16 +218,19 @@ def test_cli_usage_errors(capsys):
     assert "did you mean" in capsys.readouterr().err
 
 
-def test_predict_fused_plain_and_bfloat16_agree(official_checkpoint, imagenet_samples, capsys):
+def test_predict_fused_plain_compiled_and_bfloat16_agree(official_checkpoint, imagenet_samples, capsys):
     photos = imagenet_samples[:12]
     runs = {}
-    for name, flags in (("fused", []), ("plain", ["--no-fuse"]), ("bf16", ["--dtype", "bfloat16"])):
+    variants = (("fused", []), ("plain", ["--no-fuse"]), ("compiled", ["--compile"]), ("bf16", ["--dtype", "bfloat16"]))
+    for name, flags in variants:
         weights = ["--checkpoint", str(official_checkpoint[0])]
-        assert main(["predict", *map(str, photos), "--model", "poolformer_s12", *weights, "--json", *flags]) == 0
+        with inductor_config.patch(freezing=False):  # --compile turns freezing on for its process; not for the others
+            assert main(["predict", *map(str, photos), "--model", "poolformer_s12", *weights, "--json", *flags]) == 0
         runs[name] = [json.loads(line)["topk"] for line in capsys.readouterr().out.splitlines()]
-    for fused, plain in zip(runs["fused"], runs["plain"], strict=True):
-        assert [t["index"] for t in fused] == [t["index"] for t in plain]
-        assert all(abs(a["prob"] - b["prob"]) < 1e-5 for a, b in zip(fused, plain, strict=True))
+    for other in ("plain", "compiled"):
+        for fused, theirs in zip(runs["fused"], runs[other], strict=True):
+            assert [t["index"] for t in fused] == [t["index"] for t in theirs], other
+            assert all(abs(a["prob"] - b["prob"]) < 1e-5 for a, b in zip(fused, theirs, strict=True)), other
     agree = sum(low[0]["index"] == high[0]["index"] for low, high in zip(runs["bf16"], runs["fused"], strict=True))
     assert agree >= 10, agree  # bf16 keeps 8 bits of mantissa: near-ties may flip
 

@@ -32,6 +32,14 @@ def _positive(text: str) -> int:
     return value
 
 
+def _compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` for inference: inductor's freezing folds the weights in as constants and prepacks them."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True  # a process-wide setting; this process only ever runs inference after this
+    return torch.compile(model, dynamic=False)
+
+
 def _load_classifier(args: argparse.Namespace):
     from .api import create_model
     from .models.fused import fuse
@@ -49,7 +57,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .tasks.classification import find_images, predict
 
     device = _device(args.device)
-    model = _load_classifier(args).to(getattr(torch, args.dtype))
+    model = _load_classifier(args).to(device, getattr(torch, args.dtype))
     processor = ImageProcessor(size=model.config.image_size, crop_pct=model.config.crop_pct)
     files = find_images(args.paths)  # searched once, here
     count = len(files)
@@ -59,7 +67,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else (2 if count > args.batch_size else 0)
     failed = 0
     for result in predict(
-        model,
+        _compiled(model) if args.compile else model,
         files,
         processor,
         args.topk,
@@ -173,6 +181,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     model = create_model(args.model, image_size=args.image_size)
     if not args.no_fuse:
         model = fuse(model)
+    if args.compile:
+        model = _compiled(model.to(device))
     result = time_forward(
         model,
         args.batch_size,
@@ -185,6 +195,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     )
     result["model"] = args.model
     result["fused"] = not args.no_fuse
+    result["compiled"] = args.compile
     if args.json:
         print(json.dumps(result))
     else:
@@ -437,6 +448,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+COMPILE_HELP = "torch.compile the model (with freezing): 10-30 s to start, then up to ~10%% faster on CPU"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metaformer", description="MetaFormer / PoolFormer models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -454,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="bfloat16: ~1.6x faster on CPUs with AVX-512 BF16 or AMX")  # fmt: skip
     p.add_argument("--no-fuse", action="store_true", help="run the plain model, not the folded one")
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
@@ -567,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW contiguous tensors")
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-fuse", action="store_true", help="run the plain model, not the folded one")
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.set_defaults(func=cmd_benchmark)
     return parser
 

@@ -21,12 +21,14 @@ class GroupNorm1(nn.GroupNorm):
 def group_statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample mean and ``1 / sigma`` over (C, H, W), each ``[B]``, by GroupNorm's own fast statistics kernel.
 
-    Kept in at least float32 so bf16/fp16 activations get full-precision statistics.
+    Returned in at least float32; for bf16/fp16 input the kernel accumulates in float32 but rounds its results to
+    the input's dtype, as ``F.group_norm`` itself uses them.
     """
-    batch, channels = x.shape[:2]
-    _, mean, rstd = torch.native_group_norm(x, None, None, batch, channels, x[0, 0].numel(), 1, eps)
-    dtype = torch.promote_types(x.dtype, torch.float32)
-    return mean.view(batch).to(dtype), rstd.view(batch).to(dtype)
+    batch, channels, height, width = x.shape
+    _, mean, rstd = torch.native_group_norm(x, None, None, batch, channels, height * width, 1, eps)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return mean.view(batch).float(), rstd.view(batch).float()
+    return mean.view(batch), rstd.view(batch)
 
 
 def average_pool(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -65,6 +65,8 @@ def test_packed_weights_follow_shapes_casts_and_edits():
         assert torch.allclose(copied(x), model(x), atol=1e-4, rtol=0)
         low = fused.to(torch.bfloat16)(x.to(torch.bfloat16)).float()  # a cast packs the bfloat16 weights
         assert (low - model(x)).abs().max().item() < 0.1 * model(x).abs().max().item()
+    fused.float()
+    assert all(m.fc1_packed.source is None for m in fused.modules() if isinstance(m, FusedMlp))  # old copies freed
 
 
 def test_fused_blocks_are_the_folded_ones():

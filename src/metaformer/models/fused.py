@@ -50,7 +50,8 @@ class OneDnnWeight:
 
     Unpacked, oneDNN reorders the weight inside each call: at batch 1 that costs as much as the last stage's GEMMs.
     The layout it picks depends on the input shape, so the last few shapes are kept. The copies follow the weight
-    (moved, cast or edited in place, it is packed again); they are not in the state dict, not copied, not pickled.
+    (moved, cast or edited in place, it is packed again; tensors made under ``torch.inference_mode`` have no version
+    counter, so in-place edits to those are not seen); they are not in the state dict, not copied, not pickled.
     """
 
     SHAPES = 2
@@ -65,11 +66,15 @@ class OneDnnWeight:
     def __reduce__(self) -> tuple:
         return OneDnnWeight, (self.padding, self.stride)
 
+    def clear(self) -> None:
+        self.source, self.key = None, ()
+        self.by_shape.clear()
+
     def __call__(self, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         key = (weight.data_ptr(), weight.dtype, 0 if weight.is_inference() else weight._version)
         if key != self.key:
+            self.clear()
             self.source, self.key = weight.detach(), key
-            self.by_shape.clear()
         shape = tuple(x.shape)
         packed = self.by_shape.pop(shape, None)
         if packed is None:
@@ -131,6 +136,11 @@ class FusedMlp(nn.Module):
         self.onednn_act = _ONEDNN_ACT.get(type(mlp.act))
         self.fc1_packed = OneDnnWeight([0, 0], [1, 1])
         self.fc2_packed = OneDnnWeight([0, 0], [1, 1])
+
+    def _apply(self, *args, **kwargs) -> nn.Module:  # .to() / .cuda() / .half(): drop the old weights' packed copies
+        self.fc1_packed.clear()
+        self.fc2_packed.clear()
+        return super()._apply(*args, **kwargs)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         x = self.normalize(y)
@@ -211,6 +221,10 @@ class FusedConvEmbed(nn.Module):
         super().__init__()
         self.proj = embed.proj
         self.packed = OneDnnWeight(list(self.proj.padding), list(self.proj.stride))
+
+    def _apply(self, *args, **kwargs) -> nn.Module:  # as FusedMlp._apply
+        self.packed.clear()
+        return super()._apply(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         proj = self.proj

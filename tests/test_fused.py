@@ -69,6 +69,28 @@ def test_packed_weights_follow_shapes_casts_and_edits():
     assert all(m.fc1_packed.source is None for m in fused.modules() if isinstance(m, FusedMlp))  # old copies freed
 
 
+def test_packed_weights_follow_a_loaded_state_dict_under_inference_mode():
+    # Tensors made under inference mode have no version counter: loading new weights must drop the packed copies.
+    model, other = (randomize(metaformer.create_model("poolformer_s12"), seed).eval() for seed in (0, 1))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        fused = metaformer.fuse(model)
+        fused(x)
+        fused.load_state_dict(metaformer.fuse(other).state_dict())
+        assert torch.allclose(fused(x), other(x), atol=1e-4, rtol=0)
+
+
+def test_fused_model_passes_gradients_to_its_input():
+    # The oneDNN calls have no backward; an input that asks for gradients takes the differentiable path.
+    model, fused = pair("poolformer_s12")
+    grads = []
+    for m in (model, fused):
+        x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)).requires_grad_()
+        m(x).logsumexp(1).sum().backward()
+        grads.append(x.grad)
+    assert grads[1] is not None and torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
 def test_fused_blocks_are_the_folded_ones():
     kinds = {
         "poolformer_s12": FusedPooling,

@@ -382,8 +382,9 @@ def _load_dense(args: argparse.Namespace, **overrides):
     from .api import create_model
     from .models.fused import fuse
 
-    if not (args.checkpoint or getattr(args, "pretrained", False)):
-        raise SystemExit("error: pass --checkpoint FILE")
+    if not args.checkpoint:
+        # --pretrained would only initialise the backbone: the heads have no released weights here.
+        raise SystemExit("error: pass --checkpoint FILE (weights saved by `metaformer train`)")
     model = create_model(args.model, checkpoint=args.checkpoint, **overrides).eval()
     return model if args.no_fuse else fuse(model)
 

@@ -30,7 +30,6 @@ from .mixers import IdentityMixer, Pooling
 
 # oneDNN's names for the activations it can run inside a convolution's epilogue ("none" selects the exact erf GELU).
 _ONEDNN_ACT = {nn.GELU: ("gelu", "none"), nn.ReLU: ("relu", ""), nn.SiLU: ("swish", "")}
-_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 # The fused-epilogue operators are inductor's x86 kernels; other builds and machines take the portable form.
 _ONEDNN = (
     torch.backends.mkldnn.is_available()
@@ -38,20 +37,33 @@ _ONEDNN = (
     and hasattr(torch.ops.mkldnn, "_convolution_pointwise_")
     and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
 )
+# bf16 only where the CPU has native bf16 instructions (AVX-512 BF16, AMX); elsewhere oneDNN would emulate it.
+_ONEDNN_DTYPES = (
+    (torch.float32, torch.bfloat16) if _ONEDNN and torch.ops.mkldnn._is_mkldnn_bf16_supported() else (torch.float32,)
+)
 
 
 def _use_onednn(x: torch.Tensor) -> bool:
     # Under torch.compile the portable form is traced instead: inductor makes the same epilogue fusions itself.
-    return _ONEDNN and x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES and not torch.compiler.is_compiling()
+    # The oneDNN calls have no backward: an input that wants gradients takes the portable form too.
+    return (
+        _ONEDNN
+        and x.device.type == "cpu"
+        and x.dtype in _ONEDNN_DTYPES
+        and not torch.compiler.is_compiling()
+        and not (x.requires_grad and torch.is_grad_enabled())
+    )
 
 
 class OneDnnWeight:
     """A convolution weight in oneDNN's blocked layout, reordered once per input shape rather than on every call.
 
     Unpacked, oneDNN reorders the weight inside each call: at batch 1 that costs as much as the last stage's GEMMs.
-    The layout it picks depends on the input shape, so the last few shapes are kept. The copies follow the weight
-    (moved, cast or edited in place, it is packed again; tensors made under ``torch.inference_mode`` have no version
-    counter, so in-place edits to those are not seen); they are not in the state dict, not copied, not pickled.
+    The layout it picks depends on the input shape, so the last few shapes are kept. The copies follow the weight:
+    moving, casting or ``load_state_dict`` drops them, and in-place edits through the parameter are seen by its
+    version counter. Edits that bypass the counter (through ``.data``, or to tensors made under
+    ``torch.inference_mode``) are not: a fused model is a snapshot, so change the original and fuse again. The copies
+    are not in the state dict, and are not copied or pickled.
     """
 
     SHAPES = 2
@@ -83,6 +95,23 @@ class OneDnnWeight:
         while len(self.by_shape) > self.SHAPES:
             self.by_shape.popitem(last=False)
         return packed
+
+
+class _Packing(nn.Module):
+    """A module whose ``OneDnnWeight`` attributes are dropped when its weights are moved, cast or loaded."""
+
+    def _clear_packed(self) -> None:
+        for value in vars(self).values():
+            if isinstance(value, OneDnnWeight):
+                value.clear()
+
+    def _apply(self, *args, **kwargs) -> nn.Module:
+        self._clear_packed()
+        return super()._apply(*args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._clear_packed()
+        super()._load_from_state_dict(*args, **kwargs)
 
 
 def _norm_affine(norm: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +147,7 @@ class _Normalize(nn.Module):
         return x
 
 
-class FusedMlp(nn.Module):
+class FusedMlp(_Packing):
     """``y + ls2 * fc2(act(fc1(norm(y))))`` with the norm's affine in ``fc1`` and ``ls2`` in ``fc2``."""
 
     def __init__(self, block: MetaFormerBlock) -> None:
@@ -136,11 +165,6 @@ class FusedMlp(nn.Module):
         self.onednn_act = _ONEDNN_ACT.get(type(mlp.act))
         self.fc1_packed = OneDnnWeight([0, 0], [1, 1])
         self.fc2_packed = OneDnnWeight([0, 0], [1, 1])
-
-    def _apply(self, *args, **kwargs) -> nn.Module:  # .to() / .cuda() / .half(): drop the old weights' packed copies
-        self.fc1_packed.clear()
-        self.fc2_packed.clear()
-        return super()._apply(*args, **kwargs)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         x = self.normalize(y)
@@ -214,17 +238,13 @@ class PlainMixer(nn.Module):
         return torch.addcmul(x, branch, self.layer_scale[:, None, None])
 
 
-class FusedConvEmbed(nn.Module):
+class FusedConvEmbed(_Packing):
     """The stem or a downsampling convolution, with its weight packed for oneDNN (same parameter names)."""
 
     def __init__(self, embed: ConvEmbed) -> None:
         super().__init__()
         self.proj = embed.proj
         self.packed = OneDnnWeight(list(self.proj.padding), list(self.proj.stride))
-
-    def _apply(self, *args, **kwargs) -> nn.Module:  # as FusedMlp._apply
-        self.packed.clear()
-        return super()._apply(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         proj = self.proj

@@ -186,3 +186,10 @@ def test_two_process_training_on_cpu(small_camvid, tmp_path):
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert config["resolved"]["world_size"] == 2
     assert (tmp_path / "ddp" / "last.safetensors").is_file()
+
+
+def test_dense_eval_needs_trained_weights(tmp_path):
+    # --pretrained would only initialise the backbone; evaluating a random head would report noise as a result.
+    for name in ("fpn_poolformer_s12", "retinanet_poolformer_s12"):
+        with pytest.raises(SystemExit, match="pass --checkpoint FILE"):
+            main(["eval", str(tmp_path), "--model", name, "--pretrained"])

@@ -198,7 +198,7 @@ class FusedPooling(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
         if self.per_sample:
-            weight = weight * group_statistics(x, self.eps)[1].view(-1, 1, 1, 1).to(x.dtype, copy=False)
+            weight = weight * group_statistics(x, self.eps)[1].view(-1, 1, 1, 1).to(x.dtype)
         return torch.lerp(x, average_pool(x, self.kernel_size), weight)
 
 

@@ -292,13 +292,14 @@ DENSE_FLAGS = {
 
 
 def _train_dense(args: argparse.Namespace, task: str) -> int:
-    if task == "segmentation":
+    kind = "segmentation" if task == "segmentation" else "detection"  # instance segmentation trains as detection
+    if kind == "segmentation":
         from .tasks.segmentation.engine import SegmentationArgs as RunArgs
         from .tasks.segmentation.engine import train_segmentation as run
     else:
         from .tasks.detection.engine import DetectionArgs as RunArgs
         from .tasks.detection.engine import train_detection as run
-    flags, metric = DENSE_FLAGS["segmentation" if task == "segmentation" else "detection"]
+    flags, metric = DENSE_FLAGS[kind]
     _device(args.device)
     given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
     if "scale" in given:

@@ -247,12 +247,12 @@ class FusedConvEmbed(_Packing):
         self.packed = OneDnnWeight(list(self.proj.padding), list(self.proj.stride))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        proj = self.proj
         if not _use_onednn(x):
-            return proj(x)
-        weight = self.packed(proj.weight, x)
-        return torch.ops.mkldnn._convolution_pointwise(x, weight, proj.bias, list(proj.padding), list(proj.stride),
-                                                       [1, 1], 1, "none", [], "")  # fmt: skip
+            return self.proj(x)
+        packed = self.packed
+        weight = packed(self.proj.weight, x)
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, self.proj.bias, packed.padding, packed.stride, [1, 1],
+                                                       1, "none", [], "")  # fmt: skip
 
 
 class FusedBlock(nn.Module):

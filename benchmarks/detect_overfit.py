@@ -20,7 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from metaformer.tasks.detection.engine import DetectionArgs, train_detection
+from metaformer.tasks import RunSettings, train
+from metaformer.tasks.detection.recipe import DetectionRecipe
 
 DATA = Path(os.environ.get("METAFORMER_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 # One large object each: sheep, stop sign, fire hydrant, bear, giraffe, two zebras.
@@ -54,10 +55,11 @@ def main() -> None:
     output = Path(args.output)
     data = make_subset(output / "data", IMAGE_IDS)
     run = output / args.model
-    settings = DetectionArgs(data=str(data), model=args.model, output=str(run), epochs=args.epochs, batch_size=2,
-                             lr=args.lr, min_size=320, max_size=480, warmup_iters=10, num_workers=0,
-                             decay_epochs=(args.epochs * 4 // 5,), device=args.device, progress=False)  # fmt: skip
-    records = train_detection(settings)
+    settings = RunSettings(data=str(data), model=args.model, output=str(run), num_workers=0, device=args.device,
+                           progress=False)  # fmt: skip
+    recipe = DetectionRecipe(epochs=args.epochs, batch_size=2, lr=args.lr, min_size=320, max_size=480, warmup_iters=10,
+                             decay_epochs=(args.epochs * 4 // 5,))  # fmt: skip
+    records = train(settings, recipe, force=True)
     first, last = records[0], records[-1]
     print(json.dumps({"model": args.model, "epochs": len(records), "first_loss": first["train_loss"],
                       "last_loss": last["train_loss"], "AP": last["AP"], "AP50": last["AP50"],
@@ -65,7 +67,7 @@ def main() -> None:
     photos = sorted((data / "images" / "val2017").iterdir())
     command = [sys.executable, "-m", "metaformer", "detect", *map(str, photos), "--model", args.model,
                "--checkpoint", str(run / "last.safetensors"), "--output", str(output / f"{args.model}-pictures"),
-               "--min-size", "320", "--max-size", "480", "--device", args.device]  # fmt: skip
+               "--min-size", "320", "--max-size", "480", "--device", args.device, "--force"]  # fmt: skip
     subprocess.run(command, check=True)
 
 

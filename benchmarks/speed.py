@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from transformers import PoolFormerForImageClassification, PoolFormerImageProcessor
 
 import metaformer
+from metaformer import ImageProcessor, load_image
 from metaformer.checkpoints import save_checkpoint
-from metaformer.data import ImageProcessor, load_image
 
 DATA = Path(os.environ.get("METAFORMER_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 CL = torch.channels_last
@@ -185,9 +185,9 @@ def training_rows(name: str, batch: int, device: torch.device, amp: torch.dtype 
 
         return step
 
-    def ours(fused_pooling: bool) -> torch.nn.Module:
+    def ours(custom_backward: bool) -> torch.nn.Module:
         model = metaformer.create_model(name, drop_path_rate=0.1)
-        model.set_fused_pooling(fused_pooling)
+        model.set_custom_backward(custom_backward)
         return model
 
     def theirs() -> torch.nn.Module:

@@ -21,8 +21,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from metaformer.tasks import RunSettings, train
 from metaformer.tasks.classification.recipe import FINETUNE
-from metaformer.tasks.classification.train import TrainArgs, train
 
 DATA = Path(os.environ.get("METAFORMER_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
@@ -35,11 +35,9 @@ def cifar_layout(root: Path) -> Path:
 
 
 def run(name: str, data: Path, output: Path, recipe, args: argparse.Namespace, init: str | None) -> dict:
-    train_args = TrainArgs(
-        data=str(data), model=args.model, output=str(output), recipe=recipe, init=init,
-        num_workers=args.num_workers, device=args.device, amp=args.amp, progress=False,
-    )  # fmt: skip
-    records = train(train_args)
+    settings = RunSettings(data=str(data), model=args.model, output=str(output), init=init,
+                           num_workers=args.num_workers, device=args.device, amp=args.amp, progress=False)  # fmt: skip
+    records = train(settings, recipe, force=True)
     best = max(records, key=lambda r: r["top1"])
     speed = sorted(r["images_per_s"] for r in records)[len(records) // 2]
     summary = {"run": name, "epochs": len(records), "best_top1": best["top1"], "last_top1": records[-1]["top1"],

@@ -193,7 +193,7 @@ def test_unreadable_and_missing_files(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00garbage")
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         metaformer.create_model("poolformer_s12", checkpoint=tmp_path / "junk.safetensors")
-    with pytest.raises(FileNotFoundError, match="nowhere.pth does not exist"):
+    with pytest.raises(FileNotFoundError, match="nowhere.pth: no such file"):
         metaformer.create_model("poolformer_s12", checkpoint=tmp_path / "nowhere.pth")
     (tmp_path / "folder").mkdir()
     with pytest.raises(CheckpointError, match="has no config.json"):

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import metaformer
 from metaformer.cli import main
-from metaformer.tasks.classification.data import DatasetError
+from metaformer.errors import DatasetError
 from metaformer.tasks.detection.data import CocoDetection, coco_split
 
 PARAMS = {  # the paper's Table 4, with 80 classes
@@ -97,10 +97,10 @@ def test_bad_annotations(coco, tmp_path):
     content = json.loads(annotations.read_text())
     content["annotations"][0]["category_id"] = 1000
     annotations.write_text(json.dumps(content))
-    dataset = CocoDetection(*coco_split(data, "train2017"), masks=False, background=False, train=False)
-    index = dataset.ids.index(content["annotations"][0]["image_id"])
-    with pytest.raises(DatasetError, match="unknown category 1000"):
-        dataset[index]
+    with pytest.raises(DatasetError, match=f"annotation {content['annotations'][0]['id']} has unknown category 1000"):
+        CocoDetection(*coco_split(data, "train2017"), masks=False, background=False, train=False)
+    content["annotations"][0]["category_id"] = 1
+    annotations.write_text(json.dumps(content))
     (data / "images" / "train2017" / "sky.jpg").unlink()
     with pytest.raises(
         DatasetError, match=r"1 image\(s\) listed in instances_train2017.json are missing: \['sky.jpg'\]"
@@ -119,7 +119,7 @@ def test_train_resume_eval_and_detect(name, coco, tmp_path, capsys):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2] and "AP50" in records[-1]
     assert ("mask_AP" in records[-1]) == name.startswith("mask")
-    assert main(["train", str(data), "--output", str(tmp_path / "cut"), "--stop-after-epochs", "1", *common]) == 0
+    assert main(["train", str(data), "--output", str(tmp_path / "cut"), "--stop-after", "1", *common]) == 0
     assert main(["train", "--resume", str(tmp_path / "cut")]) == 0
     straight, resumed = (
         load_file(tmp_path / "run" / "last.safetensors"),
@@ -135,11 +135,11 @@ def test_train_resume_eval_and_detect(name, coco, tmp_path, capsys):
     photo = next((data / "images" / "val2017").iterdir())
     detect = ["detect", str(photo), "--model", name, "--checkpoint", checkpoint, "--min-size", "96"]
     detect += ["--max-size", "128"]
-    assert main([*detect, "--score-threshold", "0", "--output", str(tmp_path / "pictures")]) == 0
+    assert main([*detect, "--score-threshold", "0", "--output", str(tmp_path / "pictures"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert Image.open(out["picture"]).size == Image.open(photo).size
     # detect folds the backbone by default; the plain one finds the same objects
-    assert main([*detect, "--score-threshold", "0", "--output", str(tmp_path / "plain"), "--no-fuse"]) == 0
+    assert main([*detect, "--score-threshold", "0", "--output", str(tmp_path / "plain"), "--no-fuse", "--json"]) == 0
     plain = json.loads(capsys.readouterr().out)["detections"]
     ours, theirs = (sorted((d["label"], d["score"]) for d in found) for found in (out["detections"], plain))
     assert [label for label, _ in ours] == [label for label, _ in theirs]
@@ -180,11 +180,12 @@ class GroundTruthDetector(torch.nn.Module):
 @pytest.mark.parametrize("task", ["detection", "instance_segmentation"])
 def test_perfect_detections_score_100(task, coco, tmp_path):
     from metaformer.engine.distributed import DistributedContext
-    from metaformer.tasks.detection.engine import build_dataset, coco_evaluate
+    from metaformer.tasks.detection.metrics import coco_evaluate
+    from metaformer.tasks.detection.task import coco_dataset
 
     data = write_subset(coco, tmp_path / "data", train=1, val=6, empty=False)
     instance = task == "instance_segmentation"
-    dataset = build_dataset(str(data), "val2017", instance, train=False)
+    dataset = coco_dataset(str(data), "val2017", instance, train=False)
     metrics = coco_evaluate(GroundTruthDetector(dataset, task), dataset, DistributedContext())
     assert metrics["AP"] == pytest.approx(100.0) and metrics["AP50"] == pytest.approx(100.0)
     if instance:

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from conftest import randomize
 
 import metaformer
+from metaformer.models.custom_backward import pooling_branch_with_custom_backward
 from metaformer.models.fused import FusedBlock, FusedIdentity, FusedMlp, FusedPooling, PlainMixer
-from metaformer.models.pooling_branch import pooling_branch
 
 FIXED_GRID = {"metaformer_pppf_s12_224", "metaformer_ppff_s12_224", "metaformer_random_s12"}
 CLASSIFIERS = metaformer.list_models(task="classification")
@@ -160,7 +160,7 @@ def test_fuse_refuses_other_models():
         metaformer.fuse(torch.nn.Conv2d(3, 3, 1))
 
 
-def test_pooling_branch_gradcheck_in_float64():
+def test_custom_backward_gradcheck_in_float64():
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(3, 4, 5, 6, dtype=torch.float64, generator=generator, requires_grad=True)
     weight = (torch.rand(4, dtype=torch.float64, generator=generator) + 0.5).requires_grad_()
@@ -169,7 +169,7 @@ def test_pooling_branch_gradcheck_in_float64():
     for pool_size, sample_scale in ((3, None), (5, torch.tensor([0.0, 1.25, 1.25], dtype=torch.float64))):
 
         def branch(x, weight, bias, layer_scale, pool_size=pool_size, sample_scale=sample_scale):
-            return pooling_branch(x, weight, bias, layer_scale, pool_size, 1e-5, sample_scale)
+            return pooling_branch_with_custom_backward(x, weight, bias, layer_scale, pool_size, 1e-5, sample_scale)
 
         assert torch.autograd.gradcheck(branch, (x, weight, bias, layer_scale))
         norm = F.group_norm(x, 1, weight, bias, 1e-5)
@@ -179,11 +179,11 @@ def test_pooling_branch_gradcheck_in_float64():
         assert torch.allclose(branch(x, weight, bias, layer_scale), literal, atol=1e-12)
 
 
-def test_training_through_the_pooling_branch_equals_the_literal_modules():
-    def gradients(fused_pooling: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def test_training_with_the_custom_backward_equals_the_literal_modules():
+    def gradients(custom_backward: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         torch.manual_seed(0)  # the same initial weights, and then the same stochastic-depth draws, on both paths
         model = randomize(metaformer.create_model("poolformer_s12", num_classes=7, drop_path_rate=0.3)).train()
-        model.set_fused_pooling(fused_pooling)
+        model.set_custom_backward(custom_backward)
         logits = model(torch.randn(4, 3, 64, 96, generator=torch.Generator().manual_seed(1)))
         logits.logsumexp(1).sum().backward()
         return logits, {n: p.grad for n, p in model.named_parameters()}

@@ -97,7 +97,7 @@ def test_bad_input_tensors():
 def test_unknown_names_and_options():
     with pytest.raises(ValueError, match="did you mean .*poolformer_s12"):
         metaformer.create_model("poolformer_s21")
-    with pytest.raises(TypeError, match="unknown option"):
+    with pytest.raises(metaformer.ConfigError, match="unknown option"):
         metaformer.create_model("poolformer_s12", depth=3)
 
 

@@ -8,8 +8,7 @@ import torch
 from PIL import Image
 
 from metaformer import ImageProcessor, load_image
-from metaformer.data import ImageLoadError
-from metaformer.data.transforms import to_rgb
+from metaformer.data import ImageLoadError, to_rgb
 
 transformers = pytest.importorskip("transformers")
 HFProcessor = getattr(transformers, "PoolFormerImageProcessorPil", None) or transformers.PoolFormerImageProcessor

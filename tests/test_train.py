@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -16,9 +15,10 @@ from safetensors.torch import load_file
 
 import metaformer
 from metaformer.cli import main
-from metaformer.engine.trainer import NonFiniteLossError, cosine_lr
+from metaformer.engine.schedules import cosine
+from metaformer.errors import ConfigError
 from metaformer.tasks.classification.recipe import FINETUNE, PAPER, get_recipe
-from metaformer.tasks.classification.train import TrainArgs, param_groups, resume_args, train
+from metaformer.tasks.common import decay_groups
 
 FAST = ["--image-size", "32", "--num-workers", "0", "--no-progress", "--seed", "3"]
 
@@ -51,22 +51,26 @@ def test_paper_recipe_is_the_official_one():
     assert (PAPER.warmup_epochs, PAPER.warmup_lr, PAPER.min_lr) == (5, 1e-6, 1e-5)
     assert PAPER.resolved_lr(1024) == pytest.approx(1e-3) and PAPER.resolved_lr(4096) == pytest.approx(4e-3)
     assert (PAPER.mixup, PAPER.cutmix, PAPER.mix_switch_prob, PAPER.random_erasing) == (0.8, 1.0, 0.5, 0.25)
-    assert (PAPER.randaugment_magnitude, PAPER.randaugment_std, PAPER.scale) == (9, 0.5, (0.08, 1.0))
+    assert (PAPER.randaugment_magnitude, PAPER.randaugment_std, PAPER.crop_scale) == (9, 0.5, (0.08, 1.0))
     drop = {m: PAPER.resolved_drop_path(f"poolformer_{m}") for m in ("s12", "s24", "s36", "m36", "m48")}
     assert drop == {"s12": 0.1, "s24": 0.1, "s36": 0.2, "m36": 0.3, "m48": 0.4}
     assert PAPER.resolved_drop_path("metaformer_pppa_s12_224") == 0.1 and PAPER.ema_decay is None
     assert FINETUNE.mixup == 0 and FINETUNE.randaugment_magnitude is None and FINETUNE.epochs < PAPER.epochs
     assert get_recipe("paper", lr=0.5, epochs=None).lr == 0.5
-    with pytest.raises(ValueError, match="unknown recipe"):
+    with pytest.raises(ConfigError, match="unknown recipe"):
         get_recipe("imagenet21k")
+    with pytest.raises(ConfigError, match="--crop-scale takes 0 < MIN <= MAX <= 1"):
+        get_recipe("paper", crop_scale=(0.5, 0.2))
 
 
 def test_schedule_and_weight_decay_groups():
-    lr_at = cosine_lr(1e-3, epochs=300, warmup_epochs=5, warmup_lr=1e-6, min_lr=1e-5)
+    def lr_at(epoch: float) -> float:
+        return cosine(epoch, 1e-3, epochs=300, warmup_epochs=5, warmup_lr=1e-6, min_lr=1e-5)
+
     assert lr_at(0) == pytest.approx(1e-6) and lr_at(5) == pytest.approx(1e-3) and lr_at(300) == pytest.approx(1e-5)
     assert lr_at(2.5) == pytest.approx((1e-6 + 1e-3) / 2) and lr_at(152.5) == pytest.approx((1e-3 + 1e-5) / 2)
     model = metaformer.create_model("metaformer_ppaa_s12_224")
-    decay, no_decay = param_groups(model, 0.05)
+    decay, no_decay = decay_groups(model, 0.05, model.no_weight_decay())
     names = {id(p): n for n, p in model.named_parameters()}
     skipped = {names[id(p)] for p in no_decay["params"]}
     assert no_decay["weight_decay"] == 0 and decay["weight_decay"] == 0.05
@@ -94,7 +98,9 @@ def test_train_learns_then_eval_reproduces_the_logged_accuracy(tmp_path, capsys)
                  "--json", "--num-workers", "0"]) == 0  # fmt: skip
     result = json.loads(capsys.readouterr().out)
     assert result["images"] == 80 and result["errors"] == []
-    assert result["top1"] == pytest.approx(records[-1]["top1"]) and result["top5"] == 100.0
+    assert result["top1"] == pytest.approx(records[-1]["top1"])
+    assert "top5" not in result and "top1" in records[-1] and "top5" not in records[-1]  # 2 classes: no top-k
+    assert set(result["per_class"]) == {"airplane", "frog"}
     loaded = metaformer.create_model("poolformer_s12", checkpoint=run / "best.safetensors")
     assert loaded.config.labels == ("airplane", "frog")
 
@@ -102,7 +108,7 @@ def test_train_learns_then_eval_reproduces_the_logged_accuracy(tmp_path, capsys)
 def test_resume_continues_exactly(tiny, tmp_path):
     common = ["--model", "poolformer_s12", "--batch-size", "16", "--lr", "1e-3", "--warmup-epochs", "1", *FAST]
     assert run_train(tiny, "--output", tmp_path / "straight", "--epochs", "3", *common) == 0
-    assert run_train(tiny, "--output", tmp_path / "stopped", "--epochs", "3", "--stop-after-epochs", "1", *common) == 0
+    assert run_train(tiny, "--output", tmp_path / "stopped", "--epochs", "3", "--stop-after", "1", *common) == 0
     assert len((tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()) == 1
     assert run_train("--resume", tmp_path / "stopped") == 0
     straight = load_file(tmp_path / "straight" / "last.safetensors")
@@ -163,7 +169,7 @@ def test_eval_protocol_on_real_imagenet_photos(imagenet_samples, tmp_path, capsy
                  "--num-workers", "0", "--batch-size", "7"]) == 0  # fmt: skip
     result = json.loads(capsys.readouterr().out)
     wnids = [w for w, _ in metaformer.data.imagenet_classes()]
-    processor = metaformer.ImageProcessor.for_model("poolformer_s12")
+    processor = metaformer.ImageProcessor.for_model("poolformer_s12", exif_transpose=False)  # ImageNet protocol
     with torch.no_grad():
         logits = model.eval()(processor(imagenet_samples[:20]))
     targets = torch.tensor([wnids.index(p.name.split("_")[0]) for p in imagenet_samples[:20]])
@@ -176,16 +182,16 @@ def test_eval_protocol_on_real_imagenet_photos(imagenet_samples, tmp_path, capsy
 
 def test_bad_datasets_are_reported(tiny, tmp_path, capsys):
     model = ["--model", "poolformer_s12", "--epochs", "1", "--batch-size", "16", *FAST]
-    assert run_train(tmp_path / "nowhere", "--output", tmp_path / "r0", *model) == 2
+    assert run_train(tmp_path / "nowhere", "--output", tmp_path / "r0", *model) == 1
     assert "missing" in capsys.readouterr().err
     (tiny / "val" / "horse").mkdir()
     (tiny / "val" / "horse" / "x.jpg").write_bytes(b"junk")
-    assert run_train(tiny, "--output", tmp_path / "r1", *model) == 2
+    assert run_train(tiny, "--output", tmp_path / "r1", *model) == 1
     assert "not among the training classes: ['horse']" in capsys.readouterr().err
     empty = tmp_path / "empty"
     (empty / "train" / "cat").mkdir(parents=True)
     (empty / "val" / "cat").mkdir(parents=True)
-    assert run_train(empty, "--output", tmp_path / "r2", *model) == 2
+    assert run_train(empty, "--output", tmp_path / "r2", *model) == 1
     assert "hold no image files" in capsys.readouterr().err
 
 
@@ -201,26 +207,35 @@ def test_unreadable_training_images_are_skipped_and_counted(tiny, tmp_path, recw
     assert len(messages) == 2 and any("broken.jpg" in m for m in messages)
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path, capsys):
     run = tmp_path / "run"
-    assert run_train(tiny, "--model", "poolformer_s12", "--epochs", "1", "--batch-size", "16", "--output", run,
-                     *FAST) == 0  # fmt: skip
+    assert run_train(tiny, "--model", "poolformer_s12", "--epochs", "3", "--stop-after", "1", "--batch-size", "16",
+                     "--output", run, *FAST) == 0  # fmt: skip
     good = load_file(run / "last.safetensors")
-    args = resume_args(run, epochs=3)
-    args.recipe = dataclasses.replace(args.recipe, lr=1e30, warmup_epochs=0)
-    with pytest.raises(NonFiniteLossError, match="non-finite at epoch 2"):
-        train(args, resume=True)
-    assert torch.load(run / "last.state.pt", weights_only=True)["epoch"] == 1
+    config = json.loads((run / "config.json").read_text())
+    config["recipe"].update(lr=1e30, warmup_epochs=0)  # the continuation diverges
+    (run / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert run_train("--resume", run) == 1
+    assert "non-finite at epoch 2, step" in capsys.readouterr().err
+    assert torch.load(run / "last.state.pt", weights_only=True)["round"] == 1
     kept = load_file(run / "last.safetensors")
     assert all(torch.equal(good[k], kept[k]) for k in good)
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1]
 
 
 def test_existing_run_folder_is_not_overwritten(tiny, tmp_path, capsys):
-    args = TrainArgs(str(tiny), "poolformer_s12", str(tmp_path / "run"), get_recipe("paper", epochs=1, batch_size=16,
-                     image_size=32), num_workers=0, progress=False)  # fmt: skip
-    train(args)
-    with pytest.raises(FileExistsError, match="already holds a run"):
-        train(args)
+    run = tmp_path / "run"
+    common = [tiny, "--model", "poolformer_s12", "--epochs", "1", "--batch-size", "16", "--output", run, *FAST]
+    assert run_train(*common) == 0
+    before = (run / "last.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert run_train(*common) == 1
+    error = capsys.readouterr().err
+    assert "already holds a run" in error and f"--resume {run}" in error and "--force" in error
+    assert (run / "last.safetensors").stat().st_mtime_ns == before
+    assert run_train(*common, "--force") == 0  # starts afresh
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
 
 
 def test_bf16_autocast_and_ema(tiny, tmp_path):
@@ -231,6 +246,6 @@ def test_bf16_autocast_and_ema(tiny, tmp_path):
     assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in records)
     assert "ema_top1" in records[-1] and (run / "last_ema.safetensors").exists()
     state = torch.load(run / "last.state.pt", weights_only=True)
-    assert state["ema"] is not None and state["epoch"] == 2
+    assert state["ema"] is not None and state["round"] == 2
     config = json.loads((run / "config.json").read_text())
-    assert config["amp"] == "bf16" and config["recipe"]["ema_decay"] == 0.9998
+    assert config["settings"]["amp"] == "bf16" and config["recipe"]["ema_decay"] == 0.9998

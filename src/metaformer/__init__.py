@@ -1,34 +1,36 @@
 """MetaFormer and PoolFormer ("MetaFormer Is Actually What You Need for Vision", Yu et al., CVPR 2022)."""
 
-from .api import create_model
-from .checkpoints import (
-    CheckpointError,
-    CheckpointWarning,
-    convert_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
-from .data import ImageProcessor, imagenet_labels, load_image
+from .api import convert_checkpoint, create_model, infer_model_name
+from .checkpoints import CheckpointWarning, LoadReport, load_checkpoint, save_checkpoint
+from .data import imagenet_labels, load_image
+from .errors import CheckpointError, ConfigError, DatasetError, ImageLoadError, MetaformerError
+from .models.complexity import count_macs, count_params
 from .models.fused import fuse, is_fused
 from .models.metaformer import MetaFormer, MetaFormerConfig, MetaFormerFeatures
 from .models.zoo import list_models
-from .profile import count_macs, count_params
+from .processor import ImageProcessor
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
     "CheckpointWarning",
+    "ConfigError",
+    "DatasetError",
+    "ImageLoadError",
     "ImageProcessor",
+    "LoadReport",
     "MetaFormer",
     "MetaFormerConfig",
     "MetaFormerFeatures",
+    "MetaformerError",
     "convert_checkpoint",
     "count_macs",
     "count_params",
     "create_model",
     "fuse",
     "imagenet_labels",
+    "infer_model_name",
     "is_fused",
     "list_models",
     "load_checkpoint",

@@ -1,53 +1,69 @@
-"""``create_model``: every named variant, with weights from a file or the official release."""
+"""The entry points that know every kind of model: ``create_model``, ``convert_checkpoint`` and which registered
+model a checkpoint file belongs to."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
+from torch import nn
 
-from .checkpoints import Checkpoint, load_checkpoint, open_checkpoint, pretrained_file
+from .checkpoints import Checkpoint, load_checkpoint, open_checkpoint, pretrained_file, save_checkpoint
+from .checkpoints.formats import CLASSIFIER_FORMATS, classifier_key
+from .checkpoints.saving import CHECKPOINT_SUFFIXES, check_destination
+from .errors import CheckpointError, ConfigError
+from .models.dense import INPUT_OPTIONS, DenseModel, build_dense_model
 from .models.metaformer import MetaFormer, MetaFormerFeatures
-from .models.zoo import get_spec, resolve_config
+from .models.zoo import ModelSpec, get_spec, list_models, resolve_config
+
+CheckpointSource = str | os.PathLike | Mapping[str, torch.Tensor] | Checkpoint
 
 
 def create_model(
     name: str,
     *,
     pretrained: bool = False,
-    checkpoint: str | os.PathLike | Mapping[str, torch.Tensor] | Checkpoint | None = None,
+    checkpoint: CheckpointSource | None = None,
     num_classes: int | None = None,
     features_only: bool = False,
     out_indices: Sequence[int] = (0, 1, 2, 3),
+    strict: bool = False,
     **overrides: object,
-) -> MetaFormer | MetaFormerFeatures:
-    """Build the registered model ``name``.
+) -> MetaFormer | MetaFormerFeatures | DenseModel:
+    """Build the registered model ``name``: a classifier, a backbone, or a segmentation or detection model.
 
     Args:
-        pretrained: load the official ImageNet-1k release (downloaded once into the torch hub cache).
+        pretrained: load the official ImageNet-1k release (downloaded once into the torch hub cache); for a dense
+            model, it initialises the backbone.
         checkpoint: load weights from a file, Hugging Face folder or state_dict in any supported format instead.
-        num_classes: classes of the head (default: the checkpoint's, else 1000); a number that differs from the
-            checkpoint's gets a fresh head, for fine-tuning.
+            A dense model takes its own checkpoints, mmseg/mmdet files, or a classifier's (the backbone only).
+        num_classes: classes of the head (default: the checkpoint's, else the model's); a number that differs
+            from the checkpoint's gets a fresh head, for fine-tuning.
         features_only: return the backbone for dense prediction (stage outputs, each through its own norm).
         out_indices: the stages whose outputs the backbone returns.
-        overrides: any ``MetaFormerConfig`` field, e.g. ``drop_path_rate=0.1`` or ``image_size=384``.
+        strict: refuse a checkpoint that leaves any layer untrained (for inference and evaluation).
+        overrides: any ``MetaFormerConfig`` field, e.g. ``drop_path_rate=0.1`` or ``image_size=384``; dense
+            models also take their input size (``test_scale``, or ``min_size`` and ``max_size``).
     """
     if pretrained and checkpoint is not None:
-        raise ValueError("pass either pretrained=True or checkpoint=PATH, not both")
+        raise ConfigError("pass either pretrained=True or checkpoint=PATH, not both")
     spec = get_spec(name)
     if spec.task != "classification":
-        from .tasks.dense import create_dense_model
-
+        if features_only:
+            raise ConfigError(f"{name} is a {spec.task} model; features_only takes a classifier's name")
         if pretrained:
             checkpoint = pretrained_file(spec.backbone)  # ImageNet weights initialise the backbone
-        return create_dense_model(spec, num_classes=num_classes, checkpoint=checkpoint, **overrides)
+        return _create_dense(spec, checkpoint, num_classes, strict, overrides)
     if pretrained:
         checkpoint = pretrained_file(name)
     if checkpoint is not None:
         checkpoint = open_checkpoint(checkpoint)
+        trunk = checkpoint.trunk()
         if num_classes is None and not features_only:
-            num_classes = checkpoint.num_classes() or 0
+            num_classes = trunk.num_classes() or 0
         for key, value in checkpoint.evaluation_settings().items():
             overrides.setdefault(key, value)  # evaluate as the model was trained, unless told otherwise
     if num_classes is not None:
@@ -56,5 +72,86 @@ def create_model(
     model = MetaFormerFeatures(config, out_indices) if features_only else MetaFormer(config)
     model.name = name
     if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
+        load_checkpoint(model, checkpoint, strict=strict)
     return model
+
+
+def _create_dense(spec: ModelSpec, source: CheckpointSource | None, num_classes: int | None, strict: bool,
+                  overrides: dict) -> DenseModel:  # fmt: skip
+    input_size = {k: overrides.pop(k) for k in INPUT_OPTIONS[spec.task] if k in overrides}
+    labels = overrides.pop("labels", None)
+    checkpoint = open_checkpoint(source) if source is not None else None
+    if checkpoint is not None and checkpoint.is_dense:
+        saved_classes = checkpoint.dense_num_classes(spec.task)
+        num_classes = num_classes or saved_classes
+        for key, value in checkpoint.input_settings().items():
+            input_size.setdefault(key, value)  # evaluate at the size it was trained at, unless told otherwise
+    num_classes = num_classes or spec.default_classes
+    config = resolve_config(spec.backbone, **overrides)
+    model = build_dense_model(spec.task, config, num_classes, name=spec.name, **input_size)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint, strict=strict)
+    if labels is not None:
+        model.labels = tuple(labels)
+    return model
+
+
+def infer_model_name(checkpoint: Checkpoint) -> str:
+    """The registered model a checkpoint belongs to: the name it records, else the one classifier whose layout and
+    declared architecture fit (the file name breaks ties, as in the official releases' names)."""
+    if checkpoint.metadata.get("model"):
+        return checkpoint.metadata["model"]
+    if checkpoint.is_dense:
+        raise CheckpointError(f"{checkpoint.source}: a {checkpoint.format} file does not name its model; "
+                              "name it (--model NAME, e.g. fpn_poolformer_s12)")  # fmt: skip
+    num_classes = checkpoint.num_classes() or 0
+    shapes = {k: tuple(v.shape) for k, v in checkpoint.state_dict.items()}
+    stored = checkpoint.stored_architecture() or {}
+    candidates = []
+    for name in list_models(task="classification"):
+        spec = get_spec(name)
+        config = dataclasses.replace(spec.config, num_classes=num_classes)
+        if checkpoint.format == "timm" and not spec.timm_name:
+            continue  # timm has only the PoolFormers
+        if any(getattr(config, k) != v for k, v in stored.items()):
+            continue
+        with torch.device("meta"):
+            layout = {
+                classifier_key(checkpoint.format, k, config): tuple(v.shape)
+                for k, v in MetaFormer(config).state_dict().items()
+            }
+        if layout == shapes:
+            candidates.append(name)
+    hint = _name_hint(checkpoint.source)
+    if hint in candidates:
+        return hint
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise CheckpointError(f"{checkpoint.source}: no registered model has this layout ({checkpoint.format} format)")
+    raise CheckpointError(
+        f"{checkpoint.source}: the layout fits several models ({', '.join(candidates)}); name one (--model NAME)"
+    )
+
+
+def _name_hint(source: str) -> str:
+    name = Path(source).name
+    for suffix in CHECKPOINT_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str, model_name: str | None = None, *,
+                       overwrite: bool = False) -> Path:  # fmt: skip
+    """Convert a checkpoint in any supported format into format ``to`` (see ``save_checkpoint``); an existing
+    ``dst`` is kept unless ``overwrite``. Dense checkpoints (ours, mmseg's, mmdet's) convert to ours."""
+    check_destination(dst, to, overwrite=overwrite)  # before the work, and before anything is written
+    checkpoint = open_checkpoint(src)
+    model: nn.Module = create_model(model_name or infer_model_name(checkpoint), checkpoint=checkpoint)
+    if checkpoint.format not in CLASSIFIER_FORMATS and getattr(model, "task", "classification") == "classification":
+        raise CheckpointError(
+            f"{checkpoint.source} is a whole {checkpoint.format} model; name its dense model "
+            "(--model fpn_poolformer_s12, ...)"
+        )
+    return save_checkpoint(model, dst, to, overwrite=overwrite)

@@ -1,14 +1,19 @@
-"""Image loading, preprocessing and class names."""
+"""Images, class names, and the pieces every task's datasets share: samplers, failure handling, errors."""
 
+from ..errors import DatasetError, ImageLoadError
 from .imagenet import IMAGENET_MEAN, IMAGENET_STD, imagenet_classes, imagenet_labels
-from .transforms import ImageLoadError, ImageProcessor, load_image
+from .images import IMAGE_EXTENSIONS, find_images, is_image_file, load_image, to_rgb
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "IMAGE_EXTENSIONS",
+    "DatasetError",
     "ImageLoadError",
-    "ImageProcessor",
+    "find_images",
     "imagenet_classes",
     "imagenet_labels",
+    "is_image_file",
     "load_image",
+    "to_rgb",
 ]

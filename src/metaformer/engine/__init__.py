@@ -1,6 +1,20 @@
-"""The training engine shared by every task: loop, DDP, AMP, EMA, checkpoints, exact resume, logs and plots."""
+"""The training engine every task shares: the loop, DDP, AMP, EMA, checkpoints, exact resume, logs and plots."""
 
-from .distributed import DistributedContext, init_distributed
-from .trainer import NonFiniteLossError, StepResult, Trainer, TrainerConfig
+from .distributed import DistributedContext, init_distributed, shutdown_distributed
+from .run_folder import RunFolder
+from .task import RunSettings, TrainingTask, dataclass_from_dict, default_num_workers
+from .trainer import Plan, Trainer, run_training
 
-__all__ = ["DistributedContext", "NonFiniteLossError", "StepResult", "Trainer", "TrainerConfig", "init_distributed"]
+__all__ = [
+    "DistributedContext",
+    "Plan",
+    "RunFolder",
+    "RunSettings",
+    "Trainer",
+    "TrainingTask",
+    "dataclass_from_dict",
+    "default_num_workers",
+    "init_distributed",
+    "run_training",
+    "shutdown_distributed",
+]

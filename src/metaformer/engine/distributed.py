@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -51,7 +53,7 @@ def init_distributed(device: str = "cpu") -> DistributedContext:
     target = torch.device(device)
     if target.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda asked for, but PyTorch sees no CUDA GPU")
+            raise ConfigError(f"--device {device} asked for, but PyTorch sees no CUDA GPU here")
         target = torch.device("cuda", local_rank if world_size > 1 else (target.index or 0))
         torch.cuda.set_device(target)
     if world_size > 1 and not dist.is_initialized():

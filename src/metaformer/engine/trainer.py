@@ -1,22 +1,20 @@
-"""The training loop every task uses: it owns devices, DDP, mixed precision, EMA, clipping, checkpoints, resume,
-the metrics log and the plot; a task supplies its model, optimizer, data, one training step and its evaluation.
+"""The training loop every task uses: devices, DDP, mixed precision, EMA, clipping, the sampling of batches,
+checkpoints, exact resume, the metrics log and the plot. A task (``task.py``) supplies the rest.
 
-A run folder holds ``config.json``, ``metrics.jsonl`` (one line per epoch), ``curves.png``, the weights of the
-``last`` and ``best`` epochs (``*.safetensors``, written by the task) and ``last.state.pt``, everything an exact
-resume needs. Every file is written to a temporary name and renamed, so a kill at any moment leaves the previous
-complete checkpoint.
+A run is cut into rounds: an epoch, or (for tasks counted in iterations) the iterations between two evaluations.
+Each round ends with a checkpoint, so a run resumes exactly at any round's end.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,256 +22,347 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..checkpoints import atomic_write
-from .distributed import DistributedContext
-from .plot import plot_metrics
+from ..data.guarded import Batch, Guarded, GuardedCollate
+from ..data.samplers import StreamSampler
+from ..errors import ConfigError, DatasetError, MetaformerError, NonFiniteLossError, RunFolderError
+from .distributed import DistributedContext, init_distributed, shutdown_distributed
+from .run_folder import RunFolder, random_state, set_random_state
+from .task import RunSettings, TrainingTask
 
-STATE_FILE = "last.state.pt"
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stopped and the last good checkpoint is kept."""
+@dataclass(frozen=True)
+class Plan:
+    """How a run's steps fall into rounds, and which rounds evaluate."""
 
+    unit: str
+    steps_per_epoch: int
+    total_steps: int
+    round_steps: int
+    eval_every: int
+    stop_after: int | None  # in the unit
 
-@dataclass
-class StepResult:
-    """What a task's training step returns: the mean loss to back-propagate over ``count`` samples."""
+    @classmethod
+    def make(cls, task: TrainingTask, steps_per_epoch: int) -> Plan:
+        total = task.total_steps(steps_per_epoch)
+        eval_every = task.settings.eval_every or task.default_eval_every
+        if eval_every < 1:
+            raise ConfigError(f"--eval-every must be a positive number of {task.unit}s, got {eval_every}")
+        round_steps = steps_per_epoch if task.unit == "epoch" else min(eval_every, total)
+        stop = task.settings.stop_after
+        if stop is not None and task.unit == "iteration" and stop % round_steps:
+            raise ConfigError(f"--stop-after {stop} must be a multiple of --eval-every ({round_steps}): a run "
+                              "stops only where it evaluates and checkpoints")  # fmt: skip
+        return cls(task.unit, steps_per_epoch, total, round_steps, eval_every, stop)
 
-    loss: torch.Tensor | None
-    count: int
-    skipped: int = 0  # samples of this batch that could not be read
+    @property
+    def rounds(self) -> int:
+        return -(-self.total_steps // self.round_steps)
 
+    @property
+    def last_round(self) -> int:
+        """Rounds this invocation runs to (exclusive): all of them, or up to ``--stop-after``."""
+        if self.stop_after is None:
+            return self.rounds
+        return min(self.rounds, self.stop_after if self.unit == "epoch" else self.stop_after // self.round_steps)
 
-@dataclass
-class TrainerConfig:
-    epochs: int
-    output: Path
-    amp: str = "none"  # none, bf16 or fp16 (fp16 uses a gradient scaler)
-    channels_last: bool = True
-    compile: bool = False
-    clip_grad: float | None = None  # max gradient norm
-    ema_decay: float | None = None
-    best_metric: str = "top1"  # a key of the evaluation's metrics; higher is better
-    stop_after_epochs: int | None = None  # stop early, as a job limit would; the schedule stays the full run's
-    progress: bool = True
-    run_config: dict = field(default_factory=dict)  # written to config.json
+    def span(self, round_index: int) -> tuple[int, int]:
+        start = round_index * self.round_steps
+        return start, min(start + self.round_steps, self.total_steps)
+
+    def evaluates(self, round_index: int) -> bool:
+        if self.unit == "iteration" or round_index == self.rounds - 1:
+            return True
+        return (round_index + 1) % self.eval_every == 0
+
+    def position(self, round_index: int) -> dict:
+        if self.unit == "epoch":
+            return {"epoch": round_index + 1}
+        stop = self.span(round_index)[1]
+        return {"iteration": stop, "epoch": round(stop / self.steps_per_epoch, 3)}
+
+    def where(self, step: int) -> str:
+        if self.unit == "epoch":
+            return f"epoch {step // self.steps_per_epoch + 1}, step {step % self.steps_per_epoch + 1}"
+        return f"iteration {step + 1}"
 
 
 class Trainer:
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        lr_at: Callable[[float], float],
-        make_loader: Callable[[int], Iterable],
-        step: Callable[[nn.Module, Any, torch.device], StepResult],
-        evaluate: Callable[[nn.Module], dict[str, float]],
-        save_weights: Callable[[nn.Module, Path], object],
-        config: TrainerConfig,
-        context: DistributedContext,
-    ) -> None:
-        if config.amp not in ("none", *AMP_DTYPES):
-            raise ValueError(f"amp must be none, bf16 or fp16, got {config.amp!r}")
-        self.config = config
-        self.context = context
+    def __init__(self, task: TrainingTask, context: DistributedContext, folder: RunFolder) -> None:
+        settings = task.settings
+        if settings.amp not in ("none", *AMP_DTYPES):
+            raise ConfigError(f"amp must be none, bf16 or fp16, got {settings.amp!r}")
+        self.task, self.settings, self.context, self.folder = task, settings, context, folder
         self.device = context.device
-        memory_format = torch.channels_last if config.channels_last else torch.preserve_format
+        self.dataset = task.train_dataset()
+        global_batch = task.batch_size * context.world_size
+        if len(self.dataset) < global_batch:
+            raise DatasetError(
+                f"{settings.data}: {len(self.dataset)} training samples, fewer than one global "
+                f"batch ({task.batch_size} x {context.world_size} processes); lower --batch-size"
+            )
+        self.plan = Plan.make(task, len(self.dataset) // global_batch)
+        torch.manual_seed(settings.seed)  # the same initial weights in every process
+        model = task.build_model()
+        torch.manual_seed(settings.seed + context.rank)  # each process its own augmentation stream
+        random.seed(settings.seed + context.rank)
+        memory_format = torch.channels_last if task.channels_last else torch.preserve_format
         self.module = model.to(self.device, memory_format=memory_format)
         self.ema = None
-        if config.ema_decay:
-            self.ema = AveragedModel(self.module, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+        if task.ema_decay:
+            self.ema = AveragedModel(self.module, multi_avg_fn=get_ema_multi_avg_fn(task.ema_decay), use_buffers=True)
         self.model: nn.Module = self.module
         if context.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.module, device_ids=ids)
-        if config.compile:
+        if settings.compile:
             self.model = torch.compile(self.model)
-        self.optimizer = optimizer
-        self.lr_at = lr_at
-        self.make_loader = make_loader
-        self.step = step
-        self.evaluate = evaluate
-        self.save_weights = save_weights
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
-        self.output = Path(config.output)
+        self.optimizer = task.build_optimizer(self.module)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=settings.amp == "fp16")
+        self.records: list[dict] = []
         self.best: float | None = None
-        self.start_epoch = 0
+        self.start_round = 0
+        self.reported: set[str] = set()
+
+    def config_record(self, kind: str) -> dict:
+        """config.json: every setting, the recipe, and what the task and the plan resolved."""
+        settings = {k: v for k, v in self.settings.to_dict().items() if k != "stop_after"}
+        resolved = {**self.task.describe(), "world_size": self.context.world_size,
+                    "steps_per_epoch": self.plan.steps_per_epoch, "total_steps": self.plan.total_steps}  # fmt: skip
+        return {"task": kind, "model": self.settings.model, "settings": settings,
+                "recipe": dataclasses.asdict(self.task.recipe), "resolved": resolved}  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------ loop
 
-    def fit(self, resume: Path | None = None) -> list[dict]:
-        """Train until ``config.epochs``, continuing a run folder exactly if ``resume`` is given."""
-        if resume is not None:
-            self._load_state(Path(resume) / STATE_FILE)
-        if self.context.is_main:
-            self.output.mkdir(parents=True, exist_ok=True)
-            atomic_write(
-                self.output / "config.json", lambda tmp: tmp.write_text(json.dumps(self.config.run_config, indent=2))
-            )
-        records = []
-        last = (
-            self.config.epochs
-            if self.config.stop_after_epochs is None
-            else min(self.config.epochs, self.config.stop_after_epochs)
-        )
-        for epoch in range(self.start_epoch, last):
-            record = {"epoch": epoch + 1, **self._train_epoch(epoch)}
-            record.update(self.evaluate(self.module))
-            if self.ema is not None:
-                record.update({f"ema_{k}": v for k, v in self.evaluate(self.ema.module).items()})
-            score = record.get(self.config.best_metric)
-            is_best = score is not None and (self.best is None or score > self.best)
+    def fit(self, resume: bool = False) -> list[dict]:
+        """Train to the end of the plan (or ``--stop-after``); returns the records of the rounds run now."""
+        if resume:
+            self._load_state()
+        elif self.context.is_main:
+            self.folder.remove_temporaries()
+        trained = []
+        for index in range(self.start_round, self.plan.last_round):
+            record = {**self.plan.position(index), **self._train_round(index)}
+            if self.plan.evaluates(index):
+                record.update(self.task.evaluate(self.module, self._progress))
+                if self.ema is not None:
+                    record.update({f"ema_{k}": v for k, v in self.task.evaluate(self.ema.module, False).items()})
+            score = record.get(self.task.best_metric)
+            is_best = isinstance(score, (int, float)) and (self.best is None or score > self.best)
             if is_best:
                 self.best = score
-            if self.context.is_main:
-                self._write_epoch(record, is_best)
-            self._save_state(epoch + 1)
-            records.append(record)
-        return records
+            self.records.append(record)
+            self._finish_round(index, is_best)
+            trained.append(record)
+        return trained
 
-    def _train_epoch(self, epoch: int) -> dict[str, float]:
-        loader = self.make_loader(epoch)
-        steps = len(loader)
+    @property
+    def _progress(self) -> bool:
+        return self.settings.progress and self.context.is_main
+
+    def _loader(self, start: int, stop: int) -> DataLoader:
+        context = self.context
+        sampler = StreamSampler(len(self.dataset), self.task.batch_size, context.rank, context.world_size,
+                                self.settings.seed, start, stop)  # fmt: skip
+        return DataLoader(Guarded(self.dataset), batch_size=self.task.batch_size, sampler=sampler,
+                          num_workers=self.settings.num_workers, collate_fn=GuardedCollate(self.task.collate),
+                          pin_memory=self.device.type == "cuda")  # fmt: skip
+
+    def _train_round(self, index: int) -> dict[str, float]:
+        start, stop = self.plan.span(index)
+        plan = self.plan
         self.model.train()
-        totals = torch.zeros(3)  # loss * count, count, skipped
-        start = time.perf_counter()
-        autocast = (
-            torch.autocast(self.device.type, dtype=AMP_DTYPES[self.config.amp])
-            if self.config.amp != "none"
-            else contextlib.nullcontext()
+        totals = torch.zeros(3, dtype=torch.float64)  # loss * count, count, skipped
+        began = time.perf_counter()
+        autocast = (torch.autocast(self.device.type, dtype=AMP_DTYPES[self.settings.amp])
+                    if self.settings.amp != "none" else contextlib.nullcontext())  # fmt: skip
+        title = (
+            f"epoch {index + 1}/{plan.rounds}" if plan.unit == "epoch" else f"iterations to {stop}/{plan.total_steps}"
         )
-        bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="batch",
-                   disable=not (self.config.progress and self.context.is_main), leave=False)  # fmt: skip
-        for index, batch in enumerate(bar):
-            lr = self.lr_at(epoch + index / steps)
+        bar = tqdm(self._loader(start, stop), total=stop - start, desc=title, unit="batch", leave=False,
+                   disable=not self._progress)  # fmt: skip
+        lr = 0.0
+        for offset, batch in enumerate(bar):
+            step = start + offset
+            lr = self.task.lr_at(step, plan.steps_per_epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            with autocast:
-                result = self.step(self.model, batch, self.device)
-            totals[2] += result.skipped
-            loss = self._usable_loss(result, epoch, index)
-            if loss is None:
+            totals[2] += len(batch.skipped)
+            self._warn_skipped(batch.skipped)
+            if not self._usable(batch):
                 continue
-            self.scaler.scale(result.loss).backward()
-            if self.config.clip_grad:
+            with autocast:
+                loss = self.task.training_step(self.model, batch.data, self.device)
+            value = self._finite(loss, step)
+            self.scaler.scale(loss).backward()
+            if self.task.clip_grad:
                 self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.module.parameters(), self.config.clip_grad)
+                nn.utils.clip_grad_norm_(self.module.parameters(), self.task.clip_grad)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             if self.ema is not None:
                 self.ema.update_parameters(self.module)
-            totals[0] += loss * result.count
-            totals[1] += result.count
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            totals[0] += value * batch.size
+            totals[1] += batch.size
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
         bar.close()
-        elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - began
         loss_sum, count, skipped = self.context.all_reduce_sum(totals).tolist()
+        if count == 0:
+            where = f"epoch {index + 1}" if plan.unit == "epoch" else f"iterations {start + 1}-{stop}"
+            raise DatasetError(f"no training sample could be read in {where} ({int(skipped)} unreadable, see the "
+                               f"warnings above): check {self.settings.data}")  # fmt: skip
         if skipped and self.context.is_main:
-            print(f"epoch {epoch + 1}: skipped {int(skipped)} unreadable image(s) (see the warnings above)")
-        return {
-            "train_loss": loss_sum / max(count, 1),
-            "lr": self.lr_at(epoch + 1 - 1e-9),
-            "images_per_s": count / elapsed,
-            "time_s": elapsed,
-            "skipped_images": int(skipped),
-        }
+            print(f"{title}: skipped {int(skipped)} unreadable image(s) (see the warnings above)")
+        return {"train_loss": loss_sum / count, "lr": lr, "images_per_s": count / elapsed, "time_s": elapsed,
+                "skipped_images": int(skipped)}  # fmt: skip
 
-    def _usable_loss(self, result: StepResult, epoch: int, index: int) -> float | None:
-        """The step's loss value, or None to skip a batch whose images were all unreadable; stops on a non-finite
-        loss. In DDP every process must take the same decision, or the gradient all-reduce would hang."""
-        empty = result.count == 0 or result.loss is None
-        value = 0.0 if empty else result.loss.detach().item()  # the step's one read of the loss
-        flags = torch.tensor([float(empty), float(not math.isfinite(value))])
+    def _warn_skipped(self, messages: list[str]) -> None:
+        for message in messages:
+            if message not in self.reported:
+                self.reported.add(message)
+                warnings.warn(f"skipping unreadable training image: {message}", stacklevel=2)
+
+    def _usable(self, batch: Batch) -> bool:
+        """Whether every process has samples to train on. A dataset error stops every process (its own message
+        where it happened); in DDP all must take the same decision, or a collective would wait forever."""
+        flags = torch.tensor([float(bool(batch.fatal)), float(batch.size == 0)])
         if self.context.enabled:
             flags = self.context.all_reduce_sum(flags)
-        if flags[1] > 0:
+        if flags[0] > 0:
+            batch.raise_fatal()
+            raise DatasetError("another training process stopped on a dataset error; its message is above")
+        return flags[1] == 0
+
+    def _finite(self, loss: torch.Tensor, step: int) -> float:
+        value = loss.detach().item()  # the step's one read of the loss from the device
+        bad = torch.tensor([float(not math.isfinite(value))])
+        if self.context.enabled:
+            bad = self.context.all_reduce_sum(bad)
+        if bad[0] > 0:
+            output = self.settings.output
             raise NonFiniteLossError(
-                f"the loss became non-finite at epoch {epoch + 1}, step {index + 1}; training stopped. The last "
-                f"good checkpoint is kept in {self.output} (resume with --resume {self.output}). Try a lower "
-                "--lr, --clip-grad 1.0, or --amp bf16 instead of fp16."
+                f"the loss became non-finite at {self.plan.where(step)}; training stopped. The last good "
+                f"checkpoint is kept in {output} (resume with --resume {output}). Try a lower --lr, "
+                "--clip-grad 1.0, or --amp bf16 instead of fp16."
             )
-        return None if flags[0] > 0 else value
+        return value
 
     # --------------------------------------------------------------------------------------------- files
 
-    def _write_epoch(self, record: dict, is_best: bool) -> None:
-        with open(self.output / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        self.save_weights(self.module, self.output / "last.safetensors")
-        if self.ema is not None:
-            self.save_weights(self.ema.module, self.output / "last_ema.safetensors")
-        if is_best:
-            self.save_weights(self.module, self.output / "best.safetensors")
-        plot_metrics(self.output / "metrics.jsonl", self.output / "curves.png")
-        summary = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
-        print(summary, flush=True)
-
-    def _rng_state(self) -> dict:
-        state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-        if self.device.type == "cuda":
-            state["cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
-
-    def _save_state(self, epochs_done: int) -> None:
-        rng = self._rng_state()
+    def _finish_round(self, index: int, is_best: bool) -> None:
+        rng = random_state(self.device)
+        rng_states = [rng]
         if self.context.enabled:  # every process's random state, so each continues its own stream
-            gathered: list = [None] * self.context.world_size
-            dist.all_gather_object(gathered, rng)
-            rng_states = gathered
-        else:
-            rng_states = [rng]
+            rng_states = [None] * self.context.world_size
+            dist.all_gather_object(rng_states, rng)
+        failure: Exception | None = None
         if self.context.is_main:
-            state = {
-                "epoch": epochs_done,
-                "model": self.module.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else None,
-                "best": self.best,
-                "rng": rng_states,
-            }
-            atomic_write(self.output / STATE_FILE, lambda tmp: torch.save(state, tmp))
-        self.context.barrier()
+            try:
+                self._write_files(index, is_best, rng_states)
+            except OSError as error:
+                failure = error
+        self._all_succeeded(failure)
+        if self.context.is_main:
+            record = self.records[-1]
+            print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()),
+                  flush=True)  # fmt: skip
 
-    def _load_state(self, path: Path) -> None:
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found: --resume takes a run folder written by `metaformer train`")
-        state = torch.load(path, map_location=self.device, weights_only=True)
+    def _write_files(self, index: int, is_best: bool, rng_states: list) -> None:
+        output = self.folder.path
+        self.task.save_weights(self.module, output / "last.safetensors")
+        if self.ema is not None:
+            self.task.save_weights(self.ema.module, output / "last_ema.safetensors")
+        if is_best:
+            self.task.save_weights(self.module, output / "best.safetensors")
+        self.folder.save_state({
+            "round": index + 1,
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "best": self.best,
+            "records": self.records,
+            "steps_per_epoch": self.plan.steps_per_epoch,
+            "rng": rng_states,
+        })  # fmt: skip
+        self.folder.write_metrics(self.records, "epoch" if self.plan.unit == "epoch" else "iteration")
+
+    def _all_succeeded(self, failure: Exception | None) -> None:
+        """Raise the main process's write error in every process, so none waits for the others forever."""
+        failed = torch.tensor([float(failure is not None)])
+        if self.context.enabled:
+            failed = self.context.all_reduce_sum(failed)
+        if failure is not None:
+            raise failure
+        if failed[0] > 0:
+            raise RunFolderError("the main process could not write the run's files; its error is above")
+
+    def _load_state(self) -> None:
+        state = self.folder.load_state(self.device)
+        if "round" not in state:
+            raise RunFolderError(f"{self.folder.path}: the training state was written by another version of "
+                                 "metaformer train; it cannot be resumed")  # fmt: skip
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
-        self.best = state["best"]
-        self.start_epoch = state["epoch"]
-        rng_states = state["rng"]
-        rng = rng_states[self.context.rank] if self.context.rank < len(rng_states) else rng_states[0]
-        torch.set_rng_state(rng["torch"].cpu())
-        random.setstate(_as_random_state(rng["python"]))
-        if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
+        self.best, self.start_round, self.records = state["best"], state["round"], list(state["records"])
+        if state["steps_per_epoch"] != self.plan.steps_per_epoch:
+            warnings.warn(f"the training set changed since the run started ({state['steps_per_epoch']} steps per "
+                          f"epoch, now {self.plan.steps_per_epoch}): the continuation is not the run it would have "
+                          "been", stacklevel=2)  # fmt: skip
+        saved = state["rng"]
+        if len(saved) == self.context.world_size:
+            set_random_state(saved[self.context.rank], self.device)
+        else:
+            # Another number of processes: no saved stream belongs to this process. Each gets its own new one.
+            torch.manual_seed(self.settings.seed + 1_000_003 * self.start_round + self.context.rank)
+            random.seed(self.settings.seed + 1_000_003 * self.start_round + self.context.rank)
+            if self.context.is_main:
+                warnings.warn(f"the run was saved by {len(saved)} process(es) and resumes with "
+                              f"{self.context.world_size}: each process draws a new random stream, so the "
+                              "continuation is not bit-identical", stacklevel=2)  # fmt: skip
+        if self.context.is_main:
+            self.folder.remove_temporaries()
+            self.folder.write_metrics(self.records, "epoch" if self.plan.unit == "epoch" else "iteration")
+        if self.start_round >= self.plan.last_round and self.plan.stop_after is None:
+            more = "--epochs" if self.plan.unit == "epoch" else "--iterations"
+            raise RunFolderError(f"{self.folder.path}: the run already finished its {self.plan.rounds} rounds; "
+                                 f"pass a larger {more} with --resume to extend it")  # fmt: skip
 
 
-def _as_random_state(state: Any) -> tuple:
-    # The state is saved as nested tuples; make sure lists (from some serialisers) come back as tuples.
-    version, internal, gauss = state
-    return (version, tuple(internal), gauss)
+def run_training(make_task: Callable[[DistributedContext], TrainingTask], settings: RunSettings, kind: str, *,
+                 resume: bool = False, force: bool = False) -> list[dict]:  # fmt: skip
+    """Start (or resume) the run ``make_task`` describes in ``settings.output``, in one process or under torchrun."""
+    context = init_distributed(settings.device)
+    try:
+        folder = RunFolder(settings.output)
+        if not resume:
+            _on_main(context, lambda: folder.prepare_new(force))
+        trainer = Trainer(make_task(context), context, folder)
+        _on_main(context, lambda: folder.write_config(trainer.config_record(kind)))
+        return trainer.fit(resume)
+    finally:
+        shutdown_distributed()
 
 
-def cosine_lr(
-    base_lr: float, epochs: int, warmup_epochs: float, warmup_lr: float, min_lr: float
-) -> Callable[[float], float]:
-    """Linear warm-up from ``warmup_lr`` to ``base_lr``, then cosine decay to ``min_lr``; a function of the
-    (fractional) epoch, so resuming needs no scheduler state."""
-
-    def lr_at(epoch: float) -> float:
-        if epoch < warmup_epochs:
-            return warmup_lr + (base_lr - warmup_lr) * epoch / warmup_epochs
-        progress = (epoch - warmup_epochs) / max(epochs - warmup_epochs, 1e-9)
-        return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return lr_at
+def _on_main(context: DistributedContext, action: Callable[[], Any]) -> None:
+    """Run ``action`` on the main process; its error (a refusal, a failed write) stops every process."""
+    error: Exception | None = None
+    if context.is_main:
+        try:
+            action()
+        except (MetaformerError, OSError) as raised:
+            error = raised
+    message = context.broadcast_object(str(error) if error is not None else None)
+    if error is not None:
+        raise error
+    if message is not None:
+        raise RunFolderError(f"the main process stopped: {message}")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import ConvEmbed, GroupNorm1, LayerNormChannel, average_pool, group_statistics
-from .metaformer import MetaFormer, MetaFormerBlock, MetaFormerStage, _Trunk
+from .metaformer import MetaFormer, MetaFormerBlock, _Trunk
 from .mixers import IdentityMixer, Pooling
 
 # oneDNN's names for the activations it can run inside a convolution's epilogue ("none" selects the exact erf GELU).
@@ -278,7 +278,17 @@ CPU_SLICE_BYTES = 32 * 2**20
 
 
 class FusedMetaFormer(MetaFormer):
-    """What ``fuse`` returns: the same module tree with folded blocks; on CPU, large batches run in slices."""
+    """What ``fuse`` returns for a classifier: the same module tree with folded blocks; on CPU, large batches run
+    in slices."""
+
+    @classmethod
+    def copy_of(cls, model: MetaFormer) -> FusedMetaFormer:
+        """A new instance with copies of ``model``'s weights (built on the meta device: nothing is initialised)."""
+        with torch.device("meta"):
+            fused = cls(model.config)
+        fused.load_state_dict(copy.deepcopy(model.state_dict()), assign=True)
+        fused.name = getattr(model, "name", None)
+        return fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         per_image = self.config.widths[0] * self.config.mlp_ratio * x[0, 0].numel() / 16 * x.element_size()
@@ -298,7 +308,6 @@ def _fuse_trunk(trunk: _Trunk) -> None:
     reference = trunk.stem.proj.weight
     trunk.stem = FusedConvEmbed(trunk.stem)
     for stage, width in zip(trunk.stages, trunk.config.widths, strict=True):
-        assert isinstance(stage, MetaFormerStage)
         if isinstance(stage.downsample, ConvEmbed):
             stage.downsample = FusedConvEmbed(stage.downsample)
         like = torch.zeros(width, device=reference.device, dtype=reference.dtype)  # identity affines' shape
@@ -313,14 +322,13 @@ def fuse(model: nn.Module) -> nn.Module:
     """
     if not any(isinstance(m, _Trunk) for m in model.modules()):
         raise TypeError(f"fuse() takes a MetaFormer or a model with a MetaFormer backbone, got {type(model).__name__}")
-    fused = copy.deepcopy(model).eval()
+    fused = FusedMetaFormer.copy_of(model) if isinstance(model, MetaFormer) else copy.deepcopy(model)
+    fused.eval()
     trunks = [m for m in fused.modules() if isinstance(m, _Trunk)]  # listed first: fusing replaces submodules
     with torch.no_grad():
         for trunk in trunks:
             _fuse_trunk(trunk)
     fused.requires_grad_(False)
-    if isinstance(fused, MetaFormer):
-        fused.__class__ = FusedMetaFormer
     fused.is_fused = True
     return fused
 

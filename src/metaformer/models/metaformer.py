@@ -12,9 +12,10 @@ from torch.utils.checkpoint import checkpoint
 from torchvision.ops import stochastic_depth
 
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import ConfigError
+from .custom_backward import pooling_branch_with_custom_backward
 from .layers import ACTIVATIONS, NORMS, ConvEmbed, ConvMlp, GroupNorm1, make_norm, resize_pos_embed
 from .mixers import MIXERS, Pooling, make_mixer
-from .pooling_branch import pooling_branch
 
 STEM = (7, 4, 2)  # kernel, stride, padding of the patch embedding
 DOWNSAMPLE = (3, 2, 1)  # the same for the embedding between stages
@@ -48,23 +49,23 @@ class MetaFormerConfig:
         stages = len(self.depths)
         for name in ("widths", "mixers", "pos_embed"):
             if len(getattr(self, name)) != stages:
-                raise ValueError(f"{name} has {len(getattr(self, name))} entries but depths has {stages}")
+                raise ConfigError(f"{name} has {len(getattr(self, name))} entries but depths has {stages}")
         unknown = [m for m in self.mixers if m not in MIXERS]
         if unknown:
-            raise ValueError(f"unknown token mixer(s) {unknown}; choose from {list(MIXERS)}")
+            raise ConfigError(f"unknown token mixer(s) {unknown}; choose from {list(MIXERS)}")
         if self.labels is not None and len(self.labels) != self.num_classes:
-            raise ValueError(f"{len(self.labels)} labels given for {self.num_classes} classes")
+            raise ConfigError(f"{len(self.labels)} labels given for {self.num_classes} classes")
         if self.num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0 (0: no head), got {self.num_classes}")
+            raise ConfigError(f"num_classes must be >= 0 (0: no head), got {self.num_classes}")
         for name in ("drop_rate", "drop_path_rate"):
             if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} is a probability in [0, 1), got {getattr(self, name)}")
+                raise ConfigError(f"{name} is a probability in [0, 1), got {getattr(self, name)}")
         if self.image_size < MIN_INPUT_SIDE:
-            raise ValueError(f"image_size must be >= {MIN_INPUT_SIDE}, got {self.image_size}")
+            raise ConfigError(f"image_size must be >= {MIN_INPUT_SIDE}, got {self.image_size}")
         if self.pool_size < 1 or self.pool_size % 2 == 0:
-            raise ValueError(f"pool_size must be odd and positive to keep the token grid, got {self.pool_size}")
+            raise ConfigError(f"pool_size must be odd and positive to keep the token grid, got {self.pool_size}")
         if self.norm not in NORMS or self.act not in ACTIVATIONS:
-            raise ValueError(
+            raise ConfigError(
                 f"norm must be one of {sorted(NORMS)} and act one of {sorted(ACTIVATIONS)}, got {self.norm!r}, "
                 f"{self.act!r}"
             )
@@ -87,7 +88,7 @@ class MetaFormerConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"unknown MetaFormerConfig field(s) {unknown}")
+            raise ConfigError(f"unknown MetaFormerConfig field(s) {unknown}")
         tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
         return cls(**{**data, **tuples})
 
@@ -109,11 +110,11 @@ class MetaFormerBlock(nn.Module):
             self.norm2 = make_norm(config.norm, dim)
             self.mlp = ConvMlp(dim, int(dim * config.mlp_ratio), config.act, config.drop_rate)
             self.layer_scale2 = self._layer_scale(config, dim)
-        # PoolFormer's own block trains through the few-pass branch with its own backward (pooling_branch.py).
-        self.fused_pooling = self.has_pooling_branch()
+        # PoolFormer's own block trains its token-mixer branch through one function with a custom backward.
+        self.custom_backward = self.has_custom_backward()
 
-    def has_pooling_branch(self) -> bool:
-        """PoolFormer's own block (one-group norm, pooling, residual): the one ``pooling_branch`` computes."""
+    def has_custom_backward(self) -> bool:
+        """PoolFormer's own block (one-group norm, pooling, residual): the branch ``custom_backward.py`` computes."""
         return isinstance(self.token_mixer, Pooling) and isinstance(self.norm1, GroupNorm1) and self.residual
 
     @staticmethod
@@ -143,10 +144,12 @@ class MetaFormerBlock(nn.Module):
         norm = self.norm1
         layer_scale = self.layer_scale1 if self.layer_scale1 is not None else torch.ones_like(norm.weight)
         pool_size = self.token_mixer.pool.kernel_size
-        return pooling_branch(x, norm.weight, norm.bias, layer_scale, pool_size, norm.eps, self._sample_scale(x))
+        sample_scale = self._sample_scale(x)
+        return pooling_branch_with_custom_backward(x, norm.weight, norm.bias, layer_scale, pool_size, norm.eps,
+                                                   sample_scale)  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused_pooling and torch.is_grad_enabled():
+        if self.custom_backward and torch.is_grad_enabled():
             x = self._pooling_branch(x)
         else:
             x = self._add(x, self.token_mixer(self.norm1(x)), self.layer_scale1)
@@ -230,11 +233,12 @@ class _Trunk(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
-    def set_fused_pooling(self, enable: bool = True) -> None:
-        """Train PoolFormer blocks through the few-pass token-mixer branch (default) or the literal modules."""
+    def set_custom_backward(self, enable: bool = True) -> None:
+        """Train PoolFormer blocks' token mixers through one function with a custom, leaner backward (default), or
+        through the literal modules. Outputs and gradients are the same; only memory and speed differ."""
         for module in self.modules():
             if isinstance(module, MetaFormerBlock):
-                module.fused_pooling = enable and module.has_pooling_branch()
+                module.custom_backward = enable and module.has_custom_backward()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass to save memory."""
@@ -304,7 +308,7 @@ class MetaFormerFeatures(_Trunk):
         super().__init__(config)
         self.out_indices = tuple(out_indices)
         if not self.out_indices or any(i not in range(len(config.depths)) for i in self.out_indices):
-            raise ValueError(f"out_indices {self.out_indices} must pick stages 0..{len(config.depths) - 1}")
+            raise ConfigError(f"out_indices {self.out_indices} must pick stages 0..{len(config.depths) - 1}")
         self.out_norms = nn.ModuleDict({str(i): make_norm(config.norm, config.widths[i]) for i in self.out_indices})
         self.out_channels = [config.widths[i] for i in self.out_indices]
         self.strides = [STEM[1] * DOWNSAMPLE[1] ** i for i in self.out_indices]

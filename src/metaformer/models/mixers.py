@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class Pooling(nn.Module):
     """PoolFormer's mixer: ``avgpool(x) - x``; subtracting ``x`` because the block already adds it back."""
@@ -42,7 +44,7 @@ class DepthwiseConv(nn.Module):
 
 def _check_grid(module: nn.Module, grid: tuple[int, int], x: torch.Tensor) -> None:
     if tuple(x.shape[-2:]) != grid:
-        raise ValueError(
+        raise ConfigError(
             f"{type(module).__name__} mixes a fixed {grid[0]}x{grid[1]} token grid but got "
             f"{x.shape[-2]}x{x.shape[-1]}; models with this mixer only accept the input size they were "
             "built for (create the model with image_size=... to build it for another size)"

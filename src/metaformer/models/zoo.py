@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass
 
+from ..errors import ConfigError
 from .metaformer import MetaFormerConfig
 
 RELEASE = "https://github.com/sail-sg/poolformer/releases/download/v1.0/"
@@ -16,6 +17,8 @@ M_WIDTHS = (96, 192, 384, 768)
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """A registered model: its architecture and what is known about it (weights, peers, training defaults)."""
+
     name: str
     config: MetaFormerConfig
     description: str
@@ -25,151 +28,70 @@ class ModelSpec:
     task: str = "classification"  # or segmentation, detection, instance_segmentation
     backbone: str | None = None  # dense models: the classifier whose trunk they use
     default_classes: int = 1000
+    train_drop_path: float = 0.1  # stochastic depth of the official ImageNet recipe for this model
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def _register(
-    name: str,
-    description: str,
-    official: bool = False,
-    hf: bool = False,
-    timm: bool = False,
-    **config: object,
-) -> None:
-    spec = ModelSpec(
+def _register_official(name: str, description: str, *, hf_and_timm: bool, drop_path: float = 0.1,
+                       **config: object) -> None:  # fmt: skip
+    _REGISTRY[name] = ModelSpec(
         name=name,
         config=MetaFormerConfig(**config),
         description=description,
-        url=RELEASE + name + ".pth.tar" if official else None,
-        hf_hub_id="sail/" + name if hf else None,
-        timm_name="poolformer_" + name.rsplit("_", 1)[1] if timm else None,
+        url=RELEASE + name + ".pth.tar",
+        hf_hub_id="sail/" + name if hf_and_timm else None,
+        timm_name=name if hf_and_timm else None,
+        train_drop_path=drop_path,
     )
-    _REGISTRY[name] = spec
 
 
-# The five PoolFormers (Table 1 of the paper; official configurations).
+# The five PoolFormers (Table 1 of the paper; official configurations and stochastic depth).
 _S12 = dict(depths=(2, 2, 6, 2), widths=S_WIDTHS, layer_scale_init=1e-5, crop_pct=0.9)
-_register("poolformer_s12", "PoolFormer-S12", official=True, hf=True, timm=True, **_S12)
-_register(
-    "poolformer_s24",
-    "PoolFormer-S24",
-    True,
-    True,
-    True,
-    depths=(4, 4, 12, 4),
-    widths=S_WIDTHS,
-    layer_scale_init=1e-5,
-    crop_pct=0.9,
-)
-_register(
-    "poolformer_s36",
-    "PoolFormer-S36",
-    True,
-    True,
-    True,
-    depths=(6, 6, 18, 6),
-    widths=S_WIDTHS,
-    layer_scale_init=1e-6,
-    crop_pct=0.9,
-)
-_register(
-    "poolformer_m36",
-    "PoolFormer-M36",
-    True,
-    True,
-    True,
-    depths=(6, 6, 18, 6),
-    widths=M_WIDTHS,
-    layer_scale_init=1e-6,
-    crop_pct=0.95,
-)
-_register(
-    "poolformer_m48",
-    "PoolFormer-M48",
-    True,
-    True,
-    True,
-    depths=(8, 8, 24, 8),
-    widths=M_WIDTHS,
-    layer_scale_init=1e-6,
-    crop_pct=0.95,
-)
+_POOLFORMERS = {  # name: depths, widths, layer scale, crop_pct, drop path
+    "poolformer_s12": ((2, 2, 6, 2), S_WIDTHS, 1e-5, 0.9, 0.1),
+    "poolformer_s24": ((4, 4, 12, 4), S_WIDTHS, 1e-5, 0.9, 0.1),
+    "poolformer_s36": ((6, 6, 18, 6), S_WIDTHS, 1e-6, 0.9, 0.2),
+    "poolformer_m36": ((6, 6, 18, 6), M_WIDTHS, 1e-6, 0.95, 0.3),
+    "poolformer_m48": ((8, 8, 24, 8), M_WIDTHS, 1e-6, 0.95, 0.4),
+}
+for _name, (_depths, _widths, _scale, _crop, _drop) in _POOLFORMERS.items():
+    _register_official(_name, f"PoolFormer-{_name[-3:].upper()}", hf_and_timm=True, drop_path=_drop, depths=_depths,
+                       widths=_widths, layer_scale_init=_scale, crop_pct=_crop)  # fmt: skip
 
 # The official hybrid and identity models (Table 5's hybrid rows and identity row; released weights).
 _P, _A, _F = "pooling", "attention", "spatial_mlp"
-_register(
-    "metaformer_id_s12",
-    "S12 with identity token mixers",
-    official=True,
-    **{**_S12, "mixers": ("identity",) * 4},
-)
-_register(
-    "metaformer_pppa_s12_224",
-    "S12 hybrid [Pool, Pool, Pool, Attention]",
-    official=True,
-    **{
-        **_S12,
-        "mixers": (_P, _P, _P, _A),
-        "pos_embed": (False, False, False, True),
-        "norm": "layernorm",
-        "crop_pct": 0.95,
-    },
-)
-_register(
-    "metaformer_ppaa_s12_224",
-    "S12 hybrid [Pool, Pool, Attention, Attention]",
-    official=True,
-    **{
-        **_S12,
-        "mixers": (_P, _P, _A, _A),
-        "pos_embed": (False, False, True, False),
-        "norm": "layernorm",
-        "crop_pct": 0.95,
-    },
-)
-_register(
-    "metaformer_pppf_s12_224",
-    "S12 hybrid [Pool, Pool, Pool, SpatialFC]",
-    official=True,
-    **{**_S12, "mixers": (_P, _P, _P, _F)},
-)
-_register(
-    "metaformer_ppff_s12_224",
-    "S12 hybrid [Pool, Pool, SpatialFC, SpatialFC]",
-    official=True,
-    **{**_S12, "mixers": (_P, _P, _F, _F), "crop_pct": 0.95},
-)
+_ATTENTION = {"norm": "layernorm", "crop_pct": 0.95}
+_HYBRIDS = {  # name: description, mixers, extra settings
+    "metaformer_id_s12": ("S12 with identity token mixers", ("identity",) * 4, {}),
+    "metaformer_pppa_s12_224": ("S12 hybrid [Pool, Pool, Pool, Attention]", (_P, _P, _P, _A),
+                                {**_ATTENTION, "pos_embed": (False, False, False, True)}),
+    "metaformer_ppaa_s12_224": ("S12 hybrid [Pool, Pool, Attention, Attention]", (_P, _P, _A, _A),
+                                {**_ATTENTION, "pos_embed": (False, False, True, False)}),
+    "metaformer_pppf_s12_224": ("S12 hybrid [Pool, Pool, Pool, SpatialFC]", (_P, _P, _P, _F), {}),
+    "metaformer_ppff_s12_224": ("S12 hybrid [Pool, Pool, SpatialFC, SpatialFC]", (_P, _P, _F, _F),
+                                {"crop_pct": 0.95}),
+}  # fmt: skip
+for _name, (_description, _mixers, _extra) in _HYBRIDS.items():
+    _register_official(_name, _description, hf_and_timm=False, **{**_S12, "mixers": _mixers, **_extra})
 
-# The other ablation rows of Table 5, each a change of PoolFormer-S12 (no released weights).
-for _k in (5, 7, 9):
-    _register(f"poolformer_s12_pool{_k}", f"S12 ablation: pooling size {_k}", **{**_S12, "pool_size": _k})
-_register(
-    "metaformer_random_s12",
-    "S12 ablation: frozen global random matrix per block (+21.1M frozen)",
-    **{**_S12, "mixers": ("random",) * 4},
-)
-_register(
-    "metaformer_dwconv_s12",
-    "S12 ablation: 3x3 depthwise convolution mixer",
-    **{**_S12, "mixers": ("dwconv",) * 4},
-)
-_register(
-    "poolformer_s12_layernorm",
-    "S12 ablation: LayerNorm over channels instead of MLN",
-    **{**_S12, "norm": "layernorm"},
-)
-_register("poolformer_s12_batchnorm", "S12 ablation: BatchNorm instead of MLN", **{**_S12, "norm": "batchnorm"})
-_register("poolformer_s12_nonorm", "S12 ablation: no normalization", **{**_S12, "norm": "none"})
-_register("poolformer_s12_relu", "S12 ablation: ReLU instead of GELU", **{**_S12, "act": "relu"})
-_register("poolformer_s12_silu", "S12 ablation: SiLU instead of GELU", **{**_S12, "act": "silu"})
-_register(
-    "poolformer_s12_noresidual",
-    "S12 ablation: no residual connections (does not train)",
-    **{**_S12, "residual": False},
-)
-_register("poolformer_s12_nomlp", "S12 ablation: no channel MLP", **{**_S12, "use_mlp": False})
+# The other ablation rows of Table 5, each a change of PoolFormer-S12 (no released weights; S12's recipe).
+_ABLATIONS = {  # name: description, change
+    **{f"poolformer_s12_pool{k}": (f"S12 ablation: pooling size {k}", {"pool_size": k}) for k in (5, 7, 9)},
+    "metaformer_random_s12": ("S12 ablation: frozen global random matrix per block (+21.1M frozen)",
+                              {"mixers": ("random",) * 4}),
+    "metaformer_dwconv_s12": ("S12 ablation: 3x3 depthwise convolution mixer", {"mixers": ("dwconv",) * 4}),
+    "poolformer_s12_layernorm": ("S12 ablation: LayerNorm over channels instead of MLN", {"norm": "layernorm"}),
+    "poolformer_s12_batchnorm": ("S12 ablation: BatchNorm instead of MLN", {"norm": "batchnorm"}),
+    "poolformer_s12_nonorm": ("S12 ablation: no normalization", {"norm": "none"}),
+    "poolformer_s12_relu": ("S12 ablation: ReLU instead of GELU", {"act": "relu"}),
+    "poolformer_s12_silu": ("S12 ablation: SiLU instead of GELU", {"act": "silu"}),
+    "poolformer_s12_noresidual": ("S12 ablation: no residual connections (does not train)", {"residual": False}),
+    "poolformer_s12_nomlp": ("S12 ablation: no channel MLP", {"use_mlp": False}),
+}  # fmt: skip
+for _name, (_description, _change) in _ABLATIONS.items():
+    _REGISTRY[_name] = ModelSpec(_name, MetaFormerConfig(**{**_S12, **_change}), _description)
 
 
 # Dense prediction (Table 3/4 of the paper): Semantic FPN on ADE20K (150 classes), RetinaNet and Mask R-CNN on
@@ -185,7 +107,7 @@ for _prefix, _task, _title, _classes, _sizes in _DENSE:
         _name = f"{_prefix}_poolformer_{_size}"
         _REGISTRY[_name] = ModelSpec(
             _name, _trunk.config, f"{_title} on PoolFormer-{_size.upper()}", task=_task, backbone=_trunk.name,
-            default_classes=_classes,
+            default_classes=_classes, train_drop_path=0.0,
         )  # fmt: skip
 
 
@@ -200,10 +122,10 @@ def list_models(pattern: str | None = None, task: str | None = None) -> list[str
 
 
 def get_spec(name: str) -> ModelSpec:
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+    if not isinstance(name, str) or name not in _REGISTRY:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `metaformer list`"
-        raise ValueError(f"unknown model {name!r}{hint}")
+        raise ConfigError(f"unknown model {name!r}{hint}")
     return _REGISTRY[name]
 
 
@@ -213,6 +135,6 @@ def resolve_config(name: str, **overrides: object) -> MetaFormerConfig:
     fields = {f.name for f in dataclasses.fields(MetaFormerConfig)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise TypeError(f"unknown option(s) {unknown} for {name}; valid options: {sorted(fields)}")
+        raise ConfigError(f"unknown option(s) {unknown} for {name}; valid options: {sorted(fields)}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     return dataclasses.replace(config, **values)

@@ -1,1 +1,60 @@
-"""Task-specific code built on the models: classification now; segmentation and detection later."""
+"""The tasks: classification, semantic segmentation, and detection (RetinaNet; Mask R-CNN's instance
+segmentation trains as detection). Each folder holds the same files: ``data.py`` (datasets), ``recipe.py`` (the
+paper's training settings), ``task.py`` (its part of training, for the engine), ``metrics.py`` (evaluation) and
+``predict.py`` (inference on images)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from ..engine.run_folder import RunFolder
+from ..engine.task import RunSettings, TrainingTask, dataclass_from_dict
+from ..engine.trainer import run_training
+from ..models.zoo import get_spec
+
+__all__ = ["RunSettings", "resume", "train", "training_parts"]
+
+
+def training_parts(kind: str) -> tuple[type[TrainingTask], type]:
+    """The task class and recipe class that train models of ``kind`` (a model spec's task)."""
+    if kind == "classification":
+        from .classification.recipe import Recipe
+        from .classification.task import ClassificationTask
+
+        return ClassificationTask, Recipe
+    if kind == "segmentation":
+        from .segmentation.recipe import SegmentationRecipe
+        from .segmentation.task import SegmentationTask
+
+        return SegmentationTask, SegmentationRecipe
+    from .detection.recipe import DetectionRecipe
+    from .detection.task import DetectionTask
+
+    return DetectionTask, DetectionRecipe
+
+
+def train(settings: RunSettings, recipe: Any | None = None, *, force: bool = False) -> list[dict]:
+    """Train ``settings.model`` on ``settings.data`` into ``settings.output`` with ``recipe`` (default: the
+    paper's for that task); returns a metrics record per round. ``force`` replaces a run already in the folder."""
+    kind = get_spec(settings.model).task
+    task_class, recipe_class = training_parts(kind)
+    recipe = recipe if recipe is not None else recipe_class()
+    return run_training(lambda context: task_class(settings, recipe, context), settings, kind, force=force)
+
+
+def resume(run: str | os.PathLike, *, stop_after: int | None = None, progress: bool | None = None,
+           **longer: int) -> list[dict]:  # fmt: skip
+    """Continue the run in folder ``run`` exactly where it stopped; ``longer`` extends it (``epochs=`` or
+    ``iterations=``, by task)."""
+    config = RunFolder(run).check_resumable()
+    kind = config["task"]
+    task_class, recipe_class = training_parts(kind)
+    recipe = dataclass_from_dict(recipe_class, config["recipe"])
+    recipe = dataclasses.replace(recipe, **{k: v for k, v in longer.items() if v is not None})
+    settings = dataclass_from_dict(RunSettings, config["settings"])
+    settings.output, settings.stop_after = str(run), stop_after
+    if progress is not None:
+        settings.progress = progress
+    return run_training(lambda context: task_class(settings, recipe, context), settings, kind, resume=True)

@@ -1,3 +1,1 @@
-from .predict import IMAGE_EXTENSIONS, Prediction, find_images, predict
-
-__all__ = ["IMAGE_EXTENSIONS", "Prediction", "find_images", "predict"]
+"""Image classification: ImageNet-layout folders, the paper's recipe, top-1/top-k and per-class accuracy."""

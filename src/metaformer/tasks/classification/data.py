@@ -1,4 +1,5 @@
-"""Image-folder datasets (``root/<class>/**/image``) that skip unreadable files, and the training transforms."""
+"""Image-folder datasets (``root/<class>/**/image``), the mapping of their classes to a model's outputs, and the
+paper's training augmentation."""
 
 from __future__ import annotations
 
@@ -9,24 +10,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from ...data import IMAGENET_MEAN, IMAGENET_STD, ImageLoadError, ImageProcessor, imagenet_classes, load_image
-from .predict import IMAGE_EXTENSIONS
+from ...data import IMAGENET_MEAN, IMAGENET_STD, DatasetError, imagenet_classes, is_image_file, load_image
+from ...processor import ImageProcessor
+from .recipe import Recipe
 
 WNID = re.compile(r"^n\d{8}$")
 
 
-class DatasetError(ValueError):
-    """A dataset folder that cannot be used as given."""
-
-
 class ImageFolder(Dataset):
-    """Images under ``root/<class>/`` (searched recursively). An unreadable image yields ``(None, label, error)``
-    instead of raising, so a training run skips it and reports it rather than crashing."""
+    """Images under ``root/<class>/`` (searched recursively), as ``(image, class index)``. An unreadable image
+    raises ``ImageLoadError`` when read: training skips and counts it, evaluation reports it."""
 
-    def __init__(self, root: str | os.PathLike, transform: Callable, classes: Sequence[str] | None = None) -> None:
+    def __init__(self, root: str | os.PathLike, transform: Callable, classes: Sequence[str] | None = None, *,
+                 exif_transpose: bool = True) -> None:  # fmt: skip
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: no such folder")
@@ -40,37 +39,22 @@ class ImageFolder(Dataset):
                 f"{self.root} has class folders that are not among the training classes: {strangers[:10]}"
             )
         index = {name: i for i, name in enumerate(self.classes)}
-        self.samples = [
-            (path, index[name])
-            for name in found
-            for path in sorted((self.root / name).rglob("*"))
-            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-        ]
+        self.samples = [(path, index[name]) for name in found
+                        for path in sorted((self.root / name).rglob("*")) if is_image_file(path)]  # fmt: skip
         if not self.samples:
             raise DatasetError(f"{self.root}: its class folders hold no image files ({', '.join(found[:5])} ...)")
         empty = sorted(set(self.classes) - {self.classes[label] for _, label in self.samples})
         if empty:
             warnings.warn(f"{self.root}: no images for class(es) {empty[:10]}", stacklevel=2)
         self.transform = transform
+        self.exif_transpose = exif_transpose
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, str | None]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        try:
-            return self.transform(load_image(path)), label, None
-        except ImageLoadError as error:
-            return None, label, str(error)
-
-
-def collate(items: list[tuple[torch.Tensor | None, int, str | None]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Stack the readable samples; return the errors of the others."""
-    good = [(x, y) for x, y, _ in items if x is not None]
-    errors = [e for _, _, e in items if e is not None]
-    if not good:
-        return torch.empty(0), torch.empty(0, dtype=torch.long), errors
-    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), errors
+        return self.transform(load_image(path, exif_transpose=self.exif_transpose)), label
 
 
 def train_val_folders(data: str | os.PathLike) -> tuple[Path, Path]:
@@ -82,17 +66,10 @@ def train_val_folders(data: str | os.PathLike) -> tuple[Path, Path]:
     return train, val
 
 
-class ShardSampler(Sampler[int]):
-    """Every ``world_size``-th index from ``rank``, no padding: each image is evaluated exactly once."""
-
-    def __init__(self, length: int, rank: int, world_size: int) -> None:
-        self.indices = list(range(rank, length, world_size))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
+def eval_folder(data: str | os.PathLike) -> Path:
+    """``DATA/val`` if there is one, else ``DATA`` itself."""
+    data = Path(data)
+    return data / "val" if (data / "val").is_dir() else data
 
 
 def class_to_output(classes: Sequence[str], labels: Sequence[str] | None, num_classes: int) -> list[int]:
@@ -132,11 +109,11 @@ class NoisyRandAugment(v2.Transform):
         return self.augment(*inputs)
 
 
-def train_transform(image_size: int, recipe, crop_pct: float = 0.9) -> Callable:
+def train_transform(recipe: Recipe, crop_pct: float = 0.9) -> Callable:
     if not recipe.augment:
-        return ImageProcessor(size=image_size, crop_pct=crop_pct).transform
+        return ImageProcessor(size=recipe.image_size, crop_pct=crop_pct).transform
     crops = [
-        v2.RandomResizedCrop(image_size, scale=recipe.scale, interpolation=mode, antialias=True)
+        v2.RandomResizedCrop(recipe.image_size, scale=recipe.crop_scale, interpolation=mode, antialias=True)
         for mode in (v2.InterpolationMode.BILINEAR, v2.InterpolationMode.BICUBIC)
     ]
     ops: list = [v2.RandomChoice(crops), v2.RandomHorizontalFlip(recipe.hflip)]
@@ -148,7 +125,7 @@ def train_transform(image_size: int, recipe, crop_pct: float = 0.9) -> Callable:
     return v2.Compose(ops)
 
 
-def batch_mixer(num_classes: int, recipe) -> Callable | None:
+def batch_mixer(num_classes: int, recipe: Recipe) -> Callable | None:
     """MixUp or CutMix on each batch (chosen with ``mix_switch_prob``), or None when both are off."""
     choices, weights = [], []
     if recipe.mixup > 0:

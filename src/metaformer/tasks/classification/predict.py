@@ -1,4 +1,4 @@
-"""Classify image files: find them, decode and preprocess in worker processes, run the model in batches."""
+"""Classifying image files: decoded and preprocessed in worker processes, the model run in batches."""
 
 from __future__ import annotations
 
@@ -11,12 +11,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ...data import ImageLoadError, ImageProcessor, imagenet_labels
+from ...data import ImageLoadError, find_images, imagenet_labels
+from ...errors import ConfigError
 from ...models.metaformer import MetaFormer
-
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".jfif"}
-)
+from ...processor import ImageProcessor
 
 
 @dataclass
@@ -31,21 +29,6 @@ class Prediction:
         return {"path": self.path, "topk": self.topk}
 
 
-def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files named directly (whatever their extension) and image files found recursively in folders."""
-    found: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found += sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-            )
-        else:
-            found.append(path)
-    return found
-
-
 class _ImageFiles(Dataset):
     def __init__(self, paths: Sequence[Path], processor: ImageProcessor) -> None:
         self.paths = paths
@@ -56,8 +39,6 @@ class _ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
         path = self.paths[index]
-        if not path.exists():
-            return index, None, "no such file"
         try:
             return index, self.processor.transform(path), None
         except ImageLoadError as error:
@@ -94,7 +75,7 @@ def predict(
     topk = min(topk, model.num_classes)
     model = model.eval().to(device)
     if model.num_classes == 0:
-        raise ValueError("the model has no classifier head (num_classes=0); load a classification checkpoint")
+        raise ConfigError("the model has no classifier head (num_classes=0); load a classification checkpoint")
     dtype = next(model.parameters()).dtype
     loader = DataLoader(
         _ImageFiles(files, processor),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-# Stochastic depth of the official runs, by model size; the S12 hybrids and ablations use S12's.
-DROP_PATH = {"s12": 0.1, "s24": 0.1, "s36": 0.2, "m36": 0.3, "m48": 0.4}
+from ...errors import ConfigError
+from ...models.zoo import get_spec
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Recipe:
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
     label_smoothing: float = 0.1
-    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop's area range
     hflip: float = 0.5
     augment: bool = True  # False: train on the evaluation transform (no random crop, flip or RandAugment)
     randaugment_magnitude: float | None = 9  # timm's rand-m9-mstd0.5; None turns it off
@@ -30,19 +30,21 @@ class Recipe:
     mixup: float = 0.8
     cutmix: float = 1.0
     mix_switch_prob: float = 0.5
-    drop_path: float | None = None  # None: the official value for the model (DROP_PATH)
+    drop_path: float | None = None  # None: the official value for the model (its spec's train_drop_path)
     ema_decay: float | None = None  # the paper's optional model EMA: 0.9998
     clip_grad: float | None = None
     image_size: int = 224
+
+    def __post_init__(self) -> None:
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise ConfigError(f"--crop-scale takes 0 < MIN <= MAX <= 1 (areas of the image), got {low} {high}")
 
     def resolved_lr(self, global_batch: int) -> float:
         return self.lr if self.lr is not None else self.base_lr * global_batch / 1024
 
     def resolved_drop_path(self, model_name: str) -> float:
-        if self.drop_path is not None:
-            return self.drop_path
-        size = next((s for s in DROP_PATH if f"_{s}" in model_name), "s12")
-        return DROP_PATH[size]
+        return self.drop_path if self.drop_path is not None else get_spec(model_name).train_drop_path
 
 
 PAPER = Recipe()
@@ -56,7 +58,7 @@ FINETUNE = dataclasses.replace(
     lr=2e-4,
     warmup_epochs=1,
     min_lr=1e-6,
-    scale=(0.35, 1.0),
+    crop_scale=(0.35, 1.0),
     randaugment_magnitude=None,
     random_erasing=0.0,
     mixup=0.0,
@@ -67,11 +69,13 @@ FINETUNE = dataclasses.replace(
 RECIPES = {"paper": PAPER, "finetune": FINETUNE}
 
 
-def get_recipe(name: str, **overrides: object) -> Recipe:
+def get_recipe(name: str = "paper", **overrides: object) -> Recipe:
+    """A named recipe with some settings changed (None leaves a setting as the recipe has it)."""
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
+        raise ConfigError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
     fields = {f.name for f in dataclasses.fields(Recipe)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise ValueError(f"unknown recipe setting(s) {unknown}")
-    return dataclasses.replace(RECIPES[name], **{k: v for k, v in overrides.items() if v is not None})
+        raise ConfigError(f"unknown recipe setting(s) {unknown}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(RECIPES[name], **values)

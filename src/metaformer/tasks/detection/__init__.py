@@ -1,1 +1,1 @@
-"""Object detection and instance segmentation on COCO-format data: RetinaNet and Mask R-CNN."""
+"""Object detection and instance segmentation: COCO files, the 1x schedule, pycocotools' metrics."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -13,8 +14,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from ...data import load_image
-from ..classification.data import DatasetError
+from ...data import DatasetError, load_image
 
 
 def coco_split(data: str | os.PathLike, split: str) -> tuple[Path, Path]:
@@ -32,7 +32,8 @@ def coco_split(data: str | os.PathLike, split: str) -> tuple[Path, Path]:
 
 class CocoDetection(Dataset):
     """Images with targets in torchvision's detection format. Labels are contiguous: 0..K-1, or 1..K when
-    ``background`` is True (Mask R-CNN's class 0). Crowd annotations are left out of the targets."""
+    ``background`` is True (Mask R-CNN's class 0). Crowd annotations are left out of the targets, and boxes
+    narrower or lower than one pixel are dropped, as mmdet does; a box without area is an error."""
 
     def __init__(self, images: Path, annotations: Path, masks: bool, background: bool, train: bool) -> None:
         from pycocotools.coco import COCO
@@ -55,12 +56,29 @@ class CocoDetection(Dataset):
             raise DatasetError(
                 f"{self.images}: {len(missing)} image(s) listed in {annotations.name} are missing: {missing[:5]}"
             )
+        self._check_annotations(annotations)
         self.category_ids = sorted(self.coco.cats)
         self.labels = tuple(self.coco.cats[c]["name"] for c in self.category_ids)
         self.offset = 1 if background else 0
         self.masks = masks
         self.flip = v2.RandomHorizontalFlip(0.5) if train else None
         self.annotations = annotations
+
+    def _check_annotations(self, path: Path) -> None:
+        """Every annotation's box and category, once, before any training starts."""
+        anns = list(self.coco.anns.values())
+        for ann in anns:
+            box = ann.get("bbox")
+            if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+                raise DatasetError(f"{path}: annotation {ann.get('id')} has no [x, y, width, height] box: {box!r}")
+            if box[2] <= 0 or box[3] <= 0:
+                raise DatasetError(f"{path}: annotation {ann.get('id')} (image {ann.get('image_id')}) has a box of "
+                                   f"width {box[2]} and height {box[3]}; boxes need a positive size")  # fmt: skip
+            if ann.get("category_id") not in self.coco.cats:
+                raise DatasetError(f"{path}: annotation {ann.get('id')} has unknown category {ann.get('category_id')}")
+        if not any(not ann.get("iscrowd", 0) for ann in anns):
+            warnings.warn(f"{path}: no object annotations at all; AP on it is undefined", stacklevel=3)
+        self.has_objects = bool(anns)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -71,14 +89,10 @@ class CocoDetection(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
-        image = TF.pil_to_tensor(load_image(self.images / info["file_name"]))
+        image = TF.pil_to_tensor(load_image(self.images / info["file_name"], exif_transpose=False))
         height, width = image.shape[-2:]
         boxes, labels, masks = [], [], []
         for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id, iscrowd=False)):
-            if ann["category_id"] not in self.coco.cats:
-                raise DatasetError(
-                    f"{self.annotations}: annotation {ann['id']} has unknown category {ann['category_id']}"
-                )
             x, y, w, h = ann["bbox"]
             if w < 1 or h < 1:
                 continue  # degenerate boxes, as mmdet and torchvision's references drop them

@@ -16,9 +16,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from ...data import IMAGENET_MEAN, IMAGENET_STD, ImageLoadError, load_image
-from ..classification.data import DatasetError
-from ..classification.predict import IMAGE_EXTENSIONS
+from ...data import IMAGENET_MEAN, IMAGENET_STD, DatasetError, ImageLoadError, is_image_file, load_image
+from ...files import file_problem
 
 IGNORE = 255  # the ignore label inside the pipeline, whatever the dataset's own
 
@@ -38,11 +37,11 @@ class SegmentationLayout:
 def detect_layout(
     root: str | os.PathLike, num_classes: int | None = None, ignore_index: int = 255
 ) -> SegmentationLayout:
-    """ADE20K (``images/training``, 150 classes, reduce_zero_label) or generic ``images/{train,val}`` with
-    ``num_classes`` or a ``classes.txt`` (one name per line)."""
+    """ADE20K (``images/training``, 150 classes unless ``num_classes`` says otherwise, reduce_zero_label) or
+    generic ``images/{train,val}`` with ``num_classes`` or a ``classes.txt`` (one name per line)."""
     root = Path(root)
     if (root / "images" / "training").is_dir():
-        return SegmentationLayout("training", "validation", 150, 255, True)
+        return SegmentationLayout("training", "validation", num_classes or 150, 255, True)
     if not (root / "images" / "train").is_dir():
         raise DatasetError(
             f"{root}: expected images/{{training,validation}} (ADE20K) or images/{{train,val}} with matching "
@@ -51,7 +50,10 @@ def detect_layout(
     classes = None
     if (root / "classes.txt").exists():
         classes = tuple(line.strip() for line in (root / "classes.txt").read_text().splitlines() if line.strip())
-        num_classes = num_classes or len(classes)
+        if num_classes is not None and num_classes != len(classes):
+            raise DatasetError(f"{root / 'classes.txt'} names {len(classes)} classes but --num-classes is "
+                               f"{num_classes}; drop one of them")  # fmt: skip
+        num_classes = len(classes)
     if not num_classes:
         raise DatasetError(f"{root}: give the number of classes (--num-classes) or a classes.txt")
     return SegmentationLayout("train", "val", num_classes, ignore_index, False, classes)
@@ -61,7 +63,8 @@ class SegmentationFolder(Dataset):
     """Pairs ``images/<split>/<name>.*`` with ``annotations/<split>/<name>.png``. Mask values are checked: a value
     that is neither a class nor the ignore index is an error naming the file."""
 
-    def __init__(self, root: str | os.PathLike, split: str, layout: SegmentationLayout, transform=None) -> None:
+    def __init__(self, root: str | os.PathLike, split: str, layout: SegmentationLayout, transform=None,
+                 exif_transpose: bool = False) -> None:  # fmt: skip
         root = Path(root)
         images = root / "images" / split
         masks = root / "annotations" / split
@@ -70,7 +73,7 @@ class SegmentationFolder(Dataset):
                 raise DatasetError(f"{folder}: no such folder")
         self.pairs = []
         missing = []
-        for image in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS):
+        for image in sorted(p for p in images.iterdir() if is_image_file(p)):
             mask = masks / (image.stem + ".png")
             (self.pairs.append((image, mask)) if mask.exists() else missing.append(image.name))
         if missing:
@@ -79,6 +82,7 @@ class SegmentationFolder(Dataset):
             raise DatasetError(f"{images}: no images")
         self.layout = layout
         self.transform = transform
+        self.exif_transpose = exif_transpose  # masks are stored as the pixels are: a rotated image would not fit
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -86,11 +90,14 @@ class SegmentationFolder(Dataset):
     def read(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The uint8 ``[3, H, W]`` image and the ``[H, W]`` label map (ignore = 255)."""
         image_path, mask_path = self.pairs[index]
-        image = TF.pil_to_tensor(load_image(image_path))
+        image = TF.pil_to_tensor(load_image(image_path, exif_transpose=self.exif_transpose))
+        problem = file_problem(mask_path)
+        if problem:
+            raise ImageLoadError(mask_path, f"cannot read the mask: {problem}")
         try:
             with Image.open(mask_path) as handle:
                 mask = torch.from_numpy(np.array(handle).astype(np.int64))
-        except OSError as error:
+        except (OSError, ValueError) as error:
             raise ImageLoadError(mask_path, f"cannot read the mask ({error})") from error
         if mask.ndim != 2 or mask.shape != image.shape[1:]:
             raise DatasetError(

@@ -1,10 +1,18 @@
-"""Segmentation metrics from a confusion matrix, as mmseg reports them (aAcc, mIoU, mAcc, per-class IoU)."""
+"""Measuring a segmentation model as mmseg does: a confusion matrix over all pixels, then aAcc, mIoU, mAcc and
+per-class IoU."""
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass, field
 
-from .data import IGNORE
+import torch
+from tqdm import tqdm
+
+from ...data.samplers import ShardSampler
+from ...engine.distributed import DistributedContext
+from ...errors import ImageLoadError
+from .data import IGNORE, SegmentationFolder
+from .predict import predict_probs
 
 
 def confusion(prediction: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -29,3 +37,41 @@ def scores(matrix: torch.Tensor) -> dict:
         "mAcc": 100 * accuracy.nanmean().item(),
         "IoU": [100 * v for v in iou.tolist()],
     }
+
+
+@dataclass
+class SegmentationEvaluation:
+    confusion: torch.Tensor
+    images: int
+    errors: list[str] = field(default_factory=list)
+
+    def scores(self) -> dict:
+        return scores(self.confusion) if self.images else {"aAcc": None, "mIoU": None, "mAcc": None, "IoU": []}
+
+    def metrics(self) -> dict:
+        """The figures a training run logs (without the per-class IoU)."""
+        result = {k: v for k, v in self.scores().items() if k != "IoU"}
+        return {**result, "images": self.images, "unreadable": len(self.errors)}
+
+
+def evaluate(model: torch.nn.Module, dataset: SegmentationFolder, context: DistributedContext, *,
+             scale: tuple[int, int] | None = None, scales: tuple[float, ...] = (1.0,), flip: bool = False,
+             progress: bool = False) -> SegmentationEvaluation:  # fmt: skip
+    """Whole-image inference on every image of ``dataset`` once (sharded over the processes). An unreadable image
+    is reported and left out; a mask value that is no class stops with its message."""
+    matrix = torch.zeros(model.num_classes, model.num_classes, dtype=torch.float64)
+    errors: list[str] = []
+    indices = ShardSampler(len(dataset), context.rank, context.world_size)
+    for index in tqdm(
+        indices, desc="evaluating", unit="image", leave=False, disable=not (progress and context.is_main)
+    ):
+        try:
+            image, mask = dataset.read(index)
+        except ImageLoadError as error:
+            errors.append(str(error))
+            continue
+        prediction = predict_probs(model, image, scale, scales, flip).argmax(0).cpu()
+        matrix += confusion(prediction, mask, model.num_classes)
+    counts = context.all_reduce_sum(torch.tensor([float(len(indices) - len(errors)), float(len(errors))]))
+    matrix = context.all_reduce_sum(matrix).cpu()
+    return SegmentationEvaluation(matrix, int(counts[0].item()), errors)

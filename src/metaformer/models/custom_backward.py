@@ -1,4 +1,5 @@
-"""PoolFormer's token-mixer branch for training, ``x + ls * (P(n(x)) - n(x))``, in a few passes with its own backward.
+"""Training only: PoolFormer's token-mixer branch ``x + ls * (P(n(x)) - n(x))`` as one autograd function with a
+custom backward that keeps less for it. (Inference folding is another thing: ``fused.py``.)
 
 ``n`` is the one-group GroupNorm ``g * (x - mu) * r + b`` (``r = 1 / sigma`` per sample) and ``P`` the average
 pooling without padded counts. Because ``P`` is linear and maps constants to themselves, the branch is
@@ -16,7 +17,7 @@ import torch
 from .layers import average_pool, group_statistics
 
 
-class _PoolingBranch(torch.autograd.Function):
+class _PoolingBranchFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, layer_scale, sample_scale, pool_size: int, eps: float):  # noqa: ANN001
         mean, rstd = group_statistics(x, eps)
@@ -50,7 +51,7 @@ class _PoolingBranch(torch.autograd.Function):
         return grad_x, grad_weight.to(weight.dtype), grad_bias, grad_layer_scale.to(layer_scale.dtype), None, None, None
 
 
-def pooling_branch(
+def pooling_branch_with_custom_backward(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor,
@@ -62,4 +63,4 @@ def pooling_branch(
     """``x + m * layer_scale * (P(n(x)) - n(x))`` with ``n`` the GroupNorm ``(weight, bias, eps)``; ``m`` per sample."""
     if sample_scale is None:
         sample_scale = torch.ones(x.shape[0], device=x.device, dtype=torch.float32)
-    return _PoolingBranch.apply(x, weight, bias, layer_scale, sample_scale, pool_size, eps)
+    return _PoolingBranchFunction.apply(x, weight, bias, layer_scale, sample_scale, pool_size, eps)

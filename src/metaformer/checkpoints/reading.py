@@ -1,0 +1,153 @@
+"""Reading checkpoint files without running anything in them: safetensors, PyTorch state_dicts loaded with
+``weights_only=True``, and Hugging Face model folders."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import pickletools
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+
+from ..errors import CheckpointError
+from ..files import file_problem
+
+StateDict = dict[str, torch.Tensor]
+WRAPPERS = ("state_dict", "model", "module", "state_dict_ema")  # keys under which trainers nest the weights
+EXPECTED = "Expected a state_dict file (.pth, .pth.tar, .bin), a .safetensors file or a Hugging Face model folder."
+
+
+def read_state_dict(path: str | os.PathLike) -> tuple[StateDict, dict]:
+    """Tensors and metadata of a checkpoint file or Hugging Face folder, unwrapped (``state_dict``/``model``
+    wrappers, DistributedDataParallel's ``module.`` prefix). Never unpickles anything but tensors."""
+    path = Path(path)
+    if path.is_dir():
+        return _read_hf_folder(path)
+    problem = file_problem(path)
+    if problem:
+        error = FileNotFoundError if problem.startswith("no such file") else CheckpointError
+        raise error(f"checkpoint {path}: {problem}")
+    if path.suffix == ".safetensors":
+        state_dict, metadata = _read_safetensors(path)
+        return unwrap(state_dict, str(path)), metadata
+    saved = _torch_load(path)
+    return unwrap(saved, str(path)), _recorded_classes(saved)
+
+
+def unwrap(obj: object, source: str) -> StateDict:
+    """The state_dict inside a trainer's checkpoint dict, with DistributedDataParallel's prefix removed."""
+    for wrapper in WRAPPERS:
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{source}: holds {type(obj).__name__}, not a state_dict of tensors")
+    not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(f"{source}: entries {not_tensors[:5]} are not tensors; expected a state_dict")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def _recorded_classes(saved: object) -> dict:
+    """The class names mmcv (``meta.CLASSES``) or mmengine (``meta.dataset_meta.classes``) saved beside the weights."""
+    meta = saved.get("meta") if isinstance(saved, dict) else None
+    if not isinstance(meta, dict):
+        return {}
+    classes = meta.get("CLASSES") or (meta.get("dataset_meta") or {}).get("classes")
+    if isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes):
+        return {"labels": json.dumps(list(classes))}
+    return {}
+
+
+def _read_safetensors(path: Path) -> tuple[StateDict, dict]:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+        return load_file(str(path)), metadata
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
+
+
+def _torch_load(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        unsafe = _python_object_in(path, error)
+        if unsafe is None:
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt, truncated or another kind "
+                                  f"of file). {EXPECTED}") from error  # fmt: skip
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds Python objects other than tensors, and unpickling them "
+            "could run code. If you trust it, load it yourself and re-save only its state_dict, or convert it "
+            f"to safetensors. (Found {unsafe}.)"
+        ) from error
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        reason = (str(error) or type(error).__name__).splitlines()[0]
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason}). {EXPECTED}") from error
+
+
+def _python_object_in(path: Path, error: Exception) -> str | None:
+    """The first non-tensor Python object that ``weights_only`` refused, from its message or, whatever its
+    wording (it changes between releases), from the pickle's own opcodes, read without running them."""
+    named = re.search(r"GLOBAL ([\w.]+)", str(error))
+    if named:
+        return named[1]
+    for name in _pickled_globals(path):
+        if not name.startswith(("torch.", "collections.OrderedDict", "builtins.set")):
+            return name
+    return None
+
+
+def _pickled_globals(path: Path) -> list[str]:
+    """The ``module.name`` of every class or function a torch or plain pickle file refers to."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                data = next((archive.read(n) for n in archive.namelist() if n.endswith("data.pkl")), b"")
+        else:
+            data = path.read_bytes()
+    except (OSError, zipfile.BadZipFile):
+        return []
+    stream, names = io.BytesIO(data), []
+    for _ in range(4):  # a legacy torch file is a few pickles in a row
+        strings: list[str] = []
+        memo: dict[int, str] = {}
+        try:
+            for opcode, arg, _ in pickletools.genops(stream):
+                if isinstance(arg, str) and "UNICODE" in opcode.name:
+                    strings.append(arg)
+                elif opcode.name == "MEMOIZE" and strings:
+                    memo[len(memo)] = strings[-1]
+                elif opcode.name in ("BINGET", "LONG_BINGET") and arg in memo:
+                    strings.append(memo[arg])
+                elif opcode.name == "GLOBAL":
+                    names.append(str(arg).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+        except (ValueError, EOFError, pickle.UnpicklingError):
+            break
+    return names
+
+
+def _read_hf_folder(path: Path) -> tuple[StateDict, dict]:
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise CheckpointError(f"{path} is a folder but has no config.json; expected a Hugging Face model folder")
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{config_file}: not valid JSON ({error})") from error
+    for weights in ("model.safetensors", "pytorch_model.bin"):
+        if (path / weights).exists():
+            state_dict, _ = read_state_dict(path / weights)
+            return state_dict, {"hf_config": config}
+    raise CheckpointError(f"{path}: found config.json but neither model.safetensors nor pytorch_model.bin")

@@ -1,0 +1,144 @@
+"""Writing weights: ours (safetensors with the model's name, configuration and class names), timm's, the official
+release's and Hugging Face's, each written atomically and only into a file name that says what it holds."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from ..errors import ConfigError
+from ..files import atomic_write, write_json
+from ..models.dense import is_dense
+from ..models.metaformer import MetaFormer, MetaFormerConfig, MetaFormerFeatures
+from .formats import StateDict, convert_state_dict
+
+SAVE_FORMATS = ("metaformer", "official", "timm", "hf")
+# The file names each format is written to; Hugging Face's format is a folder.
+SUFFIXES = {
+    "metaformer": (".safetensors",),
+    "timm": (".safetensors", ".pth", ".bin", ".pt"),
+    "official": (".pth.tar", ".pth", ".tar", ".pt", ".bin"),
+}
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth.tar", ".pth", ".tar", ".pt", ".bin")
+
+
+def suffix_of(path: Path) -> str:
+    name = path.name.lower()
+    return next((s for s in CHECKPOINT_SUFFIXES if name.endswith(s)), path.suffix.lower())
+
+
+def check_destination(path: str | os.PathLike, to: str, *, overwrite: bool) -> Path:
+    """Refuse a destination whose name contradicts format ``to``, or that exists unless ``overwrite``."""
+    path = Path(path)
+    if to not in SAVE_FORMATS:
+        raise ConfigError(f"unknown format {to!r}; choose one of {SAVE_FORMATS}")
+    suffix = suffix_of(path)
+    if to == "hf":
+        if suffix in CHECKPOINT_SUFFIXES or path.is_file():
+            raise ConfigError(f"{path}: Hugging Face's format is a folder (config.json, model.safetensors); "
+                              "name a folder, not a file")  # fmt: skip
+    elif suffix not in SUFFIXES[to]:
+        raise ConfigError(f"{path}: the {to} format is written to {' or '.join(SUFFIXES[to])} files, not "
+                          f"'{suffix or 'no suffix'}'; name the file {path.stem}{SUFFIXES[to][0]}")  # fmt: skip
+    if not overwrite and (path.is_file() or (path.is_dir() and any(path.iterdir()))):
+        raise FileExistsError(f"{path} exists; pass --force (overwrite=True) to replace it")
+    return path
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, to: str = "metaformer", *,
+                    overwrite: bool = True) -> Path:  # fmt: skip
+    """Write ``model``'s weights in format ``to``: ours as ``.safetensors`` (any model of this library, dense ones
+    included), timm's as ``.safetensors`` or ``.pth``, the official release's as ``.pth.tar``, Hugging Face's as
+    a ``save_pretrained``-style folder. Written atomically; a name that contradicts the format is refused."""
+    path = check_destination(path, to, overwrite=overwrite)
+    state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if is_dense(model):
+        if to != "metaformer":
+            raise ConfigError(f"{model.name} is a {model.task} model: it is saved in our format (.safetensors) "
+                              f"only; the {to} format holds classifiers")  # fmt: skip
+        return _write_safetensors(path, state_dict, _dense_metadata(model))
+    if not isinstance(model, (MetaFormer, MetaFormerFeatures)):
+        raise TypeError(f"save_checkpoint takes a model of this library, got {type(model).__name__}")
+    config: MetaFormerConfig = model.config
+    if to == "hf":
+        return _save_hf_folder(model, state_dict, path)
+    converted = convert_state_dict(state_dict, config, to)
+    if path.suffix == ".safetensors":
+        metadata = {"format": to}
+        if to == "metaformer":
+            metadata["model"] = getattr(model, "name", None) or ""
+            metadata["config"] = json.dumps(config.to_dict())
+            if config.labels:
+                metadata["labels"] = json.dumps(list(config.labels))
+        return _write_safetensors(path, converted, metadata)
+    buffer = io.BytesIO()
+    torch.save(converted, buffer)
+    return atomic_write(path, buffer.getvalue())
+
+
+def _write_safetensors(path: Path, state_dict: StateDict, metadata: dict[str, str]) -> Path:
+    # Serialised in memory and written by Python, so a full disk is an OSError naming the file.
+    return atomic_write(path, safetensors_bytes(state_dict, metadata=metadata))
+
+
+def _dense_metadata(model: nn.Module) -> dict[str, str]:
+    metadata = {
+        "format": "metaformer-dense",
+        "model": model.name,
+        "num_classes": str(model.num_classes),
+        "config": json.dumps(model.config.to_dict()),
+        "input": json.dumps(model.input_settings()),
+    }
+    if model.labels:
+        metadata["labels"] = json.dumps(list(model.labels))
+    return metadata
+
+
+def hf_config(config: MetaFormerConfig) -> dict:
+    """The ``config.json`` of Hugging Face's ``PoolFormerForImageClassification`` for this architecture."""
+    unsupported = []
+    if set(config.mixers) != {"pooling"} or config.norm != "groupnorm" or any(config.pos_embed):
+        unsupported.append("only pooling mixers with GroupNorm")
+    if not (config.residual and config.use_mlp and config.layer_scale_init is not None):
+        unsupported.append("residuals, channel MLP and layer scale")
+    if unsupported:
+        raise ConfigError(f"Hugging Face's PoolFormer supports {' and '.join(unsupported)}; this model differs")
+    labels = config.labels or tuple(f"LABEL_{i}" for i in range(config.num_classes))
+    return {
+        "architectures": ["PoolFormerForImageClassification"],
+        "model_type": "poolformer",
+        "num_channels": config.in_chans,
+        "patch_size": 16,
+        "stride": 16,
+        "pool_size": config.pool_size,
+        "mlp_ratio": config.mlp_ratio,
+        "depths": list(config.depths),
+        "hidden_sizes": list(config.widths),
+        "patch_sizes": [7] + [3] * (len(config.depths) - 1),
+        "strides": [4] + [2] * (len(config.depths) - 1),
+        "padding": [2] + [1] * (len(config.depths) - 1),
+        "num_encoder_blocks": len(config.depths),
+        "drop_path_rate": config.drop_path_rate,
+        "hidden_act": config.act,
+        "use_layer_scale": True,
+        "layer_scale_init_value": config.layer_scale_init,
+        "initializer_range": 0.02,
+        "id2label": {str(i): label for i, label in enumerate(labels)},
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+
+
+def _save_hf_folder(model: nn.Module, state_dict: StateDict, path: Path) -> Path:
+    if not isinstance(model, MetaFormer):
+        raise ConfigError("Hugging Face's format holds classifiers; create the model without features_only")
+    config_json = hf_config(model.config)
+    converted = convert_state_dict(state_dict, model.config, "hf")
+    _write_safetensors(path / "model.safetensors", converted, {"format": "pt"})
+    write_json(path / "config.json", config_json)
+    return path

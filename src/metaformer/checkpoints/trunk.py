@@ -1,0 +1,108 @@
+"""Loading a classifier's or a backbone's weights, from any classifier format, with a report of what does not fit."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+from torch import nn
+
+from ..errors import CheckpointError
+from ..models.layers import make_norm, resize_pos_embed
+from ..models.metaformer import MetaFormer, MetaFormerConfig, MetaFormerFeatures
+from .checkpoint import Checkpoint, LoadReport, copy_into, misfit, model_name
+from .formats import StateDict, classifier_key
+
+
+def _classifier_keys(config: MetaFormerConfig) -> list[str]:
+    norm = make_norm(config.norm, config.widths[-1])
+    return [f"norm.{k}" for k in norm.state_dict()] + ["head.weight", "head.bias"]
+
+
+def _check_architecture(checkpoint: Checkpoint, config: MetaFormerConfig, name: str) -> None:
+    stored = checkpoint.stored_architecture()
+    if not stored:
+        return
+    differences = [
+        f"{k}={stored[k]!r} (model: {getattr(config, k)!r})" for k in stored if stored[k] != getattr(config, k)
+    ]
+    if differences:
+        raise CheckpointError(
+            f"{checkpoint.source} was saved from another architecture than {name}: {', '.join(differences)}. "
+            "Create the model it was saved from (our .safetensors files name it: `metaformer convert` infers it)."
+        )
+
+
+def _ignorable_keys(model: MetaFormer | MetaFormerFeatures, checkpoint: Checkpoint) -> set[str]:
+    """Checkpoint keys a model may leave unused: a classifier's head in a backbone or a head-less model, and the
+    output norms of stages a backbone does not return."""
+    config = model.config
+    theirs = functools.partial(classifier_key, checkpoint.format, config=config)
+    keys: set[str] = set()
+    if isinstance(model, MetaFormerFeatures):
+        keys |= {theirs(k) for k in _classifier_keys(config)}
+        unused = [i for i in range(len(config.depths)) if i not in model.out_indices]
+        norm = make_norm(config.norm, 1).state_dict()
+        keys |= {theirs(f"out_norms.{i}.{k}") for i in unused for k in norm}
+    elif config.num_classes == 0:
+        keys |= {theirs(k) for k in ("head.weight", "head.bias")}
+    return keys
+
+
+def load_trunk(model: MetaFormer | MetaFormerFeatures, checkpoint: Checkpoint) -> LoadReport:
+    config = model.config
+    name = model_name(model)
+    _check_architecture(checkpoint, config, name)
+    expected = model.state_dict()
+    to_ours = {classifier_key(checkpoint.format, k, config): k for k in expected}
+    ignorable = _ignorable_keys(model, checkpoint)
+    report = LoadReport(checkpoint.source, checkpoint.format)
+
+    converted: StateDict = {}
+    unexpected: list[str] = []
+    for key, value in checkpoint.state_dict.items():
+        if key in to_ours:
+            converted[to_ours[key]] = value
+        elif key in ignorable:
+            report.ignored.append(key)
+        else:
+            unexpected.append(key)
+    _adapt_head(model, converted, expected, report)
+    _adapt_pos_embed(converted, expected, report)
+    missing = [k for k in expected if k not in converted and k not in report.fresh]
+    if isinstance(model, MetaFormerFeatures):
+        report.fresh += [k for k in missing if k.startswith("out_norms.")]
+        missing = [k for k in missing if k not in report.fresh]
+    conflicts = [
+        f"{k} (checkpoint {tuple(converted[k].shape)}, model {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in converted and converted[k].shape != v.shape
+    ]
+    if missing or unexpected or conflicts:
+        raise misfit(checkpoint, name, missing, unexpected, conflicts)
+    copy_into(model, converted)
+    labels = checkpoint.labels(config.num_classes)
+    if isinstance(model, MetaFormer) and labels and "head.weight" not in report.fresh:
+        model.config = dataclasses.replace(model.config, labels=labels)
+    return report
+
+
+def _adapt_head(model: nn.Module, converted: StateDict, expected: StateDict, report: LoadReport) -> None:
+    if not isinstance(model, MetaFormer) or "head.weight" not in expected:
+        return
+    if "head.weight" in converted:
+        head, wanted = converted["head.weight"].shape, expected["head.weight"].shape
+        if head[0] == wanted[0] or head[1:] != wanted[1:]:
+            return  # the same head, or another architecture: reported as a shape conflict
+        report.checkpoint_classes = converted.pop("head.weight").shape[0]
+        converted.pop("head.bias", None)
+    report.fresh += ["head.weight", "head.bias"]
+
+
+def _adapt_pos_embed(converted: StateDict, expected: StateDict, report: LoadReport) -> None:
+    for key, value in converted.items():
+        want = expected.get(key)
+        if key.endswith("pos_embed") and want is not None and value.shape[:2] == want.shape[:2]:
+            if value.shape != want.shape:
+                converted[key] = resize_pos_embed(value.float(), tuple(want.shape[-2:])).to(value.dtype)
+                report.resized.append(key)

@@ -1,0 +1,55 @@
+"""The ``metaformer`` command: train, eval, predict, segment, detect, list, info, convert, benchmark.
+
+Errors of the user's making (a bad flag, file or dataset; ``MetaformerError`` and ``OSError``) end the command
+with one ``error:`` line: exit status 2 for a command line that is wrong, 1 for anything else that failed. Any
+other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+
+from ..checkpoints import CheckpointWarning
+from ..errors import ConfigError, MetaformerError
+from . import evaluate, infer, models, train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metaformer", description="MetaFormer / PoolFormer models: classification, "
+                                     "segmentation and detection.")  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True)
+    train.add_parser(sub)
+    evaluate.add_parser(sub)
+    infer.add_parsers(sub)
+    models.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.simplefilter("always", CheckpointWarning)
+    warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
+    try:
+        return args.run(args)
+    except ConfigError as error:  # the command line asked for something that does not exist or fit
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # The reader went away (`metaformer predict ... | head`): stop quietly, and keep Python's final flush of
+        # stdout from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (MetaformerError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

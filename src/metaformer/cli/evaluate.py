@@ -1,0 +1,222 @@
+"""``metaformer eval``: a trained model on its task's validation data, with the papers' protocols."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..engine.distributed import DistributedContext, init_distributed, shutdown_distributed
+from ..files import atomic_write, write_json
+from .options import (
+    DETECTION,
+    TaskFlags,
+    add_device,
+    add_fuse,
+    add_progress,
+    add_weights,
+    load_trained,
+    non_negative,
+    positive,
+    refuse_existing,
+    task_of,
+)
+
+FLAGS = TaskFlags()
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a trained model: top-1 (classification), mIoU (segmentation), COCO AP",
+                       description="Classification: top-1/top-k and per-class accuracy on DATA/val (or DATA) with the "
+                       "ImageNet protocol (resize to size/crop_pct, bicubic, centre crop, no EXIF rotation). "
+                       "Segmentation: mmseg's aAcc/mIoU/mAcc. Detection: pycocotools' 12 figures. Runs under "
+                       "torchrun too (each image evaluated once).")  # fmt: skip
+    p.add_argument("data", help="dataset folder (a folder of class folders, or one with val/; ADE20K; COCO)")
+    p.add_argument("--model", required=True, help="model name (see `metaformer list`)")
+    add_weights(p)
+    add_device(p, under_torchrun=True)
+    add_fuse(p)
+    add_progress(p)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--output", help="also write the full result (eval.json) and, but for detection, the confusion "
+                   "matrix (confusion.png) to this folder")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="overwrite the files of --output")
+    FLAGS.add(
+        p,
+        "--batch-size",
+        ("classification", *DETECTION),
+        type=positive,
+        help="images per batch, per process (classification 64, detection 2)",
+    )
+    FLAGS.add(
+        p,
+        "--num-workers",
+        ("classification", *DETECTION),
+        type=non_negative,
+        help="data-loading processes (default: up to 4, no more than the cores)",
+    )
+    FLAGS.add(p, "--tta", ("segmentation",), action="store_true", help="multi-scale (0.5-1.75) + flip inference")
+    FLAGS.add(p, "--num-classes", ("segmentation",), type=positive, help="classes of the dataset (the model's)")
+    FLAGS.add(p, "--ignore-index", ("segmentation",), type=int, help="the masks' ignore value (255)")
+    FLAGS.add(
+        p,
+        "--scale",
+        ("segmentation",),
+        type=positive,
+        nargs=2,
+        metavar=("LONG", "SHORT"),
+        help="resize scale of the images (default: the checkpoint's, as trained)",
+    )
+    FLAGS.add(p, "--split", DETECTION, help="the COCO split (val2017)")
+    FLAGS.add(p, "--min-size", DETECTION, type=positive, help="resize the short side to this (default: the "
+              "checkpoint's training size)")  # fmt: skip
+    FLAGS.add(p, "--max-size", DETECTION, type=positive, help="... and the long side within this (the checkpoint's)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    FLAGS.refuse_foreign(args, args.model, "eval")
+    kind = task_of(args.model)
+    output = Path(args.output) if args.output else None
+    if output is not None:
+        refuse_existing([output / "eval.json", output / "confusion.png"], args.force)
+    if kind == "classification":
+        return _classification(args, output)
+    if kind == "segmentation":
+        return _segmentation(args, output)
+    return _detection(args, kind, output)
+
+
+def _no_images(result: dict, args: argparse.Namespace) -> int:
+    print(json.dumps(result) if args.json else f"images: 0 ({args.data})")
+    print(f"error: no image of {args.data} could be read; nothing was evaluated", file=sys.stderr)
+    return 1
+
+
+def _write(output: Path | None, result: dict, picture: bytes | None) -> None:
+    if output is None:
+        return
+    write_json(output / "eval.json", result)
+    if picture is not None:
+        atomic_write(output / "confusion.png", picture)
+
+
+def _classification(args: argparse.Namespace, output: Path | None) -> int:
+    from ..processor import ImageProcessor
+    from ..tasks.classification.data import ImageFolder, class_to_output, eval_folder
+    from ..tasks.classification.metrics import evaluate
+    from ..tasks.classification.predict import class_labels
+    from ..tasks.drawing import confusion_png
+
+    model = load_trained(args, "classification").to(memory_format=torch.channels_last)
+    context = init_distributed(args.device)
+    try:
+        model = model.to(context.device)
+        processor = ImageProcessor.for_model(model, exif_transpose=False)  # the ImageNet protocol reads raw pixels
+        dataset = ImageFolder(eval_folder(args.data), processor.transform, exif_transpose=False)
+        if len(dataset.classes) == 1:
+            warnings.warn(f"{dataset.root} has a single class folder ({dataset.classes[0]}): top-1 counts how often "
+                          "the model picks that class", stacklevel=1)  # fmt: skip
+        outputs = class_to_output(dataset.classes, model.config.labels, model.num_classes)
+        batch_size = args.batch_size or 64
+        workers = args.num_workers if args.num_workers is not None else _workers(len(dataset), batch_size)
+        result = evaluate(model, dataset, outputs, context, batch_size=batch_size, num_workers=workers,
+                          progress=not (args.json or args.no_progress))  # fmt: skip
+    finally:
+        shutdown_distributed()
+    if not context.is_main:
+        return 0
+    names = list(class_labels(model))
+    columns = [names[o] if names[o] != c else c for c, o in zip(dataset.classes, outputs, strict=True)] + ["other"]
+    summary = {"top1": result.top1, **({f"top{result.k}": result.topk} if result.topk is not None else {}),
+               "images": result.images, "errors": result.errors, "per_class": result.per_class()}  # fmt: skip
+    if result.images == 0:
+        return _no_images(summary, args)
+    full = {**summary, "confusion": {"rows": dataset.classes, "columns": columns,
+                                     "matrix": result.confusion.long().tolist()}}  # fmt: skip
+    _write(output, full, confusion_png(result.confusion, dataset.classes, columns, f"{args.model} on {args.data}")
+           if output else None)  # fmt: skip
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    topk = f"  top-{result.k} {result.topk:.2f}%" if result.topk is not None else ""
+    print(f"top-1 {result.top1:.2f}%{topk}  ({result.images} images, {len(dataset.classes)} classes)")
+    for name, accuracy in result.per_class().items():
+        print(f"  {name:<24} {'n/a' if accuracy is None else f'{accuracy:6.2f}%'}")
+    for error in result.errors:
+        print(f"skipped: {error}", file=sys.stderr)
+    return 0
+
+
+def _workers(images: int, batch_size: int) -> int:
+    from ..engine.task import default_num_workers
+
+    return default_num_workers() if images > batch_size else 0
+
+
+def _segmentation(args: argparse.Namespace, output: Path | None) -> int:
+    from ..tasks.drawing import confusion_png
+    from ..tasks.segmentation.data import SegmentationFolder, detect_layout
+    from ..tasks.segmentation.metrics import evaluate
+    from ..tasks.segmentation.predict import TTA_SCALES
+
+    model = load_trained(args, "segmentation", test_scale=tuple(args.scale) if args.scale else None)
+    layout = detect_layout(args.data, args.num_classes or model.num_classes, 255 if args.ignore_index is None
+                           else args.ignore_index)  # fmt: skip
+    if layout.num_classes != model.num_classes:
+        from ..errors import DatasetError
+
+        raise DatasetError(f"{args.data} has {layout.num_classes} classes but {args.checkpoint} was trained for "
+                           f"{model.num_classes}")  # fmt: skip
+    dataset = SegmentationFolder(args.data, layout.val_split, layout)
+    scales = TTA_SCALES if args.tta else (1.0,)
+    result = evaluate(model, dataset, DistributedContext(device=torch.device(args.device)), scales=scales,
+                      flip=args.tta, progress=not (args.json or args.no_progress))  # fmt: skip
+    names = list(model.labels or layout.classes or [str(i) for i in range(model.num_classes)])
+    scores = result.scores()
+    summary = {**{k: scores[k] for k in ("mIoU", "mAcc", "aAcc")}, "images": result.images, "errors": result.errors,
+               "IoU": dict(zip(names, _undefined_nan(scores["IoU"]), strict=False))}  # fmt: skip
+    if result.images == 0:
+        return _no_images(summary, args)
+    full = {**summary, "confusion": {"rows": names, "columns": names, "matrix": result.confusion.long().tolist()}}
+    _write(output, full, confusion_png(result.confusion, names, names, f"{args.model}: pixels") if output else None)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"mIoU {scores['mIoU']:.2f}%  mAcc {scores['mAcc']:.2f}%  aAcc {scores['aAcc']:.2f}%  ({result.images} "
+          f"images{', multi-scale + flip' if args.tta else ''})")  # fmt: skip
+    for name, iou in summary["IoU"].items():
+        print(f"  {name:<24} IoU {'   n/a' if iou is None else f'{iou:6.2f}'}")
+    for error in result.errors:
+        print(f"skipped: {error}", file=sys.stderr)
+    return 0
+
+
+def _undefined_nan(values: list[float]) -> list[float | None]:
+    return [None if v != v else v for v in values]  # NaN: a class neither present nor predicted
+
+
+def _detection(args: argparse.Namespace, kind: str, output: Path | None) -> int:
+    from ..tasks.detection.metrics import coco_evaluate, format_table
+    from ..tasks.detection.task import coco_dataset
+
+    model = load_trained(args, kind, min_size=args.min_size, max_size=args.max_size)
+    dataset = coco_dataset(args.data, args.split or "val2017", kind == "instance_segmentation", train=False)
+    batch_size = args.batch_size or 2
+    workers = args.num_workers if args.num_workers is not None else _workers(len(dataset), batch_size)
+    result = coco_evaluate(model, dataset, DistributedContext(device=torch.device(args.device)),
+                           batch_size=batch_size, num_workers=workers,
+                           progress=not (args.json or args.no_progress))  # fmt: skip
+    sizes = model.input_settings()
+    summary = {**result, "images": len(dataset), "min_size": sizes["min_size"], "max_size": sizes["max_size"]}
+    _write(output, summary, None)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print("\n".join(format_table(result)))
+    print(f"({len(dataset)} images at {sizes['min_size']}/{sizes['max_size']} px, {result['detections']} detections)")
+    return 0

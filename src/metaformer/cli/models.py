@@ -1,0 +1,174 @@
+"""``metaformer list``, ``info``, ``convert`` and ``benchmark``: the zoo, its files and its speed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import UsageError
+from ..models.zoo import get_spec, list_models
+from .options import (
+    COMPILE_HELP,
+    add_batch_size,
+    add_device,
+    add_fuse,
+    compiled_for_inference,
+    device,
+    expect_task,
+    positive,
+)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("list", help="list the model names")
+    p.add_argument("filter", nargs="?", help="only names containing this text")
+    p.add_argument(
+        "--task",
+        choices=["classification", "segmentation", "detection", "instance_segmentation"],
+        help="only the models of this task",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=list_command)
+
+    p = sub.add_parser("info", help="a model's configuration, parameters and MACs")
+    p.add_argument("name")
+    p.add_argument("--image-size", type=positive, help="count MACs at this input size (classifiers; default: the "
+                   "model's)")  # fmt: skip
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=info)
+
+    p = sub.add_parser("convert", help="convert weights between our, timm's, Hugging Face's and the official format")
+    p.add_argument("src", help="checkpoint file or Hugging Face folder, any supported format (mmseg/mmdet too)")
+    p.add_argument("dst", help="output: .safetensors (ours, timm), .pth/.pth.tar (official, timm), a folder (hf)")
+    p.add_argument(
+        "--to",
+        required=True,
+        choices=["safetensors", "timm", "hf", "official"],
+        help="safetensors: ours, with the model's name, configuration and classes (any model)",
+    )
+    p.add_argument("--model", help="model name, when it cannot be told from the file")
+    p.add_argument("--force", action="store_true", help="overwrite an existing destination")
+    p.set_defaults(run=convert)
+
+    p = sub.add_parser("benchmark", help="a classifier's forward images/s and peak memory (random input)")
+    p.add_argument("--model", required=True)
+    add_batch_size(p, 32)
+    p.add_argument("--image-size", type=positive, default=224)
+    add_device(p)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--warmup", type=int, default=3, help="untimed passes first")
+    p.add_argument("--iters", type=positive, default=10)
+    p.add_argument("--no-channels-last", action="store_true", help="keep NCHW contiguous tensors")
+    p.add_argument("--json", action="store_true")
+    add_fuse(p)
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    p.set_defaults(run=benchmark)
+
+
+def list_command(args: argparse.Namespace) -> int:
+    rows = [get_spec(name) for name in list_models(args.filter, task=args.task)]
+    if not rows:
+        print(f"no model name contains {args.filter!r}; `metaformer list` shows them all", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([{"name": s.name, "task": s.task, "description": s.description, "weights": s.url}
+                          for s in rows]))  # fmt: skip
+        return 0
+    width = max(len(s.name) for s in rows)
+    for spec in rows:
+        mark = "weights" if spec.url else "       "
+        print(f"{spec.name:<{width}}  {mark}  {spec.description}")
+    return 0
+
+
+def model_info(name: str, image_size: int | None = None) -> dict:
+    from ..api import create_model
+    from ..models.complexity import count_macs, count_params
+    from ..models.dense import backbone_of
+
+    spec = get_spec(name)
+    if spec.task != "classification":  # the paper reports parameters only for the dense models
+        if image_size:
+            raise UsageError(f"--image-size counts a classifier's MACs; {name} is a {spec.task} model")
+        model = create_model(name)
+        trainable, frozen = count_params(model)
+        config = backbone_of(model).config.to_dict()
+        config.pop("labels")
+        return {"name": name, "description": spec.description, "task": spec.task, "backbone": spec.backbone,
+                "num_classes": model.num_classes, "input": model.input_settings(), "config": config,
+                "params": trainable, "frozen_params": frozen, "macs": None}  # fmt: skip
+    overrides = {"image_size": image_size} if image_size else {}
+    model = create_model(name, **overrides).eval()
+    trainable, frozen = count_params(model)
+    config = model.config.to_dict()
+    config.pop("labels")
+    return {
+        "name": name,
+        "description": spec.description,
+        "task": spec.task,
+        "config": config,
+        "params": trainable,
+        "frozen_params": frozen,
+        "macs": count_macs(model, model.config.image_size),
+        "image_size": model.config.image_size,
+        "crop_pct": model.config.crop_pct,
+        "train_drop_path": spec.train_drop_path,
+        "weights_url": spec.url,
+        "hf_hub_id": spec.hf_hub_id,
+        "timm_name": spec.timm_name,
+    }
+
+
+def info(args: argparse.Namespace) -> int:
+    result = model_info(args.name, args.image_size)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['name']}: {result['description']}")
+    frozen = f" (+{result['frozen_params'] / 1e6:.3f} M frozen)" if result["frozen_params"] else ""
+    print(f"  params      {result['params'] / 1e6:.3f} M{frozen}")
+    if result["macs"] is None:
+        print(f"  task        {result['task']} ({result['num_classes']} classes) on {result['backbone']}")
+        print(f"  input       {', '.join(f'{k} {v}' for k, v in result['input'].items())}")
+        return 0
+    print(f"  MACs        {result['macs'] / 1e9:.3f} G at {result['image_size']}x{result['image_size']}")
+    print(f"  eval        crop_pct {result['crop_pct']}, bicubic, ImageNet mean/std")
+    for key, value in result["config"].items():
+        print(f"  {key:<17} {value}")
+    for key in ("train_drop_path", "weights_url", "hf_hub_id", "timm_name"):
+        if result[key] is not None:
+            print(f"  {key:<17} {result[key]}")
+    return 0
+
+
+def convert(args: argparse.Namespace) -> int:
+    from ..api import convert_checkpoint
+
+    to = {"safetensors": "metaformer"}.get(args.to, args.to)
+    out = convert_checkpoint(args.src, args.dst, to, model_name=args.model, overwrite=args.force)
+    print(f"wrote {out} ({args.to} format)")
+    return 0
+
+
+def benchmark(args: argparse.Namespace) -> int:
+    from ..api import create_model
+    from ..benchmark import time_forward
+    from ..models.fused import fuse
+
+    expect_task(args.model, ("classification",), "benchmark", "it times classifiers on random images")
+    target = device(args.device)
+    model = create_model(args.model, image_size=args.image_size)
+    if not args.no_fuse:
+        model = fuse(model)
+    if args.compile:
+        model = compiled_for_inference(model.to(target))
+    result = time_forward(model, args.batch_size, args.image_size, target, args.dtype, args.warmup, args.iters,
+                          not args.no_channels_last)  # fmt: skip
+    result.update(model=args.model, fused=not args.no_fuse, compiled=args.compile)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.model}: {result['images_per_s']:.1f} images/s (batch {args.batch_size}, {args.image_size}px, "
+              f"{target}, {args.dtype}), peak memory {result['peak_memory_mib']:.0f} MiB")  # fmt: skip
+    return 0

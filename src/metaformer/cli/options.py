@@ -1,0 +1,161 @@
+"""Flags shared by several commands, each defined once so it means the same everywhere, and the refusal of flags
+that the chosen model's task does not use."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from ..errors import UsageError
+from ..models.zoo import get_spec
+
+TASK_NAMES = {"classification": "classification", "segmentation": "segmentation", "detection": "detection",
+              "instance_segmentation": "instance segmentation"}  # fmt: skip
+DENSE = ("segmentation", "detection", "instance_segmentation")
+DETECTION = ("detection", "instance_segmentation")
+COMPILE_HELP = "torch.compile the model (with freezing): 10-30 s to start, then up to ~10%% faster on CPU"
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def device(name: str) -> str:
+    """A device PyTorch knows and this machine has: cpu, cuda or cuda:N."""
+    try:
+        parsed = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name!r}: use cpu, cuda or cuda:N")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} asked for, but PyTorch sees no CUDA GPU here")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return name
+
+
+def add_device(parser: argparse.ArgumentParser, under_torchrun: bool = False) -> None:
+    extra = " (under torchrun: each process takes its local GPU)" if under_torchrun else ""
+    parser.add_argument("--device", default="cpu", help=f"cpu, cuda or cuda:N (default cpu){extra}")
+
+
+def add_batch_size(parser: argparse.ArgumentParser, default: int | None, what: str = "") -> None:
+    shown = f" (default {default})" if default is not None else ""
+    parser.add_argument("--batch-size", type=positive, default=default,
+                        help=f"images per batch, per process{shown}{what}")  # fmt: skip
+
+
+def add_num_workers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-workers", type=non_negative, default=None,
+                        help="data-loading processes per process (default: up to 4, at most the cores)")  # fmt: skip
+
+
+def add_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_weights(parser: argparse.ArgumentParser, pretrained: bool = True) -> None:
+    parser.add_argument("--checkpoint", help="weights: ours, official .pth.tar, timm, Hugging Face folder, mmseg/mmdet")
+    if pretrained:
+        parser.add_argument("--pretrained", action="store_true", help="download the official ImageNet-1k weights")
+
+
+def add_fuse(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-fuse", action="store_true", help="run the plain model, not the folded (fused) one")
+
+
+def task_of(model: str) -> str:
+    return get_spec(model).task
+
+
+class TaskFlags:
+    """Flags that only some tasks use; one given for a model of another task is refused, naming both."""
+
+    def __init__(self) -> None:
+        self.flags: dict[str, tuple[str, tuple[str, ...]]] = {}  # dest: (flag, tasks)
+
+    def add(self, parser: argparse.ArgumentParser, flag: str, tasks: Iterable[str], **kwargs: object) -> None:
+        kwargs.setdefault("default", False if kwargs.get("action") == "store_true" else None)
+        action = parser.add_argument(flag, **kwargs)
+        self.flags[action.dest] = (flag, tuple(tasks))
+
+    def refuse_foreign(self, args: argparse.Namespace, model: str, command: str) -> None:
+        kind = task_of(model)
+        foreign = [(flag, tasks) for dest, (flag, tasks) in self.flags.items()
+                   if getattr(args, dest, None) not in (None, False) and kind not in tasks]  # fmt: skip
+        if foreign:
+            flags = ", ".join(flag for flag, _ in foreign)
+            users = "; ".join(f"{flag}: {' and '.join(sorted({TASK_NAMES[t] for t in tasks}))}"
+                              for flag, tasks in foreign)  # fmt: skip
+            raise UsageError(f"{flags} {'is' if len(foreign) == 1 else 'are'} not used by {command} for {model}, a "
+                             f"{TASK_NAMES[kind]} model (settings of other tasks: {users})")  # fmt: skip
+
+
+def needs_trained_weights(args: argparse.Namespace, kind: str) -> None:
+    """Inference and evaluation run a model whose every layer is trained: --checkpoint, or --pretrained where a
+    release exists (classifiers)."""
+    pretrained = getattr(args, "pretrained", False)
+    if pretrained and args.checkpoint:
+        raise UsageError("pass either --checkpoint FILE or --pretrained, not both")
+    if kind != "classification" and (pretrained or not args.checkpoint):
+        raise UsageError(f"{args.model} is a {TASK_NAMES[kind]} model with no released weights here (--pretrained "
+                         "would initialise only its backbone): pass --checkpoint FILE, trained by `metaformer "
+                         "train` or an mmseg/mmdet checkpoint")  # fmt: skip
+    if not (pretrained or args.checkpoint):
+        raise UsageError("pass --checkpoint FILE (any supported format) or --pretrained")
+
+
+def expect_task(model: str, tasks: Iterable[str], command: str, instead: str) -> str:
+    kind = task_of(model)
+    if kind not in tasks:
+        raise UsageError(f"{command} does not take {model}, a {TASK_NAMES[kind]} model: {instead}")
+    return kind
+
+
+def load_trained(args: argparse.Namespace, kind: str, **overrides: object) -> torch.nn.Module:
+    """The model ``args`` name with every layer trained (refused otherwise), folded unless --no-fuse, on
+    --device."""
+    from ..api import create_model
+    from ..models.fused import fuse
+
+    needs_trained_weights(args, kind)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    model = create_model(args.model, pretrained=getattr(args, "pretrained", False), checkpoint=args.checkpoint,
+                         strict=True, **given).eval()  # fmt: skip
+    model = model if args.no_fuse else fuse(model)
+    return model.to(device(args.device))
+
+
+def refuse_existing(paths: Iterable[Path], force: bool) -> None:
+    """No file is overwritten without --force."""
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not force:
+        raise UsageError(f"{', '.join(existing[:3])} exist(s); pass --force to overwrite, or choose another --output")
+
+
+def compiled_for_inference(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` for inference: inductor's freezing folds the weights in as constants and prepacks them."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True  # a process-wide setting; this process only ever runs inference after this
+    return torch.compile(model, dynamic=False)

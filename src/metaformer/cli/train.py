@@ -1,0 +1,180 @@
+"""``metaformer train``: any model of the zoo on its task's data, with the paper's recipe for that task."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..errors import UsageError
+from .options import (
+    DETECTION,
+    TaskFlags,
+    add_batch_size,
+    add_device,
+    add_num_workers,
+    add_progress,
+    device,
+    positive,
+    task_of,
+)
+
+FLAGS = TaskFlags()
+CLASSIFICATION = ("classification",)
+EPOCHS = ("classification", *DETECTION)
+# Flags that --resume takes: how much longer, and how to show it. Everything else comes from config.json.
+RESUMABLE = {"epochs", "iterations", "stop_after", "no_progress", "resume"}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune any model on its task's data (classification, segmentation, detection)",
+        description="Train with the paper's recipe for the model's task. Runs on CPU, one GPU, or under "
+        "`torchrun --nproc_per_node N` (distributed data parallel). The run folder gets config.json, "
+        "metrics.jsonl, curves.png, last/best .safetensors and last.state.pt (for --resume). A flag of "
+        "another task than the model's is refused.",
+    )
+    p.add_argument("data", nargs="?", help="dataset folder: ImageNet layout (train/, val/), ADE20K or COCO layout")
+    p.add_argument("--model", help="model name (see `metaformer list`); its task decides the recipe")
+    p.add_argument("--output", help="run folder (default runs/MODEL)")
+    p.add_argument("--init", help="initial weights: a classifier's (any format) or a whole model of this task")
+    p.add_argument("--resume", help="continue the run in this folder exactly where it stopped")
+    p.add_argument("--force", action="store_true", help="start afresh in an --output that holds a run (deletes it)")
+    add_batch_size(p, None, " (classification 128, segmentation 4, detection 2, as the papers per GPU)")
+    p.add_argument("--lr", type=float, help="learning rate (classification: 1e-3 x global batch / 1024; "
+                   "finetune 2e-4; segmentation 2e-4; RetinaNet 1e-4; Mask R-CNN 2e-4)")  # fmt: skip
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (classification 0.05, dense 1e-4)")
+    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="mixed precision (default none)")
+    add_num_workers(p)
+    add_device(p, under_torchrun=True)
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    add_progress(p)
+    p.add_argument("--stop-after", type=positive, help="stop after this many epochs (segmentation: iterations, a "
+                   "multiple of --eval-every); the schedule stays the full run's; continue with --resume")  # fmt: skip
+    p.add_argument("--eval-every", type=positive, help="evaluate every N epochs (segmentation: iterations; "
+                   "default 1 epoch, segmentation 4000 iterations); a checkpoint is written every epoch")  # fmt: skip
+
+    FLAGS.add(p, "--epochs", EPOCHS, type=positive, help="epochs to train (classification 300, detection 12); "
+              "with --resume, extends the run")  # fmt: skip
+    FLAGS.add(
+        p,
+        "--recipe",
+        CLASSIFICATION,
+        choices=["paper", "finetune"],
+        help="paper: the official ImageNet recipe (default); finetune: short, lr 2e-4, light augmentation",
+    )
+    FLAGS.add(p, "--warmup-epochs", CLASSIFICATION, type=float, help="linear warm-up epochs from 1e-6 (5)")
+    FLAGS.add(p, "--min-lr", CLASSIFICATION, type=float, help="cosine schedule's final learning rate (1e-5)")
+    FLAGS.add(p, "--image-size", CLASSIFICATION, type=positive, help="training crop and evaluation size (224)")
+    FLAGS.add(
+        p,
+        "--crop-scale",
+        CLASSIFICATION,
+        type=float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        help="RandomResizedCrop's range of image areas (0.08 1.0; small images do better with 0.35 1.0)",
+    )
+    FLAGS.add(p, "--label-smoothing", CLASSIFICATION, type=float, help="label smoothing (0.1)")
+    FLAGS.add(p, "--randaugment", CLASSIFICATION, type=float, help="RandAugment magnitude on timm's 0-10 scale, "
+              "0 = off (9)")  # fmt: skip
+    FLAGS.add(p, "--random-erasing", CLASSIFICATION, type=float, help="random erasing probability (0.25)")
+    FLAGS.add(p, "--mixup", CLASSIFICATION, type=float, help="MixUp alpha, 0 = off (0.8)")
+    FLAGS.add(p, "--cutmix", CLASSIFICATION, type=float, help="CutMix alpha, 0 = off (1.0)")
+    FLAGS.add(p, "--drop-path", CLASSIFICATION, type=float, help="stochastic depth (the model's official rate: "
+              "S12/S24 0.1, S36 0.2, M36 0.3, M48 0.4)")  # fmt: skip
+    FLAGS.add(p, "--clip-grad", CLASSIFICATION, type=float, help="clip the gradient norm to this value (off)")
+    FLAGS.add(p, "--ema", CLASSIFICATION, action="store_true", help="keep an exponential moving average of the "
+              "weights (0.9998)")  # fmt: skip
+    FLAGS.add(p, "--no-augment", CLASSIFICATION, action="store_true", help="train on the evaluation transform")
+    FLAGS.add(p, "--no-channels-last", CLASSIFICATION, action="store_true", help="keep NCHW contiguous tensors")
+    FLAGS.add(p, "--compile", CLASSIFICATION, action="store_true", help="torch.compile the model")
+    FLAGS.add(p, "--iterations", ("segmentation",), type=positive, help="training iterations (40000)")
+    FLAGS.add(p, "--crop-size", ("segmentation",), type=positive, help="training crop (512)")
+    FLAGS.add(
+        p,
+        "--scale",
+        ("segmentation",),
+        type=positive,
+        nargs=2,
+        metavar=("LONG", "SHORT"),
+        help="the resize scale of training and evaluation (2048 512)",
+    )
+    FLAGS.add(p, "--num-classes", ("segmentation",), type=positive, help="classes, unless ADE20K (150) or a "
+              "classes.txt says")  # fmt: skip
+    FLAGS.add(p, "--ignore-index", ("segmentation",), type=int, help="the masks' ignore value (255)")
+    FLAGS.add(p, "--warmup-iters", DETECTION, type=int, help="linear warm-up iterations (500)")
+    FLAGS.add(p, "--min-size", DETECTION, type=positive, help="resize the short side to this (800)")
+    FLAGS.add(p, "--max-size", DETECTION, type=positive, help="... keeping the long side within this (1333)")
+    p.set_defaults(run=run)
+    p.set_defaults(defaults=vars(p.parse_args([])))  # to tell which flags a command line gave
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import tasks
+
+    if args.resume:
+        given = sorted(k for k, v in vars(args).items() if k in args.defaults and k not in RESUMABLE
+                       and v != args.defaults[k])  # fmt: skip
+        if given:
+            shown = ", ".join(k.upper() if k == "data" else "--" + k.replace("_", "-") for k in given)
+            raise UsageError(
+                f"--resume continues with the run's own settings (its config.json); {shown} cannot "
+                "change. Only --epochs/--iterations (longer), --stop-after and --no-progress can."
+            )
+        records = tasks.resume(args.resume, stop_after=args.stop_after, progress=False if args.no_progress else None,
+                               epochs=args.epochs, iterations=args.iterations)  # fmt: skip
+        _summary(args.resume, records)
+        return 0
+    if not args.data or not args.model:
+        raise UsageError("DATA and --model are required (or --resume RUN_FOLDER)")
+    FLAGS.refuse_foreign(args, args.model, "train")
+    device(args.device)
+    kind = task_of(args.model)
+    settings = tasks.RunSettings(
+        data=args.data, model=args.model, output=args.output or f"runs/{args.model}", init=args.init,
+        device=args.device, seed=args.seed, amp=args.amp, compile=args.compile,
+        channels_last=not args.no_channels_last, progress=not args.no_progress, stop_after=args.stop_after,
+        eval_every=args.eval_every,
+    )  # fmt: skip
+    if args.num_workers is not None:
+        settings.num_workers = args.num_workers
+    records = tasks.train(settings, _recipe(args, kind), force=args.force)
+    _summary(settings.output, records)
+    return 0
+
+
+def _recipe(args: argparse.Namespace, kind: str) -> object:
+    common = {"batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay}
+    if kind == "classification":
+        from ..tasks.classification.recipe import get_recipe
+
+        return get_recipe(
+            args.recipe or "paper", **common, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
+            min_lr=args.min_lr, image_size=args.image_size, crop_scale=args.crop_scale,
+            label_smoothing=args.label_smoothing, randaugment_magnitude=args.randaugment,
+            random_erasing=args.random_erasing, mixup=args.mixup, cutmix=args.cutmix, drop_path=args.drop_path,
+            clip_grad=args.clip_grad, ema_decay=0.9998 if args.ema else None,
+            augment=False if args.no_augment else None,
+        )  # fmt: skip
+    if kind == "segmentation":
+        from ..tasks.segmentation.recipe import SegmentationRecipe
+
+        values = {**common, "iterations": args.iterations, "crop_size": args.crop_size, "scale": args.scale,
+                  "num_classes": args.num_classes, "ignore_index": args.ignore_index}  # fmt: skip
+        return SegmentationRecipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
+                                     if v is not None})  # fmt: skip
+    from ..tasks.detection.recipe import DetectionRecipe
+
+    values = {**common, "epochs": args.epochs, "warmup_iters": args.warmup_iters, "min_size": args.min_size,
+              "max_size": args.max_size}  # fmt: skip
+    return DetectionRecipe(**{k: v for k, v in values.items() if v is not None})
+
+
+def _summary(output: str, records: list[dict]) -> None:
+    if not records or int(os.environ.get("RANK", "0")) != 0:  # torchrun's other processes stay quiet
+        return
+    last = records[-1]
+    where = f"epoch {last['epoch']}" if "iteration" not in last else f"iteration {last['iteration']}"
+    shown = [f"{k} {last[k]:.2f}" for k in ("top1", "mIoU", "AP", "mask_AP") if isinstance(last.get(k), float)]
+    print(f"done: {output} ({', '.join(shown) or 'no evaluation yet'} after {where})")

@@ -1,0 +1,70 @@
+"""Evaluation preprocessing, as Hugging Face's PoolFormer processor: resize the short side to ``size / crop_pct``
+(bicubic), crop the centre, normalise."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+
+from .data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from .data.images import load_image, to_rgb
+from .models.zoo import get_spec
+
+ImageInput = Image.Image | str | os.PathLike
+
+
+class ImageProcessor:
+    """The ImageNet evaluation transform, callable on one or many PIL images or paths.
+
+    Resize the shorter side to ``int(size / crop_pct)`` (bicubic), crop the centre ``size x size`` (offsets
+    floored, as Hugging Face's processor), scale to [0, 1] and normalise with the ImageNet mean and std.
+    Returns a float tensor ``[N, 3, size, size]``. ``exif_transpose`` turns photos upright by their EXIF
+    orientation, as ``predict`` does; ``eval`` turns it off, as the ImageNet protocol reads the stored pixels.
+    """
+
+    def __init__(
+        self,
+        size: int = 224,
+        crop_pct: float = 0.9,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        exif_transpose: bool = True,
+    ) -> None:
+        if not 0 < crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+        self.size = size
+        self.crop_pct = crop_pct
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+        self.exif_transpose = exif_transpose
+
+    @classmethod
+    def for_model(cls, model: str | torch.nn.Module, *, exif_transpose: bool = True) -> ImageProcessor:
+        """The processor a model is evaluated with: a registered name, or a model (its own size and crop_pct)."""
+        config = get_spec(model).config if isinstance(model, str) else model.config
+        return cls(size=config.image_size, crop_pct=config.crop_pct, exif_transpose=exif_transpose)
+
+    def __repr__(self) -> str:
+        return f"ImageProcessor(size={self.size}, crop_pct={self.crop_pct}, exif_transpose={self.exif_transpose})"
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput]) -> torch.Tensor:
+        if isinstance(images, (Image.Image, str, os.PathLike)):
+            images = [images]
+        return torch.stack([self.transform(image) for image in images])
+
+    def transform(self, image: ImageInput) -> torch.Tensor:
+        """One image (PIL or path) to a normalised ``[3, size, size]`` tensor."""
+        if isinstance(image, (str, os.PathLike)):
+            image = load_image(image, exif_transpose=self.exif_transpose)
+        else:
+            image = to_rgb(image)
+        image = TF.resize(image, [int(self.size / self.crop_pct)], interpolation=TF.InterpolationMode.BICUBIC)
+        width, height = image.size
+        left, top = (width - self.size) // 2, (height - self.size) // 2
+        image = image.crop((left, top, left + self.size, top + self.size))
+        tensor = TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)
+        return TF.normalize(tensor, list(self.mean), list(self.std))

@@ -1,0 +1,100 @@
+"""Training a classifier with the paper's recipe on an ImageNet-layout folder."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...api import create_model
+from ...engine.schedules import cosine
+from ...errors import DatasetError
+from ...processor import ImageProcessor
+from ..common import LibraryTask, decay_groups
+from .data import ImageFolder, batch_mixer, class_to_output, train_transform, train_val_folders
+from .metrics import evaluate, top_k
+from .recipe import Recipe
+
+
+class ClassificationTask(LibraryTask):
+    unit = "epoch"
+    best_metric = "top1"
+    recipe: Recipe
+
+    @functools.cached_property
+    def folders(self):  # noqa: ANN201
+        return train_val_folders(self.settings.data)
+
+    def train_dataset(self) -> ImageFolder:
+        dataset = ImageFolder(self.folders[0], train_transform(self.recipe))
+        if len(dataset.classes) < 2:
+            raise DatasetError(f"{dataset.root} has a single class folder ({dataset.classes[0]}): a classifier "
+                               "needs at least two classes to learn anything")  # fmt: skip
+        self.classes = dataset.classes
+        return dataset
+
+    def build_model(self) -> nn.Module:
+        recipe = self.recipe
+        model = create_model(
+            self.settings.model,
+            num_classes=len(self.classes),
+            checkpoint=self.settings.init,
+            drop_path_rate=recipe.resolved_drop_path(self.settings.model),
+            labels=tuple(self.classes),
+            image_size=recipe.image_size,  # the recipe's, not the size an --init checkpoint was trained at
+        )
+        self.mixer = batch_mixer(len(self.classes), recipe)
+        self.crop_pct = model.config.crop_pct
+        return model
+
+    @property
+    def global_batch(self) -> int:
+        return self.recipe.batch_size * self.context.world_size
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        groups = decay_groups(model, self.recipe.weight_decay, model.no_weight_decay())
+        return torch.optim.AdamW(groups, lr=self.recipe.resolved_lr(self.global_batch))
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        return self.recipe.epochs * steps_per_epoch
+
+    def lr_at(self, step: int, steps_per_epoch: int) -> float:
+        recipe = self.recipe
+        return cosine(step / steps_per_epoch, recipe.resolved_lr(self.global_batch), recipe.epochs,
+                      recipe.warmup_epochs, recipe.warmup_lr, recipe.min_lr)  # fmt: skip
+
+    @property
+    def ema_decay(self) -> float | None:
+        return self.recipe.ema_decay
+
+    @property
+    def clip_grad(self) -> float | None:
+        return self.recipe.clip_grad
+
+    def training_step(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
+                      device: torch.device) -> torch.Tensor:  # fmt: skip
+        images, labels = (t.to(device, non_blocking=True) for t in batch)
+        if self.mixer is not None:
+            images, labels = self.mixer(images, labels)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return F.cross_entropy(model(images).float(), labels, label_smoothing=self.recipe.label_smoothing)
+
+    @functools.cached_property
+    def validation(self) -> tuple[ImageFolder, list[int]]:
+        processor = ImageProcessor(size=self.recipe.image_size, crop_pct=self.crop_pct, exif_transpose=False)
+        dataset = ImageFolder(self.folders[1], processor.transform, classes=self.classes, exif_transpose=False)
+        return dataset, class_to_output(dataset.classes, self.classes, len(self.classes))
+
+    def evaluate(self, model: nn.Module, progress: bool) -> dict:
+        dataset, outputs = self.validation
+        result = evaluate(model, dataset, outputs, self.context, batch_size=self.recipe.batch_size,
+                          num_workers=self.settings.num_workers, progress=progress)  # fmt: skip
+        return result.metrics()
+
+    def describe(self) -> dict:
+        return {"lr": self.recipe.resolved_lr(self.global_batch), "global_batch": self.global_batch,
+                "drop_path": self.recipe.resolved_drop_path(self.settings.model), "classes": self.classes,
+                "top_k": top_k(len(self.classes))}  # fmt: skip

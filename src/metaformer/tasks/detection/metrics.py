@@ -1,0 +1,117 @@
+"""Measuring a detector with pycocotools: the 12 COCO figures for boxes (and masks), and AP per class.
+
+A figure pycocotools cannot compute (no objects of that size, no annotations at all: its -1) is undefined:
+``None`` here, ``null`` in JSON and ``n/a`` in tables, never 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ...data.samplers import ShardSampler
+from ...engine.distributed import DistributedContext
+from .data import CocoDetection, collate
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+LOGGED = STAT_NAMES[:6]  # what a training run logs each evaluation
+
+
+def is_instance(model: torch.nn.Module) -> bool:
+    return getattr(model, "task", "") == "instance_segmentation"
+
+
+@torch.inference_mode()
+def coco_results(model: torch.nn.Module, dataset: CocoDetection, context: DistributedContext, batch_size: int = 2,
+                 num_workers: int = 0, progress: bool = False) -> list[dict]:  # fmt: skip
+    """This process's share of the detections, in COCO's result format."""
+    from pycocotools import mask as mask_utils
+
+    model.eval()
+    loader = DataLoader(dataset, batch_size, sampler=ShardSampler(len(dataset), context.rank, context.world_size),
+                        collate_fn=collate, num_workers=num_workers)  # fmt: skip
+    results = []
+    for images, targets in tqdm(loader, desc="evaluating", unit="batch", leave=False,
+                                disable=not (progress and context.is_main)):  # fmt: skip
+        outputs = model([image.to(context.device) for image in images])
+        for output, target in zip(outputs, targets, strict=True):
+            boxes = output["boxes"].float().cpu()
+            masks = (output["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8) if "masks" in output else None
+            boxes[:, 2:] -= boxes[:, :2]
+            for k, (box, score, label) in enumerate(
+                zip(boxes.tolist(), output["scores"].tolist(), output["labels"].tolist(), strict=True)
+            ):
+                entry = {"image_id": target["image_id"], "category_id": dataset.label_to_category(label),
+                         "bbox": [round(v, 2) for v in box], "score": round(score, 5)}  # fmt: skip
+                if masks is not None:
+                    rle = mask_utils.encode(np.asfortranarray(masks[k]))
+                    rle["counts"] = rle["counts"].decode("ascii")
+                    entry["segmentation"] = rle
+                results.append(entry)
+    return results
+
+
+def _defined(value: float) -> float | None:
+    return None if value < 0 else 100 * float(value)
+
+
+def coco_evaluate(model: torch.nn.Module, dataset: CocoDetection, context: DistributedContext, *,
+                  batch_size: int = 2, num_workers: int = 0, progress: bool = False) -> dict:  # fmt: skip
+    """The 12 COCO figures (percent) for boxes, and ``mask_``-prefixed for Mask R-CNN, plus ``per_class`` AP and
+    the number of ``detections``; the same dict in every process."""
+    from pycocotools.cocoeval import COCOeval
+
+    results = coco_results(model, dataset, context, batch_size, num_workers, progress)
+    if context.enabled:
+        gathered: list = [None] * context.world_size
+        dist.all_gather_object(gathered, results)
+        results = [r for part in gathered for r in part]
+    metrics: dict = {"per_class": {}}
+    if context.is_main:
+        for kind in ("bbox", "segm") if is_instance(model) else ("bbox",):
+            prefix = "" if kind == "bbox" else "mask_"
+            if not results or not dataset.has_objects:
+                metrics.update({prefix + name: (0.0 if dataset.has_objects else None) for name in STAT_NAMES})
+                continue
+            with contextlib.redirect_stdout(io.StringIO()):
+                evaluation = COCOeval(dataset.coco, dataset.coco.loadRes(results), kind)
+                evaluation.evaluate()
+                evaluation.accumulate()
+                evaluation.summarize()
+            metrics.update({prefix + name: _defined(v) for name, v in zip(STAT_NAMES, evaluation.stats, strict=True)})
+            metrics["per_class"][kind] = _per_class_ap(evaluation, dataset)
+    metrics = context.broadcast_object(metrics)
+    metrics["detections"] = len(results)
+    return metrics
+
+
+def _per_class_ap(evaluation, dataset: CocoDetection) -> dict[str, float | None]:  # noqa: ANN001
+    """AP (IoU 0.50:0.95, all areas, 100 detections) of each category; None where it has no annotations."""
+    precision = evaluation.eval["precision"]  # [IoU thresholds, recall points, categories, areas, max detections]
+    per_class = {}
+    for index, category in enumerate(evaluation.params.catIds):
+        values = precision[:, :, index, 0, -1]
+        values = values[values > -1]
+        per_class[dataset.coco.cats[category]["name"]] = float(100 * values.mean()) if values.size else None
+    return per_class
+
+
+def format_table(metrics: dict) -> list[str]:
+    """pycocotools' summary as lines of the 12 figures, ``n/a`` where undefined."""
+    lines = []
+    for prefix, title in (("", "bbox"), ("mask_", "segm")):
+        if prefix + "AP" in metrics:
+            cells = [f"{name} {_cell(metrics[prefix + name])}" for name in STAT_NAMES]
+            lines.append(f"{title}: " + "  ".join(cells[:6]))
+            lines.append(" " * (len(title) + 2) + "  ".join(cells[6:]))
+    return lines
+
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"

@@ -1,0 +1,23 @@
+"""The official 1x detection schedule (mmdet's configs of the paper) and its settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DetectionRecipe:
+    epochs: int = 12
+    batch_size: int = 2  # per process; the paper: 8 GPUs x 2 = 16
+    lr: float | None = None  # AdamW: 1e-4 for RetinaNet, 2e-4 for Mask R-CNN
+    weight_decay: float = 1e-4
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    decay_epochs: tuple[int, ...] = (8, 11)
+    min_size: int = 800  # resize to 1333x800 keeping the ratio
+    max_size: int = 1333
+    train_split: str = "train2017"
+    val_split: str = "val2017"
+
+    def resolved_lr(self, task: str) -> float:
+        return self.lr if self.lr is not None else (2e-4 if task == "instance_segmentation" else 1e-4)

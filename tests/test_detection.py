@@ -128,10 +128,18 @@ def test_train_resume_eval_and_detect(name, coco, tmp_path, capsys):
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     checkpoint = str(tmp_path / "run" / "last.safetensors")
     capsys.readouterr()
-    evaluate = ["eval", str(data), "--model", name, "--checkpoint", checkpoint, "--json"]
-    assert main(evaluate) == 0
+    evaluate = ["eval", str(data), "--model", name, "--checkpoint", checkpoint]
+    assert main([*evaluate, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["images"] == 2 and result["AP"] == pytest.approx(records[-1]["AP"])
+    assert (result["min_size"], result["max_size"]) == (96, 128)  # the size it was trained at, from the checkpoint
+    assert {"AR1", "AR10", "AR100", "ARs", "ARm", "ARl"} <= set(result)  # pycocotools' whole table
+    kinds = ["bbox", "segm"] if name.startswith("mask") else ["bbox"]
+    assert sorted(result["per_class"]) == kinds and set(result["per_class"]["bbox"]) <= set(metaformer.create_model(
+        name, checkpoint=checkpoint).labels)  # fmt: skip
+    assert main([*evaluate, "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    assert "AR100" in table and "96/128 px" in table
     photo = next((data / "images" / "val2017").iterdir())
     detect = ["detect", str(photo), "--model", name, "--checkpoint", checkpoint, "--min-size", "96"]
     detect += ["--max-size", "128"]

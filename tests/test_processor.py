@@ -130,3 +130,19 @@ def test_unreadable_files_are_named(tmp_path):
         load_image(truncated)
     with pytest.raises(ValueError, match="crop_pct"):
         ImageProcessor(crop_pct=1.5)
+
+
+def test_exif_rotation_can_be_left_out_as_the_imagenet_protocol_does(photo, tmp_path):
+    from metaformer.tasks.classification.data import ImageFolder
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "cat").mkdir()
+    path = tmp_path / "cat" / "sideways.png"
+    photo.save(path, exif=exif)
+    stored = ImageProcessor(exif_transpose=False)(path)
+    assert torch.equal(stored, ImageProcessor()(photo))  # the pixels as stored, as HF's processor reads them
+    assert not torch.equal(stored, ImageProcessor()(path))  # predict's default: upright, as a viewer shows it
+    # eval reads its dataset the protocol's way
+    evaluation = ImageFolder(tmp_path, ImageProcessor(exif_transpose=False).transform, exif_transpose=False)
+    assert torch.equal(evaluation[0][0], stored[0])

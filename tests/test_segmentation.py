@@ -195,3 +195,14 @@ def test_dense_eval_needs_trained_weights(tmp_path, capsys):
     for name in ("fpn_poolformer_s12", "retinanet_poolformer_s12"):
         assert main(["eval", str(tmp_path), "--model", name, "--pretrained"]) == 2
         assert "pass --checkpoint FILE" in capsys.readouterr().err
+
+
+def test_iterations_stop_where_asked_even_inside_an_epoch(small_camvid, tmp_path):
+    run = tmp_path / "run"
+    # 8 images in batches of 4: 2 iterations an epoch; 3 iterations end inside the second epoch.
+    assert main(["train", str(small_camvid), "--output", str(run), "--iterations", "3", *SMALL_RUN]) == 0
+    state = torch.load(run / "last.state.pt", weights_only=True)
+    steps = {int(s["step"]) for s in state["optimizer"]["state"].values()}
+    assert steps == {3}  # AdamW stepped exactly 3 times, none at a learning rate of 0 past the schedule
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [3] and records[0]["epoch"] == 1.5

@@ -106,3 +106,10 @@ def test_no_module_shadows_the_standard_library():
 
     names = {p.stem for p in ROOT.rglob("*.py")}
     assert not names & set(sys.stdlib_module_names) - {"__init__", "__main__"}
+
+
+def test_no_assert_checks_inputs():
+    # `python -O` drops asserts: a check a user's input depends on must raise an error of its own.
+    found = [f"{module_name(p)}:{node.lineno}" for p in ROOT.rglob("*.py")
+             for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, ast.Assert)]  # fmt: skip
+    assert not found, f"assert statements: {found}"

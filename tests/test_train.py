@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import DATA_DIR
+from PIL import Image
 from safetensors.torch import load_file
 
 import metaformer
@@ -249,3 +250,50 @@ def test_bf16_autocast_and_ema(tiny, tmp_path):
     assert state["ema"] is not None and state["round"] == 2
     config = json.loads((run / "config.json").read_text())
     assert config["settings"]["amp"] == "bf16" and config["recipe"]["ema_decay"] == 0.9998
+
+
+def test_eval_every_and_a_progress_bar_for_validation(tiny, tmp_path, capsys):
+    run = tmp_path / "run"
+    fast = [a for a in FAST if a != "--no-progress"]
+    assert run_train(tiny, "--model", "poolformer_s12", "--epochs", "3", "--eval-every", "2", "--batch-size", "16",
+                     "--output", run, *fast) == 0  # fmt: skip
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]  # a checkpoint and a line every epoch
+    assert ["top1" in r for r in records] == [False, True, True]  # evaluated every 2 epochs, and at the end
+    assert (run / "best.safetensors").exists() and "evaluating" in capsys.readouterr().err
+
+
+def test_eval_reports_per_class_accuracy_and_writes_the_confusion_matrix(tiny, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert run_train(tiny, "--model", "poolformer_s12", "--epochs", "1", "--batch-size", "16", "--output", run,
+                     *FAST) == 0  # fmt: skip
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "top2" in records[0] and "top5" not in records[0]  # 3 classes: top-2, never a top-5 of 3
+    out = tmp_path / "report"
+    evaluate = ["eval", str(tiny), "--model", "poolformer_s12", "--checkpoint", str(run / "last.safetensors"),
+                "--num-workers", "0", "--output", str(out)]  # fmt: skip
+    capsys.readouterr()
+    assert main([*evaluate, "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "top-2" in text and all(name in text for name in ("airplane", "frog", "truck"))
+    report = json.loads((out / "eval.json").read_text())
+    matrix = torch.tensor(report["confusion"]["matrix"])
+    assert matrix.shape == (3, 4) and matrix.sum() == 36 and report["confusion"]["columns"][-1] == "other"
+    per_class = report["per_class"]
+    assert per_class["frog"] == pytest.approx(100 * matrix[1, 1].item() / matrix[1].sum().item())
+    assert report["top1"] == pytest.approx(records[0]["top1"])
+    with Image.open(out / "confusion.png") as picture:
+        assert picture.size[0] > 200
+    assert main(evaluate) == 1  # the report is there: not overwritten without --force
+    assert "eval.json" in capsys.readouterr().err
+    assert main([*evaluate, "--force"]) == 0
+
+
+def test_crop_scale_reaches_the_random_resized_crop():
+    from torchvision.transforms import v2
+
+    from metaformer.tasks.classification.data import train_transform
+
+    recipe = get_recipe("paper", crop_scale=[0.35, 1.0])
+    crops = [t for t in train_transform(recipe).transforms[0].transforms if isinstance(t, v2.RandomResizedCrop)]
+    assert recipe.crop_scale == (0.35, 1.0) and crops and all(c.scale == (0.35, 1.0) for c in crops)

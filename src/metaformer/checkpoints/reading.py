@@ -9,6 +9,7 @@ import os
 import pickle
 import pickletools
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -79,7 +80,9 @@ def _read_safetensors(path: Path) -> tuple[StateDict, dict]:
 
 def _torch_load(path: Path) -> object:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on a pickle protocol it may not read: the refusal says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         unsafe = _python_object_in(path, error)
         if unsafe is None:

@@ -88,6 +88,11 @@ def task_of(model: str) -> str:
     return get_spec(model).task
 
 
+def given(value: object) -> bool:
+    """Whether a flag that defaults to None (or False, for switches) was given: ``--mixup 0`` was."""
+    return value is not None and value is not False
+
+
 class TaskFlags:
     """Flags that only some tasks use; one given for a model of another task is refused, naming both."""
 
@@ -102,7 +107,7 @@ class TaskFlags:
     def refuse_foreign(self, args: argparse.Namespace, model: str, command: str) -> None:
         kind = task_of(model)
         foreign = [(flag, tasks) for dest, (flag, tasks) in self.flags.items()
-                   if getattr(args, dest, None) not in (None, False) and kind not in tasks]  # fmt: skip
+                   if given(getattr(args, dest, None)) and kind not in tasks]  # fmt: skip
         if foreign:
             flags = ", ".join(flag for flag, _ in foreign)
             users = "; ".join(f"{flag}: {' and '.join(sorted({TASK_NAMES[t] for t in tasks}))}"
@@ -150,7 +155,8 @@ def refuse_existing(paths: Iterable[Path], force: bool) -> None:
     """No file is overwritten without --force."""
     existing = [str(p) for p in paths if p.exists()]
     if existing and not force:
-        raise UsageError(f"{', '.join(existing[:3])} exist(s); pass --force to overwrite, or choose another --output")
+        raise FileExistsError(f"{', '.join(existing[:3])} exist(s); pass --force to overwrite, or choose another "
+                              "--output")  # fmt: skip
 
 
 def compiled_for_inference(model: torch.nn.Module) -> torch.nn.Module:

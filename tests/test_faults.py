@@ -287,9 +287,31 @@ def test_a_bad_mask_found_in_a_dataloader_worker_is_one_line(tmp_path, capsys):
     if not camvid.is_dir():
         pytest.skip(f"real data not found at {camvid}")
     data = bad_mask_dataset(tmp_path / "data", camvid)
-    error = error_of(capsys, "train", str(data), "--model", "fpn_poolformer_s12", "--num-classes", "11",
-                     "--ignore-index", "11", "--batch-size", "2", "--crop-size", "64", "--scale", "256", "64",
-                     "--iterations", "2", "--num-workers", "1", "--no-progress", "--output", str(tmp_path / "run"))
+    error = error_of(
+        capsys,
+        "train",
+        str(data),
+        "--model",
+        "fpn_poolformer_s12",
+        "--num-classes",
+        "11",
+        "--ignore-index",
+        "11",
+        "--batch-size",
+        "2",
+        "--crop-size",
+        "64",
+        "--scale",
+        "256",
+        "64",
+        "--iterations",
+        "2",
+        "--num-workers",
+        "1",
+        "--no-progress",
+        "--output",
+        str(tmp_path / "run"),
+    )
     lines = [line for line in error.splitlines() if not line.startswith("warning")]
     assert len(lines) == 1 and "label values [40] are neither classes (0..10) nor the ignore index 11" in lines[0]
     assert "Traceback" not in error and "DataLoader worker" not in error

@@ -46,7 +46,7 @@ def file_problem(path: str | os.PathLike) -> str | None:
     return "a device, not a regular file"
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+def atomic_write(path: str | os.PathLike, data: bytes | memoryview | str) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder, renamed into place once complete.
 
     A kill leaves either the previous file or the new one, never a partial file (at worst an orphan temporary,

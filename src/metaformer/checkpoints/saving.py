@@ -44,7 +44,8 @@ def check_destination(path: str | os.PathLike, to: str, *, overwrite: bool) -> P
             raise ConfigError(f"{path}: Hugging Face's format is a folder (config.json, model.safetensors); "
                               "name a folder, not a file")  # fmt: skip
     elif suffix not in SUFFIXES[to]:
-        raise ConfigError(f"{path}: the {to} format is written to {' or '.join(SUFFIXES[to])} files, not "
+        shown = "ours (--to safetensors)" if to == "metaformer" else f"the {to} format"
+        raise ConfigError(f"{path}: {shown} is written to {' or '.join(SUFFIXES[to])} files, not "
                           f"'{suffix or 'no suffix'}'; name the file {path.stem}{SUFFIXES[to][0]}")  # fmt: skip
     if not overwrite and (path.is_file() or (path.is_dir() and any(path.iterdir()))):
         raise FileExistsError(f"{path} exists; pass --force (overwrite=True) to replace it")

@@ -109,7 +109,6 @@ def _classification(args: argparse.Namespace, output: Path | None) -> int:
     from ..processor import ImageProcessor
     from ..tasks.classification.data import ImageFolder, class_to_output, eval_folder
     from ..tasks.classification.metrics import evaluate
-    from ..tasks.classification.predict import class_labels
     from ..tasks.drawing import confusion_png
 
     model = load_trained(args, "classification").to(memory_format=torch.channels_last)
@@ -130,8 +129,7 @@ def _classification(args: argparse.Namespace, output: Path | None) -> int:
         shutdown_distributed()
     if not context.is_main:
         return 0
-    names = list(class_labels(model))
-    columns = [names[o] if names[o] != c else c for c, o in zip(dataset.classes, outputs, strict=True)] + ["other"]
+    columns = [*dataset.classes, "other"]  # "other": an output of the model that is none of the dataset's classes
     summary = {"top1": result.top1, **({f"top{result.k}": result.topk} if result.topk is not None else {}),
                "images": result.images, "errors": result.errors, "per_class": result.per_class()}  # fmt: skip
     if result.images == 0:

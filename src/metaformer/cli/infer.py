@@ -102,9 +102,9 @@ def predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _pictures(args: argparse.Namespace, suffixes: tuple[str, ...]) -> Iterator[tuple[Path, Path | None]]:
-    """Each image with the stem of its pictures in --output (unique, even for files of the same name); files
-    that would be overwritten are refused unless --force. A path whose image cannot be read gives None."""
+def _pictures(args: argparse.Namespace, suffixes: tuple[str, ...]) -> Iterator[tuple[Path, Path]]:
+    """Each image with the stem of its pictures in --output (unique, even for files of the same name); pictures
+    that would overwrite files are refused, all before the first is drawn, unless --force."""
     files = find_images(args.paths)
     if not files:
         raise UsageError("no image files found in " + " ".join(args.paths))

@@ -332,10 +332,10 @@ class Trainer:
         if self.context.is_main:
             self.folder.remove_temporaries()
             self.folder.write_metrics(self.records, "epoch" if self.plan.unit == "epoch" else "iteration")
-        if self.start_round >= self.plan.last_round and self.plan.stop_after is None:
+        if self.start_round >= self.plan.rounds and self.context.is_main:
             more = "--epochs" if self.plan.unit == "epoch" else "--iterations"
-            raise RunFolderError(f"{self.folder.path}: the run already finished its {self.plan.rounds} rounds; "
-                                 f"pass a larger {more} with --resume to extend it")  # fmt: skip
+            print(f"{self.folder.path}: the run had already finished (its log and plot are up to date); pass a "
+                  f"larger {more} with --resume to extend it", flush=True)  # fmt: skip
 
 
 def run_training(make_task: Callable[[DistributedContext], TrainingTask], settings: RunSettings, kind: str, *,

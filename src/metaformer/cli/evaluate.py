@@ -129,14 +129,17 @@ def _classification(args: argparse.Namespace, output: Path | None) -> int:
         shutdown_distributed()
     if not context.is_main:
         return 0
+    confusion = result.confusion
     columns = [*dataset.classes, "other"]  # "other": an output of the model that is none of the dataset's classes
+    if model.num_classes == len(dataset.classes):  # no other output exists
+        confusion, columns = confusion[:, :-1], columns[:-1]
     summary = {"top1": result.top1, **({f"top{result.k}": result.topk} if result.topk is not None else {}),
                "images": result.images, "errors": result.errors, "per_class": result.per_class()}  # fmt: skip
     if result.images == 0:
         return _no_images(summary, args)
     full = {**summary, "confusion": {"rows": dataset.classes, "columns": columns,
-                                     "matrix": result.confusion.long().tolist()}}  # fmt: skip
-    _write(output, full, confusion_png(result.confusion, dataset.classes, columns, f"{args.model} on {args.data}")
+                                     "matrix": confusion.long().tolist()}}  # fmt: skip
+    _write(output, full, confusion_png(confusion, dataset.classes, columns, f"{args.model} on {args.data}")
            if output else None)  # fmt: skip
     if args.json:
         print(json.dumps(summary))
@@ -174,7 +177,7 @@ def _segmentation(args: argparse.Namespace, output: Path | None) -> int:
     scales = TTA_SCALES if args.tta else (1.0,)
     result = evaluate(model, dataset, DistributedContext(device=torch.device(args.device)), scales=scales,
                       flip=args.tta, progress=not (args.json or args.no_progress))  # fmt: skip
-    names = list(model.labels or layout.classes or [str(i) for i in range(model.num_classes)])
+    names = list(model.labels or layout.classes or [f"class_{i}" for i in range(model.num_classes)])
     scores = result.scores()
     summary = {**{k: scores[k] for k in ("mIoU", "mAcc", "aAcc")}, "images": result.images, "errors": result.errors,
                "IoU": dict(zip(names, _undefined_nan(scores["IoU"]), strict=False))}  # fmt: skip

@@ -152,7 +152,7 @@ def segment(args: argparse.Namespace) -> int:
 
     expect_task(args.model, ("segmentation",), "segment", "use `metaformer predict` or `metaformer detect`")
     model = load_trained(args, "segmentation")
-    names = list(model.labels or [str(i) for i in range(model.num_classes)])
+    names = list(model.labels or [f"class_{i}" for i in range(model.num_classes)])
 
     def handle(path: Path, image: torch.Tensor, stem: Path) -> dict:
         probs = predict_probs(model, image, scales=TTA_SCALES if args.tta else (1.0,), flip=args.tta)

@@ -18,6 +18,7 @@ from .options import (
     add_device,
     add_fuse,
     add_progress,
+    add_scale,
     add_weights,
     load_trained,
     non_negative,
@@ -62,15 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     FLAGS.add(p, "--tta", ("segmentation",), action="store_true", help="multi-scale (0.5-1.75) + flip inference")
     FLAGS.add(p, "--num-classes", ("segmentation",), type=positive, help="classes of the dataset (the model's)")
     FLAGS.add(p, "--ignore-index", ("segmentation",), type=int, help="the masks' ignore value (255)")
-    FLAGS.add(
-        p,
-        "--scale",
-        ("segmentation",),
-        type=positive,
-        nargs=2,
-        metavar=("LONG", "SHORT"),
-        help="resize scale of the images (default: the checkpoint's, as trained)",
-    )
+    add_scale(FLAGS, p, "resize scale of the images (default: the checkpoint's, as trained)")
     FLAGS.add(p, "--split", DETECTION, help="the COCO split (val2017)")
     FLAGS.add(p, "--min-size", DETECTION, type=positive, help="resize the short side to this (default: the "
               "checkpoint's training size)")  # fmt: skip

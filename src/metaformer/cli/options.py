@@ -4,7 +4,7 @@ that the chosen model's task does not use."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -19,24 +19,26 @@ DETECTION = ("detection", "instance_segmentation")
 COMPILE_HELP = "torch.compile the model (with freezing): 10-30 s to start, then up to ~10%% faster on CPU"
 
 
-def positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def _integer_at_least(minimum: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+        return value
+
+    return parse
 
 
-def non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
+positive = _integer_at_least(1, "a positive integer")
+non_negative = _integer_at_least(0, "an integer >= 0")
+
+
+def add_scale(flags: TaskFlags, parser: argparse.ArgumentParser, help: str) -> None:
+    """Semantic FPN's resize scale (long and short side), on train and eval."""
+    flags.add(parser, "--scale", ("segmentation",), type=positive, nargs=2, metavar=("LONG", "SHORT"), help=help)
 
 
 def device(name: str) -> str:

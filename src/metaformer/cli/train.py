@@ -13,6 +13,7 @@ from .options import (
     add_device,
     add_num_workers,
     add_progress,
+    add_scale,
     device,
     positive,
     task_of,
@@ -91,15 +92,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     FLAGS.add(p, "--compile", CLASSIFICATION, action="store_true", help="torch.compile the model")
     FLAGS.add(p, "--iterations", ("segmentation",), type=positive, help="training iterations (40000)")
     FLAGS.add(p, "--crop-size", ("segmentation",), type=positive, help="training crop (512)")
-    FLAGS.add(
-        p,
-        "--scale",
-        ("segmentation",),
-        type=positive,
-        nargs=2,
-        metavar=("LONG", "SHORT"),
-        help="the resize scale of training and evaluation (2048 512)",
-    )
+    add_scale(FLAGS, p, "the resize scale of training and evaluation (2048 512)")
     FLAGS.add(p, "--num-classes", ("segmentation",), type=positive, help="classes, unless ADE20K (150) or a "
               "classes.txt says")  # fmt: skip
     FLAGS.add(p, "--ignore-index", ("segmentation",), type=int, help="the masks' ignore value (255)")

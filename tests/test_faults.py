@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 from pathlib import Path
 
@@ -79,6 +80,24 @@ def test_convert_takes_dense_checkpoints(tmp_path):
     assert again.labels == ("a", "b", "c") and again.input_settings() == {"min_size": 320, "max_size": 1333}
     with pytest.raises(metaformer.ConfigError, match="saved in our format .* only"):
         metaformer.convert_checkpoint(source, tmp_path / "det.pth.tar", "official")
+
+
+def test_convert_refuses_a_file_that_lacks_layers(tmp_path):
+    from safetensors.torch import save_file
+
+    weights = metaformer.create_model("poolformer_s12").state_dict()
+    missing = next(k for k in weights if k.endswith("mlp.fc1.weight"))
+    save_file({k: v for k, v in weights.items() if k != missing}, tmp_path / "part.safetensors")
+    with pytest.raises(CheckpointError, match=re.escape(missing)):  # once written out with random weights there
+        metaformer.convert_checkpoint(tmp_path / "part.safetensors", tmp_path / "out.pth", "official", "poolformer_s12")
+    assert not (tmp_path / "out.pth").exists()
+
+
+@pytest.mark.parametrize("name", ["fpn_poolformer_s12", "retinanet_poolformer_s12", "mask_rcnn_poolformer_s12"])
+def test_an_in_memory_dense_state_dict_keeps_its_classes(name):
+    model = metaformer.create_model(name, num_classes=7)
+    again = metaformer.create_model(name, checkpoint=model.state_dict(), strict=True)  # once: the default classes
+    assert again.num_classes == 7
 
 
 @pytest.mark.parametrize("name", ["poolformer_s12", "fpn_poolformer_s12", "retinanet_poolformer_s12",
@@ -190,6 +209,38 @@ def test_flags_the_task_does_not_use_are_refused(args, says, capsys):
     assert error.startswith("error: ") and says in error and error.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    "flag, value, says",
+    [
+        ("--clip-grad", "0", "a number > 0"),  # once ignored; a negative value reversed the gradients
+        ("--lr", "-0.001", "a number > 0"),
+        ("--weight-decay", "-0.05", "a number >= 0"),
+        ("--label-smoothing", "1.5", "a probability from 0 to 1"),
+        ("--random-erasing", "nan", "a probability from 0 to 1"),
+        ("--drop-path", "-0.1", "a probability from 0 to 1"),
+        ("--mixup", "x", "a number >= 0"),
+    ],
+)
+def test_numbers_out_of_range_are_refused(flag, value, says, capsys):
+    with pytest.raises(SystemExit) as stopped:  # argparse's own refusal: usage, then the one-line error
+        main(["train", "data", "--model", "poolformer_s12", flag, value])
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert f"argument {flag}: must be {says}" in error
+
+
+def test_detection_decays_follow_the_run_length_and_stay_put_when_extended():
+    from metaformer.tasks import extended
+    from metaformer.tasks.detection.recipe import DetectionRecipe
+
+    assert DetectionRecipe().resolved_decay_epochs() == (8, 11)
+    assert DetectionRecipe(epochs=24).resolved_decay_epochs() == (16, 22)  # mmdet's 2x schedule
+    longer = extended(DetectionRecipe(), "detection", {"epochs": 24}, "run")
+    assert longer.epochs == 24 and longer.resolved_decay_epochs() == (8, 11)
+    with pytest.raises(metaformer.ConfigError, match="a detection run, which is extended with --epochs"):
+        extended(DetectionRecipe(), "detection", {"iterations": 10}, "run")
+
+
 def test_only_our_errors_become_one_line_others_are_bugs(monkeypatch, capsys):
     from metaformer.cli import models
 
@@ -270,6 +321,44 @@ def test_no_annotations_warns_and_ap_is_undefined_not_zero(coco_subset, tmp_path
     assert "AP n/a" in capsys.readouterr().out
 
 
+def test_an_unreadable_detection_image_is_left_out_not_counted_as_missed(tmp_path):
+    from test_detection import GroundTruthDetector, write_subset
+
+    from metaformer.engine.distributed import DistributedContext
+    from metaformer.tasks.detection.metrics import coco_evaluate
+    from metaformer.tasks.detection.task import coco_dataset
+
+    root = DATA_DIR / "coco-mini"
+    if not root.is_dir():
+        pytest.skip(f"real data not found at {root}")
+    data = write_subset(root, tmp_path / "coco", train=1, val=4, empty=False)
+    dataset = coco_dataset(str(data), "val2017", instance=False, train=False)
+    detector = GroundTruthDetector(dataset, "detection")
+    broken = dataset.images / dataset.coco.imgs[dataset.ids[1]]["file_name"]
+    broken.unlink()  # a link to the shared data: replace it, never write through it
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    del detector.answers[1]
+    # read in a DataLoader worker, whose ImageLoadError once came back as a RuntimeError
+    metrics = coco_evaluate(detector, dataset, DistributedContext(), batch_size=1, num_workers=1)
+    assert metrics["AP"] == pytest.approx(100.0) and metrics["images"] == 3
+    assert len(metrics["errors"]) == 1 and metrics["errors"][0].startswith(str(broken))
+
+
+def test_detection_eval_with_no_readable_image_fails_and_says_zero(coco_subset, tmp_path, capsys):
+    for image in (coco_subset / "images" / "val2017").iterdir():
+        image.unlink()  # a link to the shared data: replace it, never write through it
+        image.write_bytes(b"\xff\xd8 not a jpeg")
+    model = metaformer.create_model("retinanet_poolformer_s12", min_size=96, max_size=128)
+    weights = metaformer.save_checkpoint(model, tmp_path / "det.safetensors")
+    capsys.readouterr()
+    code = main(["eval", str(coco_subset), "--model", "retinanet_poolformer_s12", "--checkpoint", str(weights),
+                 "--json", "--num-workers", "0"])  # fmt: skip
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert code == 1 and result["images"] == 0 and result["AP"] is None and len(result["errors"]) == 2
+    assert "nothing was evaluated" in captured.err
+
+
 def bad_mask_dataset(root: Path, camvid: Path) -> Path:
     for split in ("train", "val"):
         for kind in ("images", "annotations"):
@@ -327,7 +416,7 @@ def test_segmentation_takes_num_classes_on_the_ade20k_layout(tmp_path):
     Image.fromarray(np.full((8, 8), 9, np.uint8)).save(tmp_path / "annotations" / "training" / "a.png")
     layout = detect_layout(tmp_path, num_classes=5)
     assert layout.num_classes == 5 and layout.reduce_zero_label
-    with pytest.raises(DatasetError, match=r"label values \[8\] are neither classes \(0..4\)"):
+    with pytest.raises(DatasetError, match=r"label values \[8\] \(after reducing by one.*\) are neither classes"):
         SegmentationFolder(tmp_path, "training", layout).read(0)
 
 

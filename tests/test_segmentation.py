@@ -71,10 +71,16 @@ def test_ade20k_layout_reduces_the_zero_label(tmp_path):
     mask[:, 20:] = 150
     mask[:4] = 1
     Image.fromarray(mask).save(tmp_path / "annotations" / "training" / "a.png")
+    mask[31, :5] = 255  # as mmseg: 255 (254 once reduced) is ignored too, not an error
+    mask[31, 5:10] = 6
+    Image.fromarray(mask).save(tmp_path / "annotations" / "training" / "a.png")
     layout = detect_layout(tmp_path)
     assert (layout.num_classes, layout.reduce_zero_label) == (150, True)
     _, labels = SegmentationFolder(tmp_path, "training", layout).read(0)
     assert labels[10, 0] == IGNORE and labels[10, 30] == 149 and labels[0, 0] == 0
+    assert labels[31, 0] == IGNORE and labels[31, 5] == 5
+    _, labels = SegmentationFolder(tmp_path, "training", detect_layout(tmp_path, ignore_index=5)).read(0)
+    assert labels[31, 5] == IGNORE and labels[10, 0] == IGNORE and labels[10, 30] == 149  # --ignore-index: reduced
 
 
 def test_bad_masks_are_reported(tmp_path):
@@ -187,7 +193,17 @@ def test_two_process_training_on_cpu(small_camvid, tmp_path):
     assert done.stdout.count("done:") == 1  # the summary comes from the main process only
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert config["resolved"]["world_size"] == 2
-    assert (tmp_path / "ddp" / "last.safetensors").is_file()
+    checkpoint = tmp_path / "ddp" / "last.safetensors"
+    # eval shares the images out between the processes and reports what one process would
+    evaluate = ["eval", str(small_camvid), "--model", "fpn_poolformer_s12", "--checkpoint", str(checkpoint),
+                "--ignore-index", "11", "--json"]  # fmt: skip
+    done = subprocess.run([*torchrun, "-m", "metaformer", *evaluate], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    shared = json.loads(done.stdout)  # one line: only the main process prints
+    alone = subprocess.run([sys.executable, "-m", "metaformer", *evaluate], capture_output=True, text=True)
+    alone = json.loads(alone.stdout)
+    assert shared["images"] == alone["images"] == 3 and shared["mIoU"] == pytest.approx(alone["mIoU"], abs=1e-6)
 
 
 def test_dense_eval_needs_trained_weights(tmp_path, capsys):
@@ -206,3 +222,18 @@ def test_iterations_stop_where_asked_even_inside_an_epoch(small_camvid, tmp_path
     assert steps == {3}  # AdamW stepped exactly 3 times, none at a learning rate of 0 past the schedule
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [3] and records[0]["epoch"] == 1.5
+
+
+def test_an_iteration_run_extends_from_the_step_it_reached(small_camvid, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(small_camvid), "--output", str(run), "--iterations", "3", *SMALL_RUN]) == 0
+    assert main(["train", "--resume", str(run), "--iterations", "5", "--no-progress"]) == 0
+    state = torch.load(run / "last.state.pt", weights_only=True)
+    assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {5}  # no step skipped or repeated
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [3, 5]
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--iterations", "6", "--stop-after", "4"]) == 0
+    assert "already at iteration 5, beyond --stop-after 4; nothing to do" in capsys.readouterr().out
+    assert main(["train", "--resume", str(run), "--epochs", "3"]) == 2  # once a TypeError
+    assert "a segmentation run, which is extended with --iterations, not --epochs" in capsys.readouterr().err

@@ -145,10 +145,12 @@ def _name_hint(source: str) -> str:
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str, model_name: str | None = None, *,
                        overwrite: bool = False) -> Path:  # fmt: skip
     """Convert a checkpoint in any supported format into format ``to`` (see ``save_checkpoint``); an existing
-    ``dst`` is kept unless ``overwrite``. Dense checkpoints (ours, mmseg's, mmdet's) convert to ours."""
+    ``dst`` is kept unless ``overwrite``. Dense checkpoints (ours, mmseg's, mmdet's) convert to ours. A file that
+    lacks any layer of the model is refused."""
     check_destination(dst, to, overwrite=overwrite)  # before the work, and before anything is written
     checkpoint = open_checkpoint(src)
-    model: nn.Module = create_model(model_name or infer_model_name(checkpoint), checkpoint=checkpoint)
+    # strict: a layer the file lacks would be written out as random weights that look trained
+    model: nn.Module = create_model(model_name or infer_model_name(checkpoint), checkpoint=checkpoint, strict=True)
     if checkpoint.format not in CLASSIFIER_FORMATS and getattr(model, "task", "classification") == "classification":
         raise CheckpointError(
             f"{checkpoint.source} is a whole {checkpoint.format} model; name its dense model "

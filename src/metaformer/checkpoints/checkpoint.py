@@ -56,13 +56,17 @@ class Checkpoint:
         return None if head is None else head.shape[0]
 
     def dense_num_classes(self, task: str) -> int | None:
-        """The object or pixel classes of a whole dense checkpoint."""
+        """The object or pixel classes of a whole dense checkpoint: from its metadata, else its class layer's rows
+        (an in-memory state dict has no metadata)."""
         if "num_classes" in self.metadata:
             return int(self.metadata["num_classes"])
         rows = {
             ("mmseg", "segmentation"): ("decode_head.conv_seg.weight", 0),
             ("mmdet", "detection"): ("bbox_head.retina_cls.weight", 0),
             ("mmdet", "instance_segmentation"): ("roi_head.bbox_head.fc_cls.weight", -1),  # the background row
+            ("metaformer-dense", "segmentation"): (CLASS_LAYERS["segmentation"][0] + "weight", 0),
+            ("metaformer-dense", "detection"): (CLASS_LAYERS["detection"][0] + "weight", 0),
+            ("metaformer-dense", "instance_segmentation"): ("roi_heads.box_predictor.cls_score.weight", -1),
         }.get((self.format, task))
         if rows is None or rows[0] not in self.state_dict:
             return None

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -34,8 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a trained model: top-1 (classification), mIoU (segmentation), COCO AP",
                        description="Classification: top-1/top-k and per-class accuracy on DATA/val (or DATA) with the "
                        "ImageNet protocol (resize to size/crop_pct, bicubic, centre crop, no EXIF rotation). "
-                       "Segmentation: mmseg's aAcc/mIoU/mAcc. Detection: pycocotools' 12 figures. Runs under "
-                       "torchrun too (each image evaluated once).")  # fmt: skip
+                       "Segmentation: mmseg's aAcc/mIoU/mAcc. Detection: pycocotools' 12 figures. Every task "
+                       "runs under torchrun too (each process evaluates its share; each image once).")  # fmt: skip
     p.add_argument("data", help="dataset folder (a folder of class folders, or one with val/; ADE20K; COCO)")
     p.add_argument("--model", required=True, help="model name (see `metaformer list`)")
     add_weights(p)
@@ -105,9 +107,7 @@ def _classification(args: argparse.Namespace, output: Path | None) -> int:
     from ..tasks.drawing import confusion_png
 
     model = load_trained(args, "classification").to(memory_format=torch.channels_last)
-    context = init_distributed(args.device)
-    try:
-        model = model.to(context.device)
+    with _distributed(args, model) as context:
         processor = ImageProcessor.for_model(model, exif_transpose=False)  # the ImageNet protocol reads raw pixels
         dataset = ImageFolder(eval_folder(args.data), processor.transform, exif_transpose=False)
         if len(dataset.classes) == 1:
@@ -118,8 +118,6 @@ def _classification(args: argparse.Namespace, output: Path | None) -> int:
         workers = args.num_workers if args.num_workers is not None else _workers(len(dataset), batch_size)
         result = evaluate(model, dataset, outputs, context, batch_size=batch_size, num_workers=workers,
                           progress=not (args.json or args.no_progress))  # fmt: skip
-    finally:
-        shutdown_distributed()
     if not context.is_main:
         return 0
     confusion = result.confusion
@@ -141,8 +139,7 @@ def _classification(args: argparse.Namespace, output: Path | None) -> int:
     print(f"top-1 {result.top1:.2f}%{topk}  ({result.images} images, {len(dataset.classes)} classes)")
     for name, accuracy in result.per_class().items():
         print(f"  {name:<24} {'n/a' if accuracy is None else f'{accuracy:6.2f}%'}")
-    for error in result.errors:
-        print(f"skipped: {error}", file=sys.stderr)
+    _print_skipped(result.errors)
     return 0
 
 
@@ -153,23 +150,28 @@ def _workers(images: int, batch_size: int) -> int:
 
 
 def _segmentation(args: argparse.Namespace, output: Path | None) -> int:
+    from ..errors import DatasetError
     from ..tasks.drawing import confusion_png
     from ..tasks.segmentation.data import SegmentationFolder, detect_layout
     from ..tasks.segmentation.metrics import evaluate
     from ..tasks.segmentation.predict import TTA_SCALES
 
     model = load_trained(args, "segmentation", test_scale=tuple(args.scale) if args.scale else None)
-    layout = detect_layout(args.data, args.num_classes or model.num_classes, 255 if args.ignore_index is None
-                           else args.ignore_index)  # fmt: skip
+    ignore = 255 if args.ignore_index is None else args.ignore_index
+    layout = detect_layout(args.data, args.num_classes, ignore, model_classes=model.num_classes)
     if layout.num_classes != model.num_classes:
-        from ..errors import DatasetError
-
-        raise DatasetError(f"{args.data} has {layout.num_classes} classes but {args.checkpoint} was trained for "
-                           f"{model.num_classes}")  # fmt: skip
+        source = "--num-classes" if args.num_classes else "its classes.txt" if layout.classes else "ADE20K"
+        raise DatasetError(f"{args.data} has {layout.num_classes} classes ({source}) but the model has "
+                           f"{model.num_classes} ({args.checkpoint or 'its weights'})")  # fmt: skip
+    if layout.num_classes == 1:
+        warnings.warn(f"{args.data}: a single class; its IoU is the share of pixels not ignored", stacklevel=1)
     dataset = SegmentationFolder(args.data, layout.val_split, layout)
     scales = TTA_SCALES if args.tta else (1.0,)
-    result = evaluate(model, dataset, DistributedContext(device=torch.device(args.device)), scales=scales,
-                      flip=args.tta, progress=not (args.json or args.no_progress))  # fmt: skip
+    with _distributed(args, model) as context:
+        result = evaluate(model, dataset, context, scales=scales, flip=args.tta,
+                          progress=not (args.json or args.no_progress))  # fmt: skip
+    if not context.is_main:
+        return 0
     names = list(model.labels or layout.classes or [f"class_{i}" for i in range(model.num_classes)])
     scores = result.scores()
     summary = {**{k: scores[k] for k in ("mIoU", "mAcc", "aAcc")}, "images": result.images, "errors": result.errors,
@@ -185,9 +187,24 @@ def _segmentation(args: argparse.Namespace, output: Path | None) -> int:
           f"images{', multi-scale + flip' if args.tta else ''})")  # fmt: skip
     for name, iou in summary["IoU"].items():
         print(f"  {name:<24} IoU {'   n/a' if iou is None else f'{iou:6.2f}'}")
-    for error in result.errors:
-        print(f"skipped: {error}", file=sys.stderr)
+    _print_skipped(result.errors)
     return 0
+
+
+@contextlib.contextmanager
+def _distributed(args: argparse.Namespace, model: torch.nn.Module) -> Iterator[DistributedContext]:
+    """One process, or each process of torchrun evaluating its share of the images on its device."""
+    context = init_distributed(args.device)
+    try:
+        model.to(context.device)
+        yield context
+    finally:
+        shutdown_distributed()
+
+
+def _print_skipped(errors: list[str]) -> None:
+    for error in errors:
+        print(f"skipped: {error}", file=sys.stderr)
 
 
 def _undefined_nan(values: list[float]) -> list[float | None]:
@@ -200,17 +217,25 @@ def _detection(args: argparse.Namespace, kind: str, output: Path | None) -> int:
 
     model = load_trained(args, kind, min_size=args.min_size, max_size=args.max_size)
     dataset = coco_dataset(args.data, args.split or "val2017", kind == "instance_segmentation", train=False)
+    if len(dataset.labels) == 1:
+        warnings.warn(f"{args.data}: a single category ({dataset.labels[0]})", stacklevel=1)
     batch_size = args.batch_size or 2
     workers = args.num_workers if args.num_workers is not None else _workers(len(dataset), batch_size)
-    result = coco_evaluate(model, dataset, DistributedContext(device=torch.device(args.device)),
-                           batch_size=batch_size, num_workers=workers,
-                           progress=not (args.json or args.no_progress))  # fmt: skip
+    with _distributed(args, model) as context:
+        result = coco_evaluate(model, dataset, context, batch_size=batch_size, num_workers=workers,
+                               progress=not (args.json or args.no_progress))  # fmt: skip
+    if not context.is_main:
+        return 0
     sizes = model.input_settings()
-    summary = {**result, "images": len(dataset), "min_size": sizes["min_size"], "max_size": sizes["max_size"]}
+    summary = {**result, "min_size": sizes["min_size"], "max_size": sizes["max_size"]}
+    if result["images"] == 0:
+        return _no_images(summary, args)
     _write(output, summary, None)
     if args.json:
         print(json.dumps(summary))
         return 0
     print("\n".join(format_table(result)))
-    print(f"({len(dataset)} images at {sizes['min_size']}/{sizes['max_size']} px, {result['detections']} detections)")
+    print(f"({result['images']} images at {sizes['min_size']}/{sizes['max_size']} px, {result['detections']} "
+          "detections)")  # fmt: skip
+    _print_skipped(result["errors"])
     return 0

@@ -36,6 +36,24 @@ positive = _integer_at_least(1, "a positive integer")
 non_negative = _integer_at_least(0, "an integer >= 0")
 
 
+def _number_within(low: float, high: float, what: str, *, above_low: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not (low < value if above_low else low <= value) or not value <= high:  # NaN fails both
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    return parse
+
+
+probability = _number_within(0.0, 1.0, "a probability from 0 to 1")
+non_negative_float = _number_within(0.0, float("inf"), "a number >= 0")
+positive_float = _number_within(0.0, float("inf"), "a number > 0", above_low=True)
+
+
 def add_scale(flags: TaskFlags, parser: argparse.ArgumentParser, help: str) -> None:
     """Semantic FPN's resize scale (long and short side), on train and eval."""
     flags.add(parser, "--scale", ("segmentation",), type=positive, nargs=2, metavar=("LONG", "SHORT"), help=help)

@@ -15,7 +15,11 @@ from .options import (
     add_progress,
     add_scale,
     device,
+    non_negative,
+    non_negative_float,
     positive,
+    positive_float,
+    probability,
     task_of,
 )
 
@@ -42,18 +46,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", help="continue the run in this folder exactly where it stopped")
     p.add_argument("--force", action="store_true", help="start afresh in an --output that holds a run (deletes it)")
     add_batch_size(p, None, " (classification 128, segmentation 4, detection 2, as the papers per GPU)")
-    p.add_argument("--lr", type=float, help="learning rate (classification: 1e-3 x global batch / 1024; "
+    p.add_argument("--lr", type=positive_float, help="learning rate (classification: 1e-3 x global batch / 1024; "
                    "finetune 2e-4; segmentation 2e-4; RetinaNet 1e-4; Mask R-CNN 2e-4)")  # fmt: skip
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (classification 0.05, dense 1e-4)")
+    p.add_argument(
+        "--weight-decay", type=non_negative_float, help="AdamW weight decay (classification 0.05, dense 1e-4)"
+    )
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="mixed precision (default none)")
     add_num_workers(p)
     add_device(p, under_torchrun=True)
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     add_progress(p)
-    p.add_argument("--stop-after", type=positive, help="stop after this many epochs (segmentation: iterations, a "
-                   "multiple of --eval-every); the schedule stays the full run's; continue with --resume")  # fmt: skip
-    p.add_argument("--eval-every", type=positive, help="evaluate every N epochs (segmentation: iterations; "
-                   "default 1 epoch, segmentation 4000 iterations); a checkpoint is written every epoch")  # fmt: skip
+    p.add_argument("--stop-after", type=positive, help="stop after this many epochs (segmentation: iterations), "
+                   "with a checkpoint; the schedule stays the full run's; continue with --resume")  # fmt: skip
+    p.add_argument("--eval-every", type=positive, help="evaluate every N epochs (default 1; a checkpoint is written "
+                   "every epoch); segmentation: evaluate and checkpoint every N iterations (4000)")  # fmt: skip
 
     FLAGS.add(p, "--epochs", EPOCHS, type=positive, help="epochs to train (classification 300, detection 12); "
               "with --resume, extends the run")  # fmt: skip
@@ -64,27 +70,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=["paper", "finetune"],
         help="paper: the official ImageNet recipe (default); finetune: short, lr 2e-4, light augmentation",
     )
-    FLAGS.add(p, "--warmup-epochs", CLASSIFICATION, type=float, help="linear warm-up epochs from 1e-6 (5)")
-    FLAGS.add(p, "--min-lr", CLASSIFICATION, type=float, help="cosine schedule's final learning rate (1e-5)")
+    FLAGS.add(p, "--warmup-epochs", CLASSIFICATION, type=non_negative_float, help="linear warm-up epochs from 1e-6 (5)")
+    FLAGS.add(
+        p, "--min-lr", CLASSIFICATION, type=non_negative_float, help="cosine schedule's final learning rate (1e-5)"
+    )
     FLAGS.add(p, "--image-size", CLASSIFICATION, type=positive, help="training crop and evaluation size (224)")
     FLAGS.add(
         p,
         "--crop-scale",
         CLASSIFICATION,
-        type=float,
+        type=probability,
         nargs=2,
         metavar=("MIN", "MAX"),
         help="RandomResizedCrop's range of image areas (0.08 1.0; small images do better with 0.35 1.0)",
     )
-    FLAGS.add(p, "--label-smoothing", CLASSIFICATION, type=float, help="label smoothing (0.1)")
-    FLAGS.add(p, "--randaugment", CLASSIFICATION, type=float, help="RandAugment magnitude on timm's 0-10 scale, "
-              "0 = off (9)")  # fmt: skip
-    FLAGS.add(p, "--random-erasing", CLASSIFICATION, type=float, help="random erasing probability (0.25)")
-    FLAGS.add(p, "--mixup", CLASSIFICATION, type=float, help="MixUp alpha, 0 = off (0.8)")
-    FLAGS.add(p, "--cutmix", CLASSIFICATION, type=float, help="CutMix alpha, 0 = off (1.0)")
-    FLAGS.add(p, "--drop-path", CLASSIFICATION, type=float, help="stochastic depth (the model's official rate: "
+    FLAGS.add(p, "--label-smoothing", CLASSIFICATION, type=probability, help="label smoothing (0.1)")
+    FLAGS.add(p, "--randaugment", CLASSIFICATION, type=non_negative_float, help="RandAugment magnitude on timm's "
+              "0-10 scale, 0 = off (9)")  # fmt: skip
+    FLAGS.add(p, "--random-erasing", CLASSIFICATION, type=probability, help="random erasing probability (0.25)")
+    FLAGS.add(p, "--mixup", CLASSIFICATION, type=non_negative_float, help="MixUp alpha, 0 = off (0.8)")
+    FLAGS.add(p, "--cutmix", CLASSIFICATION, type=non_negative_float, help="CutMix alpha, 0 = off (1.0)")
+    FLAGS.add(p, "--drop-path", CLASSIFICATION, type=probability, help="stochastic depth (the model's official rate: "
               "S12/S24 0.1, S36 0.2, M36 0.3, M48 0.4)")  # fmt: skip
-    FLAGS.add(p, "--clip-grad", CLASSIFICATION, type=float, help="clip the gradient norm to this value (off)")
+    FLAGS.add(p, "--clip-grad", CLASSIFICATION, type=positive_float, help="clip the gradient norm to this value (off)")
     FLAGS.add(p, "--ema", CLASSIFICATION, action="store_true", help="keep an exponential moving average of the "
               "weights (0.9998)")  # fmt: skip
     FLAGS.add(p, "--no-augment", CLASSIFICATION, action="store_true", help="train on the evaluation transform")
@@ -93,10 +101,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     FLAGS.add(p, "--iterations", ("segmentation",), type=positive, help="training iterations (40000)")
     FLAGS.add(p, "--crop-size", ("segmentation",), type=positive, help="training crop (512)")
     add_scale(FLAGS, p, "the resize scale of training and evaluation (2048 512)")
-    FLAGS.add(p, "--num-classes", ("segmentation",), type=positive, help="classes, unless ADE20K (150) or a "
-              "classes.txt says")  # fmt: skip
+    FLAGS.add(p, "--num-classes", ("segmentation",), type=positive, help="classes (ADE20K: 150 unless given; "
+              "otherwise from classes.txt when there is one)")  # fmt: skip
     FLAGS.add(p, "--ignore-index", ("segmentation",), type=int, help="the masks' ignore value (255)")
-    FLAGS.add(p, "--warmup-iters", DETECTION, type=int, help="linear warm-up iterations (500)")
+    FLAGS.add(p, "--warmup-iters", DETECTION, type=non_negative, help="linear warm-up iterations (500)")
     FLAGS.add(p, "--min-size", DETECTION, type=positive, help="resize the short side to this (800)")
     FLAGS.add(p, "--max-size", DETECTION, type=positive, help="... keeping the long side within this (1333)")
     p.set_defaults(run=run)

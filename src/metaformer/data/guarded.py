@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from torch.utils.data import Dataset
 
 from ..errors import DatasetError, ImageLoadError, MetaformerError
@@ -32,6 +33,20 @@ class Batch:
     def raise_fatal(self) -> None:
         if self.fatal:
             raise DatasetError(self.fatal[0])
+
+    def pin_memory(self) -> Batch:
+        """Called by DataLoader(pin_memory=True), which pins only the types it knows."""
+        return Batch(_pinned(self.data), self.size, self.skipped, self.fatal)
+
+
+def _pinned(data: object) -> object:
+    if isinstance(data, torch.Tensor):
+        return data.pin_memory()
+    if isinstance(data, (list, tuple)):
+        return type(data)(_pinned(item) for item in data)
+    if isinstance(data, dict):
+        return {key: _pinned(value) for key, value in data.items()}
+    return data
 
 
 class Guarded(Dataset):

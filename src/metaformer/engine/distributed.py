@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MetaformerError
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,25 @@ class DistributedContext:
         if self.enabled:
             dist.all_reduce(total)
         return total
+
+    def raise_together(self, error: Exception | None, what: str) -> None:
+        """Raise ``error`` in the process that met it and a pointer to it in every other one: a process that
+        went on alone would wait forever in the next collective."""
+        failed = torch.tensor([float(error is not None)])
+        if self.enabled:
+            failed = self.all_reduce_sum(failed)
+        if error is not None:
+            raise error
+        if failed[0] > 0:
+            raise MetaformerError(f"another process stopped {what}; its error is above")
+
+    def gather_lists(self, items: list) -> list:
+        """Every process's ``items``, concatenated in rank order, in every process."""
+        if not self.enabled:
+            return items
+        gathered: list = [None] * self.world_size
+        dist.all_gather_object(gathered, items)
+        return [item for part in gathered for item in part]
 
     def barrier(self) -> None:
         if self.enabled:

@@ -13,7 +13,7 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,14 +37,16 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass(frozen=True)
 class Plan:
-    """How a run's steps fall into rounds, and which rounds evaluate."""
+    """How a run's optimizer steps fall into rounds, and which rounds evaluate. A round ends at the next multiple
+    of ``round_steps`` (an epoch, or ``--eval-every`` iterations), at the end of the run, or at ``--stop-after``,
+    so a run extended or stopped anywhere continues from the step it reached."""
 
     unit: str
     steps_per_epoch: int
     total_steps: int
     round_steps: int
     eval_every: int
-    stop_after: int | None  # in the unit
+    last_step: int  # where this invocation stops: the end, or --stop-after
 
     @classmethod
     def make(cls, task: TrainingTask, steps_per_epoch: int) -> Plan:
@@ -52,43 +54,47 @@ class Plan:
         eval_every = task.settings.eval_every or task.default_eval_every
         if eval_every < 1:
             raise ConfigError(f"--eval-every must be a positive number of {task.unit}s, got {eval_every}")
-        round_steps = steps_per_epoch if task.unit == "epoch" else min(eval_every, total)
+        per_unit = steps_per_epoch if task.unit == "epoch" else 1
+        round_steps = steps_per_epoch if task.unit == "epoch" else eval_every
         stop = task.settings.stop_after
-        if stop is not None and task.unit == "iteration" and stop % round_steps:
-            raise ConfigError(f"--stop-after {stop} must be a multiple of --eval-every ({round_steps}): a run "
-                              "stops only where it evaluates and checkpoints")  # fmt: skip
-        return cls(task.unit, steps_per_epoch, total, round_steps, eval_every, stop)
+        last = total if stop is None else min(total, stop * per_unit)
+        return cls(task.unit, steps_per_epoch, total, round_steps, eval_every, last)
+
+    def rounds_from(self, step: int) -> Iterator[tuple[int, int]]:
+        """The ``(start, stop)`` steps of each round from ``step`` to ``last_step``."""
+        while step < self.last_step:
+            stop = min((step // self.round_steps + 1) * self.round_steps, self.last_step)
+            yield step, stop
+            step = stop
 
     @property
-    def rounds(self) -> int:
-        return -(-self.total_steps // self.round_steps)
+    def epochs(self) -> int:
+        return -(-self.total_steps // self.steps_per_epoch)
 
-    @property
-    def last_round(self) -> int:
-        """Rounds this invocation runs to (exclusive): all of them, or up to ``--stop-after``."""
-        if self.stop_after is None:
-            return self.rounds
-        return min(self.rounds, self.stop_after if self.unit == "epoch" else self.stop_after // self.round_steps)
-
-    def span(self, round_index: int) -> tuple[int, int]:
-        start = round_index * self.round_steps
-        return start, min(start + self.round_steps, self.total_steps)
-
-    def evaluates(self, round_index: int) -> bool:
-        if self.unit == "iteration" or round_index == self.rounds - 1:
+    def evaluates(self, stop: int) -> bool:
+        if self.unit == "iteration" or stop == self.total_steps:
             return True
-        return (round_index + 1) % self.eval_every == 0
+        return (stop // self.steps_per_epoch) % self.eval_every == 0
 
-    def position(self, round_index: int) -> dict:
+    def position(self, stop: int) -> dict:
         if self.unit == "epoch":
-            return {"epoch": round_index + 1}
-        stop = self.span(round_index)[1]
+            return {"epoch": stop // self.steps_per_epoch}
         return {"iteration": stop, "epoch": round(stop / self.steps_per_epoch, 3)}
+
+    def title(self, stop: int) -> str:
+        if self.unit == "epoch":
+            return f"epoch {stop // self.steps_per_epoch}/{self.epochs}"
+        return f"iterations to {stop}/{self.total_steps}"
 
     def where(self, step: int) -> str:
         if self.unit == "epoch":
             return f"epoch {step // self.steps_per_epoch + 1}, step {step % self.steps_per_epoch + 1}"
         return f"iteration {step + 1}"
+
+    def reached(self, step: int) -> str:
+        if self.unit == "epoch":
+            return f"epoch {step // self.steps_per_epoch}"
+        return f"iteration {step}"
 
 
 class Trainer:
@@ -125,7 +131,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=settings.amp == "fp16")
         self.records: list[dict] = []
         self.best: float | None = None
-        self.start_round = 0
+        self.start_step = 0
         self.reported: set[str] = set()
 
     def config_record(self, kind: str) -> dict:
@@ -138,16 +144,12 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ loop
 
-    def fit(self, resume: bool = False) -> list[dict]:
+    def fit(self) -> list[dict]:
         """Train to the end of the plan (or ``--stop-after``); returns the records of the rounds run now."""
-        if resume:
-            self._load_state()
-        elif self.context.is_main:
-            self.folder.remove_temporaries()
         trained = []
-        for index in range(self.start_round, self.plan.last_round):
-            record = {**self.plan.position(index), **self._train_round(index)}
-            if self.plan.evaluates(index):
+        for start, stop in self.plan.rounds_from(self.start_step):
+            record = {**self.plan.position(stop), **self._train_round(start, stop)}
+            if self.plan.evaluates(stop):
                 record.update(self.task.evaluate(self.module, self._progress))
                 if self.ema is not None:
                     record.update({f"ema_{k}": v for k, v in self.task.evaluate(self.ema.module, False).items()})
@@ -156,7 +158,7 @@ class Trainer:
             if is_best:
                 self.best = score
             self.records.append(record)
-            self._finish_round(index, is_best)
+            self._finish_round(stop, is_best)
             trained.append(record)
         return trained
 
@@ -172,17 +174,14 @@ class Trainer:
                           num_workers=self.settings.num_workers, collate_fn=GuardedCollate(self.task.collate),
                           pin_memory=self.device.type == "cuda")  # fmt: skip
 
-    def _train_round(self, index: int) -> dict[str, float]:
-        start, stop = self.plan.span(index)
+    def _train_round(self, start: int, stop: int) -> dict[str, float]:
         plan = self.plan
         self.model.train()
         totals = torch.zeros(3, dtype=torch.float64)  # loss * count, count, skipped
         began = time.perf_counter()
         autocast = (torch.autocast(self.device.type, dtype=AMP_DTYPES[self.settings.amp])
                     if self.settings.amp != "none" else contextlib.nullcontext())  # fmt: skip
-        title = (
-            f"epoch {index + 1}/{plan.rounds}" if plan.unit == "epoch" else f"iterations to {stop}/{plan.total_steps}"
-        )
+        title = plan.title(stop)
         bar = tqdm(self._loader(start, stop), total=stop - start, desc=title, unit="batch", leave=False,
                    disable=not self._progress)  # fmt: skip
         lr = 0.0
@@ -214,7 +213,7 @@ class Trainer:
         elapsed = time.perf_counter() - began
         loss_sum, count, skipped = self.context.all_reduce_sum(totals).tolist()
         if count == 0:
-            where = f"epoch {index + 1}" if plan.unit == "epoch" else f"iterations {start + 1}-{stop}"
+            where = plan.reached(stop) if plan.unit == "epoch" else f"iterations {start + 1}-{stop}"
             raise DatasetError(f"no training sample could be read in {where} ({int(skipped)} unreadable, see the "
                                f"warnings above): check {self.settings.data}")  # fmt: skip
         if skipped and self.context.is_main:
@@ -233,10 +232,10 @@ class Trainer:
         where it happened); in DDP all must take the same decision, or a collective would wait forever."""
         flags = torch.tensor([float(bool(batch.fatal)), float(batch.size == 0)])
         if self.context.enabled:
-            flags = self.context.all_reduce_sum(flags)
+            flags = self.context.all_reduce_sum(flags)  # one collective a step for both questions
         if flags[0] > 0:
             batch.raise_fatal()
-            raise DatasetError("another training process stopped on a dataset error; its message is above")
+            raise MetaformerError("another training process stopped on a dataset error; its error is above")
         return flags[1] == 0
 
     def _finite(self, loss: torch.Tensor, step: int) -> float:
@@ -255,7 +254,7 @@ class Trainer:
 
     # --------------------------------------------------------------------------------------------- files
 
-    def _finish_round(self, index: int, is_best: bool) -> None:
+    def _finish_round(self, step: int, is_best: bool) -> None:
         rng = random_state(self.device)
         rng_states = [rng]
         if self.context.enabled:  # every process's random state, so each continues its own stream
@@ -264,16 +263,16 @@ class Trainer:
         failure: Exception | None = None
         if self.context.is_main:
             try:
-                self._write_files(index, is_best, rng_states)
+                self._write_files(step, is_best, rng_states)
             except OSError as error:
                 failure = error
-        self._all_succeeded(failure)
+        self.context.raise_together(failure, "writing the run's files")
         if self.context.is_main:
             record = self.records[-1]
             print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()),
                   flush=True)  # fmt: skip
 
-    def _write_files(self, index: int, is_best: bool, rng_states: list) -> None:
+    def _write_files(self, step: int, is_best: bool, rng_states: list) -> None:
         output = self.folder.path
         self.task.save_weights(self.module, output / "last.safetensors")
         if self.ema is not None:
@@ -281,7 +280,8 @@ class Trainer:
         if is_best:
             self.task.save_weights(self.module, output / "best.safetensors")
         self.folder.save_state({
-            "round": index + 1,
+            "step": step,
+            "round": len(self.records),
             "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -291,21 +291,12 @@ class Trainer:
             "steps_per_epoch": self.plan.steps_per_epoch,
             "rng": rng_states,
         })  # fmt: skip
-        self.folder.write_metrics(self.records, "epoch" if self.plan.unit == "epoch" else "iteration")
+        self.folder.write_metrics(self.records, self.plan.unit)
 
-    def _all_succeeded(self, failure: Exception | None) -> None:
-        """Raise the main process's write error in every process, so none waits for the others forever."""
-        failed = torch.tensor([float(failure is not None)])
-        if self.context.enabled:
-            failed = self.context.all_reduce_sum(failed)
-        if failure is not None:
-            raise failure
-        if failed[0] > 0:
-            raise RunFolderError("the main process could not write the run's files; its error is above")
-
-    def _load_state(self) -> None:
+    def load_state(self) -> None:
+        """Continue from the run folder's last.state.pt: weights, optimizer, random streams and the step reached."""
         state = self.folder.load_state(self.device)
-        if "round" not in state:
+        if "step" not in state:
             raise RunFolderError(f"{self.folder.path}: the training state was written by another version of "
                                  "metaformer train; it cannot be resumed")  # fmt: skip
         self.module.load_state_dict(state["model"])
@@ -313,29 +304,47 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
-        self.best, self.start_round, self.records = state["best"], state["round"], list(state["records"])
-        if state["steps_per_epoch"] != self.plan.steps_per_epoch:
+        self.best, self.records = state["best"], list(state["records"])
+        self.start_step = state["step"]
+        plan = self.plan
+        if state["steps_per_epoch"] != plan.steps_per_epoch:
             warnings.warn(f"the training set changed since the run started ({state['steps_per_epoch']} steps per "
-                          f"epoch, now {self.plan.steps_per_epoch}): the continuation is not the run it would have "
+                          f"epoch, now {plan.steps_per_epoch}): the continuation is not the run it would have "
                           "been", stacklevel=2)  # fmt: skip
+            if plan.unit == "epoch":  # the epochs done stay done
+                self.start_step = state["step"] // state["steps_per_epoch"] * plan.steps_per_epoch
         saved = state["rng"]
         if len(saved) == self.context.world_size:
             set_random_state(saved[self.context.rank], self.device)
         else:
             # Another number of processes: no saved stream belongs to this process. Each gets its own new one.
-            torch.manual_seed(self.settings.seed + 1_000_003 * self.start_round + self.context.rank)
-            random.seed(self.settings.seed + 1_000_003 * self.start_round + self.context.rank)
+            torch.manual_seed(self.settings.seed + 1_000_003 * self.start_step + self.context.rank)
+            random.seed(self.settings.seed + 1_000_003 * self.start_step + self.context.rank)
             if self.context.is_main:
                 warnings.warn(f"the run was saved by {len(saved)} process(es) and resumes with "
                               f"{self.context.world_size}: each process draws a new random stream, so the "
                               "continuation is not bit-identical", stacklevel=2)  # fmt: skip
+        _on_main(self.context, self._heal_folder)
         if self.context.is_main:
-            self.folder.remove_temporaries()
-            self.folder.write_metrics(self.records, "epoch" if self.plan.unit == "epoch" else "iteration")
-        if self.start_round >= self.plan.rounds and self.context.is_main:
-            more = "--epochs" if self.plan.unit == "epoch" else "--iterations"
-            print(f"{self.folder.path}: the run had already finished (its log and plot are up to date); pass a "
-                  f"larger {more} with --resume to extend it", flush=True)  # fmt: skip
+            self._say_if_idle()
+
+    def _heal_folder(self) -> None:
+        """Drop a killed write's temporaries; rewrite the log from the state (a kill may have cut it short)."""
+        self.folder.remove_temporaries()
+        self.folder.write_metrics(self.records, self.plan.unit)
+
+    def _say_if_idle(self) -> None:
+        plan, path = self.plan, self.folder.path
+        more = "--epochs" if plan.unit == "epoch" else "--iterations"
+        if self.start_step >= plan.total_steps:
+            print(f"{path}: the run had already finished at {plan.reached(self.start_step)} (its log and plot are up "
+                  f"to date); pass a larger {more} with --resume to extend it", flush=True)  # fmt: skip
+        elif self.start_step >= plan.last_step:
+            print(
+                f"{path}: the run is already at {plan.reached(self.start_step)}, beyond --stop-after "
+                f"{self.settings.stop_after}; nothing to do (give a later --stop-after, or none)",
+                flush=True,
+            )
 
 
 def run_training(make_task: Callable[[DistributedContext], TrainingTask], settings: RunSettings, kind: str, *,
@@ -347,8 +356,12 @@ def run_training(make_task: Callable[[DistributedContext], TrainingTask], settin
         if not resume:
             _on_main(context, lambda: folder.prepare_new(force))
         trainer = Trainer(make_task(context), context, folder)
+        if resume:
+            trainer.load_state()  # before config.json changes: a state that cannot be resumed leaves it as it was
+        else:
+            _on_main(context, folder.remove_temporaries)
         _on_main(context, lambda: folder.write_config(trainer.config_record(kind)))
-        return trainer.fit(resume)
+        return trainer.fit()
     finally:
         shutdown_distributed()
 

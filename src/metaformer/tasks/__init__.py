@@ -12,6 +12,7 @@ from typing import Any
 from ..engine.run_folder import RunFolder
 from ..engine.task import RunSettings, TrainingTask, dataclass_from_dict
 from ..engine.trainer import run_training
+from ..errors import UsageError
 from ..models.zoo import get_spec
 
 __all__ = ["RunSettings", "resume", "train", "training_parts"]
@@ -52,9 +53,21 @@ def resume(run: str | os.PathLike, *, stop_after: int | None = None, progress: b
     kind = config["task"]
     task_class, recipe_class = training_parts(kind)
     recipe = dataclass_from_dict(recipe_class, config["recipe"])
-    recipe = dataclasses.replace(recipe, **{k: v for k, v in longer.items() if v is not None})
+    recipe = extended(recipe, kind, {k: v for k, v in longer.items() if v is not None}, str(run))
     settings = dataclass_from_dict(RunSettings, config["settings"])
     settings.output, settings.stop_after = str(run), stop_after
     if progress is not None:
         settings.progress = progress
     return run_training(lambda context: task_class(settings, recipe, context), settings, kind, resume=True)
+
+
+def extended(recipe: Any, kind: str, longer: dict[str, int], run: str) -> Any:
+    """``recipe`` made longer by ``longer`` (``epochs=`` or ``iterations=``, whichever ``kind`` counts in)."""
+    unit = "iterations" if kind == "segmentation" else "epochs"
+    for name in longer:
+        if name != unit:
+            raise UsageError(f"{run} is a {kind} run, which is extended with --{unit}, not --{name}")
+    if longer and getattr(recipe, "decay_epochs", False) is None:
+        # Step decays placed by the run's length stay where they were: a longer run goes on at the last rate.
+        recipe = dataclasses.replace(recipe, decay_epochs=recipe.resolved_decay_epochs())
+    return dataclasses.replace(recipe, **longer)

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from ...data.guarded import Guarded, GuardedCollate
 from ...data.samplers import ShardSampler
 from ...engine.distributed import DistributedContext
+from ...errors import DatasetError
 from .data import ImageFolder
 
 
@@ -68,8 +69,11 @@ def evaluate(model: torch.nn.Module, dataset: ImageFolder, outputs: list[int], c
     loader = DataLoader(Guarded(dataset), batch_size=batch_size, collate_fn=GuardedCollate(default_collate),
                         sampler=ShardSampler(len(dataset), context.rank, context.world_size),
                         num_workers=num_workers, pin_memory=device.type == "cuda")  # fmt: skip
+    fatal = None
     for batch in tqdm(loader, desc="evaluating", unit="batch", leave=False, disable=not (progress and context.is_main)):
-        batch.raise_fatal()
+        if batch.fatal:
+            fatal = DatasetError(batch.fatal[0])
+            break
         errors += batch.skipped
         if batch.data is None:
             continue
@@ -83,22 +87,13 @@ def evaluate(model: torch.nn.Module, dataset: ImageFolder, outputs: list[int], c
         hits = (logits.topk(max(k, 1), dim=-1).indices == targets[:, None]).any(-1).sum()
         loss = F.cross_entropy(logits, targets, reduction="sum")
         totals += torch.stack([loss.double(), hits.double()])
+    context.raise_together(fatal, "on a dataset error")
     confusion = context.all_reduce_sum(confusion).cpu()
     loss_sum, topk_hits = context.all_reduce_sum(totals).tolist()
-    errors = _gather_errors(errors, context)
+    errors = context.gather_lists(errors)
     images = int(confusion.sum().item())
     top1 = 100 * confusion.diagonal().sum().item() / images if images else None
     return Evaluation(
         classes=list(dataset.classes), confusion=confusion, loss=loss_sum / images if images else None, top1=top1,
         topk=100 * topk_hits / images if images and k > 1 else None, k=k, images=images, errors=errors,
     )  # fmt: skip
-
-
-def _gather_errors(errors: list[str], context: DistributedContext) -> list[str]:
-    if not context.enabled:
-        return errors
-    import torch.distributed as dist
-
-    gathered: list = [None] * context.world_size
-    dist.all_gather_object(gathered, errors)
-    return [e for part in gathered for e in part]

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import io
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ...data.guarded import Guarded, GuardedCollate
 from ...data.samplers import ShardSampler
 from ...engine.distributed import DistributedContext
+from ...errors import DatasetError
 from .data import CocoDetection, collate
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -27,34 +29,61 @@ def is_instance(model: torch.nn.Module) -> bool:
     return getattr(model, "task", "") == "instance_segmentation"
 
 
+@dataclass
+class Detections:
+    """One process's (or, gathered, every process's) detections in COCO's result format, the ids of the images
+    read, and the unreadable ones' messages."""
+
+    results: list[dict] = field(default_factory=list)
+    image_ids: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
 @torch.inference_mode()
 def coco_results(model: torch.nn.Module, dataset: CocoDetection, context: DistributedContext, batch_size: int = 2,
-                 num_workers: int = 0, progress: bool = False) -> list[dict]:  # fmt: skip
-    """This process's share of the detections, in COCO's result format."""
-    from pycocotools import mask as mask_utils
-
+                 num_workers: int = 0, progress: bool = False) -> Detections:  # fmt: skip
+    """This process's share of the detections. An unreadable image is reported and left out of the evaluation
+    (not counted as missed objects)."""
     model.eval()
-    loader = DataLoader(dataset, batch_size, sampler=ShardSampler(len(dataset), context.rank, context.world_size),
-                        collate_fn=collate, num_workers=num_workers)  # fmt: skip
-    results = []
-    for images, targets in tqdm(loader, desc="evaluating", unit="batch", leave=False,
-                                disable=not (progress and context.is_main)):  # fmt: skip
+    loader = DataLoader(Guarded(dataset), batch_size, sampler=ShardSampler(len(dataset), context.rank,
+                        context.world_size), collate_fn=GuardedCollate(collate), num_workers=num_workers)  # fmt: skip
+    found = Detections()
+    fatal = None
+    for batch in tqdm(loader, desc="evaluating", unit="batch", leave=False,
+                      disable=not (progress and context.is_main)):  # fmt: skip
+        if batch.fatal:
+            fatal = DatasetError(batch.fatal[0])
+            break
+        found.errors += batch.skipped
+        if batch.data is None:
+            continue
+        images, targets = batch.data
         outputs = model([image.to(context.device) for image in images])
         for output, target in zip(outputs, targets, strict=True):
-            boxes = output["boxes"].float().cpu()
-            masks = (output["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8) if "masks" in output else None
-            boxes[:, 2:] -= boxes[:, :2]
-            for k, (box, score, label) in enumerate(
-                zip(boxes.tolist(), output["scores"].tolist(), output["labels"].tolist(), strict=True)
-            ):
-                entry = {"image_id": target["image_id"], "category_id": dataset.label_to_category(label),
-                         "bbox": [round(v, 2) for v in box], "score": round(score, 5)}  # fmt: skip
-                if masks is not None:
-                    rle = mask_utils.encode(np.asfortranarray(masks[k]))
-                    rle["counts"] = rle["counts"].decode("ascii")
-                    entry["segmentation"] = rle
-                results.append(entry)
-    return results
+            found.image_ids.append(target["image_id"])
+            found.results += _to_coco(output, target["image_id"], dataset)
+    context.raise_together(fatal, "on a dataset error")
+    return found
+
+
+def _to_coco(output: dict, image_id: int, dataset: CocoDetection) -> list[dict]:
+    from pycocotools import mask as mask_utils
+
+    boxes = output["boxes"].float().cpu()
+    masks = (output["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8) if "masks" in output else None
+    boxes[:, 2:] -= boxes[:, :2]
+    entries = []
+    for k, (box, score, label) in enumerate(
+        zip(boxes.tolist(), output["scores"].tolist(), output["labels"].tolist(), strict=True)
+    ):
+        entry = {"image_id": image_id, "category_id": dataset.label_to_category(label),
+                 "bbox": [round(v, 2) for v in box], "score": round(score, 5)}  # fmt: skip
+        if masks is not None:
+            rle = mask_utils.encode(np.asfortranarray(masks[k]))
+            rle["counts"] = rle["counts"].decode("ascii")
+            entry["segmentation"] = rle
+        entries.append(entry)
+    return entries
 
 
 def _defined(value: float) -> float | None:
@@ -63,45 +92,49 @@ def _defined(value: float) -> float | None:
 
 def coco_evaluate(model: torch.nn.Module, dataset: CocoDetection, context: DistributedContext, *,
                   batch_size: int = 2, num_workers: int = 0, progress: bool = False) -> dict:  # fmt: skip
-    """The 12 COCO figures (percent) for boxes, and ``mask_``-prefixed for Mask R-CNN, plus ``per_class`` AP and
-    the number of ``detections``; the same dict in every process."""
+    """The 12 COCO figures (percent) for boxes, and ``mask_``-prefixed for Mask R-CNN, plus ``per_class`` AP, the
+    number of ``detections``, the ``images`` read and the ``errors`` of those that were not; the same dict in every
+    process. Figures are undefined (None) when no image could be read."""
     from pycocotools.cocoeval import COCOeval
 
-    results = coco_results(model, dataset, context, batch_size, num_workers, progress)
-    if context.enabled:
-        gathered: list = [None] * context.world_size
-        dist.all_gather_object(gathered, results)
-        results = [r for part in gathered for r in part]
+    found = coco_results(model, dataset, context, batch_size, num_workers, progress)
+    results, image_ids = context.gather_lists(found.results), sorted(context.gather_lists(found.image_ids))
     metrics: dict = {"per_class": {}}
     if context.is_main:
         for kind in ("bbox", "segm") if is_instance(model) else ("bbox",):
             prefix = "" if kind == "bbox" else "mask_"
+            if not image_ids:
+                metrics.update({prefix + name: None for name in STAT_NAMES})
+                metrics["per_class"][kind] = {name: None for name in dataset.labels}
+                continue
             if not results:  # pycocotools cannot load an empty result list
-                metrics.update({prefix + name: value for name, value in _nothing_found(dataset).items()})
-                metrics["per_class"][kind] = _per_class_nothing_found(dataset)
+                metrics.update({prefix + name: value for name, value in _nothing_found(dataset, image_ids).items()})
+                metrics["per_class"][kind] = _per_class_nothing_found(dataset, image_ids)
                 continue
             with contextlib.redirect_stdout(io.StringIO()):
                 evaluation = COCOeval(dataset.coco, dataset.coco.loadRes(results), kind)
+                evaluation.params.imgIds = image_ids
                 evaluation.evaluate()
                 evaluation.accumulate()
                 evaluation.summarize()
             metrics.update({prefix + name: _defined(v) for name, v in zip(STAT_NAMES, evaluation.stats, strict=True)})
             metrics["per_class"][kind] = _per_class_ap(evaluation, dataset)
     metrics = context.broadcast_object(metrics)
-    metrics["detections"] = len(results)
-    return metrics
+    errors = context.gather_lists(found.errors)
+    return {**metrics, "detections": len(results), "images": len(image_ids), "errors": errors}
 
 
 AREAS = {"": (0, 1e10), "s": (0, 32**2), "m": (32**2, 96**2), "l": (96**2, 1e10)}  # pycocotools' area ranges
 
 
-def _objects(dataset: CocoDetection) -> list[dict]:
-    return [a for a in dataset.coco.anns.values() if not a.get("iscrowd", 0)]
+def _objects(dataset: CocoDetection, image_ids: list[int]) -> list[dict]:
+    read = set(image_ids)
+    return [a for a in dataset.coco.anns.values() if not a.get("iscrowd", 0) and a["image_id"] in read]
 
 
-def _nothing_found(dataset: CocoDetection) -> dict[str, float | None]:
+def _nothing_found(dataset: CocoDetection, image_ids: list[int]) -> dict[str, float | None]:
     """The 12 figures when the model found nothing: 0 where there are objects to find, undefined where not."""
-    areas = [a.get("area", a["bbox"][2] * a["bbox"][3]) for a in _objects(dataset)]
+    areas = [a.get("area", a["bbox"][2] * a["bbox"][3]) for a in _objects(dataset, image_ids)]
     figures = {}
     for name in STAT_NAMES:
         low, high = AREAS[name[-1] if name[-1] in "sml" else ""]
@@ -109,8 +142,8 @@ def _nothing_found(dataset: CocoDetection) -> dict[str, float | None]:
     return figures
 
 
-def _per_class_nothing_found(dataset: CocoDetection) -> dict[str, float | None]:
-    present = {a["category_id"] for a in _objects(dataset)}
+def _per_class_nothing_found(dataset: CocoDetection, image_ids: list[int]) -> dict[str, float | None]:
+    present = {a["category_id"] for a in _objects(dataset, image_ids)}
     return {dataset.coco.cats[c]["name"]: (0.0 if c in present else None) for c in sorted(dataset.coco.cats)}
 
 

@@ -13,11 +13,18 @@ class DetectionRecipe:
     weight_decay: float = 1e-4
     warmup_iters: int = 500
     warmup_ratio: float = 0.001
-    decay_epochs: tuple[int, ...] = (8, 11)
+    decay_epochs: tuple[int, ...] | None = None  # x0.1 at each; None: 8 and 11 of 12, scaled to ``epochs``
     min_size: int = 800  # resize to 1333x800 keeping the ratio
     max_size: int = 1333
     train_split: str = "train2017"
     val_split: str = "val2017"
+
+    def resolved_decay_epochs(self) -> tuple[int, ...]:
+        """The 1x schedule's decays (epochs 8 and 11 of 12) at the same fractions of a longer or shorter run; 24
+        epochs gives mmdet's 2x schedule (16, 22)."""
+        if self.decay_epochs is not None:
+            return self.decay_epochs
+        return tuple(max(1, round(epoch * self.epochs / 12)) for epoch in (8, 11))
 
     def resolved_lr(self, task: str) -> float:
         return self.lr if self.lr is not None else (2e-4 if task == "instance_segmentation" else 1e-4)

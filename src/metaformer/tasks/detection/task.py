@@ -1,4 +1,5 @@
-"""Training RetinaNet and Mask R-CNN with the official 1x schedule: AdamW, linear warm-up, x0.1 at epochs 8, 11."""
+"""Training RetinaNet and Mask R-CNN with the official 1x schedule: AdamW, linear warm-up, x0.1 at epochs 8, 11 (scaled
+to other lengths)."""
 
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ class DetectionTask(LibraryTask):
 
     def lr_at(self, step: int, steps_per_epoch: int) -> float:
         recipe = self.recipe
-        return steps_with_warmup(step, step / steps_per_epoch, recipe.resolved_lr(self.kind), recipe.decay_epochs,
+        return steps_with_warmup(step, step / steps_per_epoch, recipe.resolved_lr(self.kind),
+                                 recipe.resolved_decay_epochs(),
                                  recipe.warmup_iters, recipe.warmup_ratio)  # fmt: skip
 
     @property
@@ -78,8 +80,10 @@ class DetectionTask(LibraryTask):
         result = coco_evaluate(model, self.validation, self.context, batch_size=self.recipe.batch_size,
                                num_workers=self.settings.num_workers, progress=progress)  # fmt: skip
         logged = [prefix + name for prefix in ("", "mask_") for name in LOGGED]
-        return {k: v for k, v in result.items() if k in logged or k == "detections"}
+        return {**{k: v for k, v in result.items() if k in logged or k in ("detections", "images")},
+                "unreadable": len(result["errors"])}  # fmt: skip
 
     def describe(self) -> dict:
-        return {"lr": self.recipe.resolved_lr(self.kind), "classes": list(self.labels),
+        return {"lr": self.recipe.resolved_lr(self.kind), "decay_epochs": list(self.recipe.resolved_decay_epochs()),
+                "classes": list(self.labels),
                 "global_batch": self.recipe.batch_size * self.context.world_size}  # fmt: skip

@@ -34,14 +34,14 @@ class SegmentationLayout:
     classes: tuple[str, ...] | None = None
 
 
-def detect_layout(
-    root: str | os.PathLike, num_classes: int | None = None, ignore_index: int = 255
-) -> SegmentationLayout:
+def detect_layout(root: str | os.PathLike, num_classes: int | None = None, ignore_index: int = 255, *,
+                  model_classes: int | None = None) -> SegmentationLayout:  # fmt: skip
     """ADE20K (``images/training``, 150 classes unless ``num_classes`` says otherwise, reduce_zero_label) or
-    generic ``images/{train,val}`` with ``num_classes`` or a ``classes.txt`` (one name per line)."""
+    generic ``images/{train,val}`` with ``num_classes`` or a ``classes.txt`` (one name per line); failing both,
+    ``model_classes`` (the classes of the model being evaluated)."""
     root = Path(root)
     if (root / "images" / "training").is_dir():
-        return SegmentationLayout("training", "validation", num_classes or 150, 255, True)
+        return SegmentationLayout("training", "validation", num_classes or 150, ignore_index, True)
     if not (root / "images" / "train").is_dir():
         raise DatasetError(
             f"{root}: expected images/{{training,validation}} (ADE20K) or images/{{train,val}} with matching "
@@ -54,6 +54,7 @@ def detect_layout(
             raise DatasetError(f"{root / 'classes.txt'} names {len(classes)} classes but --num-classes is "
                                f"{num_classes}; drop one of them")  # fmt: skip
         num_classes = len(classes)
+    num_classes = num_classes or model_classes
     if not num_classes:
         raise DatasetError(f"{root}: give the number of classes (--num-classes) or a classes.txt")
     return SegmentationLayout("train", "val", num_classes, ignore_index, False, classes)
@@ -106,18 +107,22 @@ class SegmentationFolder(Dataset):
         return image, self.encode(mask, mask_path)
 
     def encode(self, mask: torch.Tensor, path: Path) -> torch.Tensor:
+        """File values to labels 0..K-1 and ``IGNORE``. With ``reduce_zero_label`` (ADE20K), as mmseg: 0 and 255
+        become ignored, every other value v the class v - 1; the ignore index then applies to the reduced values."""
         layout = self.layout
+        ignored = mask == layout.ignore_index
         if layout.reduce_zero_label:
-            mask = torch.where(mask == 0, IGNORE + 1, mask) - 1
-        ignore = IGNORE if layout.reduce_zero_label else layout.ignore_index
-        bad = (mask != ignore) & ((mask < 0) | (mask >= layout.num_classes))
+            mask = mask - 1
+            ignored = (mask == -1) | (mask == 254) | (mask == layout.ignore_index)
+        bad = ~ignored & ((mask < 0) | (mask >= layout.num_classes))
         if bad.any():
             values = sorted(set(mask[bad].unique().tolist()))[:10]
+            reduced = " (after reducing by one, as ADE20K's 0 is 'other')" if layout.reduce_zero_label else ""
             raise DatasetError(
-                f"{path}: label values {values} are neither classes (0..{layout.num_classes - 1}) nor the ignore "
-                f"index {layout.ignore_index}"
+                f"{path}: label values {values}{reduced} are neither classes (0..{layout.num_classes - 1}) nor the "
+                f"ignore index {layout.ignore_index}"
             )
-        return torch.where(mask == ignore, IGNORE, mask)
+        return torch.where(ignored, IGNORE, mask)
 
     def __getitem__(self, index: int):
         image, mask = self.read(index)

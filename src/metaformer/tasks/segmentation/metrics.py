@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from ...data.samplers import ShardSampler
 from ...engine.distributed import DistributedContext
-from ...errors import ImageLoadError
+from ...errors import DatasetError, ImageLoadError
 from .data import IGNORE, SegmentationFolder
 from .predict import predict_probs
 
@@ -61,6 +61,7 @@ def evaluate(model: torch.nn.Module, dataset: SegmentationFolder, context: Distr
     is reported and left out; a mask value that is no class stops with its message."""
     matrix = torch.zeros(model.num_classes, model.num_classes, dtype=torch.float64)
     errors: list[str] = []
+    fatal = None
     indices = ShardSampler(len(dataset), context.rank, context.world_size)
     for index in tqdm(
         indices, desc="evaluating", unit="image", leave=False, disable=not (progress and context.is_main)
@@ -70,8 +71,12 @@ def evaluate(model: torch.nn.Module, dataset: SegmentationFolder, context: Distr
         except ImageLoadError as error:
             errors.append(str(error))
             continue
+        except DatasetError as error:  # a mask value that is no class: every process stops, not just this one
+            fatal = error
+            break
         prediction = predict_probs(model, image, scale, scales, flip).argmax(0).cpu()
         matrix += confusion(prediction, mask, model.num_classes)
-    counts = context.all_reduce_sum(torch.tensor([float(len(indices) - len(errors)), float(len(errors))]))
+    context.raise_together(fatal, "on a dataset error")
+    read = context.all_reduce_sum(torch.tensor([float(len(indices) - len(errors))]))
     matrix = context.all_reduce_sum(matrix).cpu()
-    return SegmentationEvaluation(matrix, int(counts[0].item()), errors)
+    return SegmentationEvaluation(matrix, int(read[0].item()), context.gather_lists(errors))

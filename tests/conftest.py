@@ -9,6 +9,18 @@ import pytest
 import torch
 
 import metaformer
+from metaformer.models.zoo import get_spec
+
+# Every classifier of the PoolFormer paper, and the smallest model of each Baselines family: the larger ones differ
+# only in depths and widths (test_baselines.py counts the parameters of each).
+CLASSIFIERS = [
+    name
+    for name in metaformer.list_models(task="classification")
+    if not name.startswith(("identityformer", "randformer", "poolformerv2", "convformer", "caformer"))
+    or name.endswith(("_s12", "_s18"))
+]
+# Models whose mixers hold a matrix over a fixed token grid: they take only the input size they were built for.
+FIXED_GRID = {n for n in CLASSIFIERS if {"random", "spatial_mlp"} & set(get_spec(n).config.mixers)}
 
 DATA_DIR = Path(os.environ.get("METAFORMER_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
@@ -29,6 +41,8 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         for name, param in model.named_parameters():
             if "layer_scale" in name:
                 param.copy_(torch.rand(param.shape, generator=generator) * 0.9 + 0.1)
+            elif "res_scale" in name or name.endswith("act.scale") or name.endswith("act1.scale"):
+                param.copy_(torch.rand(param.shape, generator=generator) * 0.9 + 0.3)  # residual and StarReLU scales
             elif "norm" in name and name.endswith("weight"):
                 param.copy_(torch.rand(param.shape, generator=generator) + 0.5)
             elif name.endswith("bias") or "pos_embed" in name:

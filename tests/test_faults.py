@@ -426,6 +426,6 @@ def test_every_classifier_has_its_own_drop_path():
 
     rates = {name: PAPER.resolved_drop_path(name) for name in list_models(task="classification")}
     assert rates["poolformer_m48"] == 0.4 and rates["poolformer_s36"] == 0.2 and rates["poolformer_s12_pool5"] == 0.1
-    assert all(rate == get_spec(name).train_drop_path for name, rate in rates.items())
-    with pytest.raises(metaformer.ConfigError, match="unknown model 'convformer_s18'"):
-        PAPER.resolved_drop_path("convformer_s18")  # once silently S12's 0.1
+    assert all(rate == get_spec(name).training.drop_path for name, rate in rates.items())
+    with pytest.raises(metaformer.ConfigError, match="unknown model 'convformer_s99'"):
+        PAPER.resolved_drop_path("convformer_s99")  # once silently S12's 0.1

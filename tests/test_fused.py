@@ -7,14 +7,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import randomize
+from conftest import CLASSIFIERS, FIXED_GRID, randomize
 
 import metaformer
 from metaformer.models.custom_backward import pooling_branch_with_custom_backward
 from metaformer.models.fused import FusedBlock, FusedIdentity, FusedMlp, FusedPooling, PlainMixer
-
-FIXED_GRID = {"metaformer_pppf_s12_224", "metaformer_ppff_s12_224", "metaformer_random_s12"}
-CLASSIFIERS = metaformer.list_models(task="classification")
 
 
 def pair(name: str, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:

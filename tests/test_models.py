@@ -7,12 +7,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import CLASSIFIERS, FIXED_GRID
 
 import metaformer
 from metaformer.models.metaformer import MetaFormerBlock
 from metaformer.models.mixers import Attention, Pooling
-
-FIXED_GRID = {"metaformer_pppf_s12_224", "metaformer_ppff_s12_224", "metaformer_random_s12"}
 
 # Official parameter counts (1000 classes) and the official README's / paper's MACs at 224x224 (fvcore).
 OFFICIAL = {
@@ -60,7 +59,7 @@ def test_registry_has_every_paper_model():
     assert official | hybrids | ablations <= names
 
 
-@pytest.mark.parametrize("name", metaformer.list_models(task="classification"))
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_forward_on_odd_sizes(name, random_model):
     model = random_model(name)
     sizes = [(224, 224)] if name in FIXED_GRID else [(33, 47), (97, 65), (224, 224)]

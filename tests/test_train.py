@@ -49,8 +49,15 @@ def run_train(*args: str) -> int:
 
 def test_paper_recipe_is_the_official_one():
     assert PAPER.epochs == 300 and PAPER.weight_decay == 0.05 and PAPER.label_smoothing == 0.1
-    assert (PAPER.warmup_epochs, PAPER.warmup_lr, PAPER.min_lr) == (5, 1e-6, 1e-5)
-    assert PAPER.resolved_lr(1024) == pytest.approx(1e-3) and PAPER.resolved_lr(4096) == pytest.approx(4e-3)
+    s12 = PAPER.resolved("poolformer_s12")
+    assert (s12.optimizer, s12.warmup_epochs, PAPER.warmup_lr, PAPER.min_lr) == ("adamw", 5, 1e-6, 1e-5)
+    assert s12.resolved_lr(1024) == pytest.approx(1e-3) and s12.resolved_lr(4096) == pytest.approx(4e-3)
+    # The Baselines' scripts: AdamW 4e-3 at 4096 (LAMB 8e-3 for CAFormer), 20 warm-up epochs for ConvFormer/CAFormer
+    caformer, convformer = PAPER.resolved("caformer_s36"), PAPER.resolved("convformer_b36")
+    assert (caformer.optimizer, caformer.resolved_lr(4096), caformer.warmup_epochs) == ("lamb", 8e-3, 20)
+    assert (caformer.drop_path, caformer.head_dropout, convformer.drop_path) == (0.3, 0.4, 0.6)
+    assert (convformer.optimizer, convformer.resolved_lr(4096), convformer.warmup_epochs) == ("adamw", 4e-3, 20)
+    assert PAPER.resolved("poolformerv2_m48").warmup_epochs == 5 and PAPER.resolved("randformer_m48").drop_path == 0.3
     assert (PAPER.mixup, PAPER.cutmix, PAPER.mix_switch_prob, PAPER.random_erasing) == (0.8, 1.0, 0.5, 0.25)
     assert (PAPER.randaugment_magnitude, PAPER.randaugment_std, PAPER.crop_scale) == (9, 0.5, (0.08, 1.0))
     drop = {m: PAPER.resolved_drop_path(f"poolformer_{m}") for m in ("s12", "s24", "s36", "m36", "m48")}
@@ -291,3 +298,20 @@ def test_crop_scale_reaches_the_random_resized_crop():
     recipe = get_recipe("paper", crop_scale=[0.35, 1.0])
     crops = [t for t in train_transform(recipe).transforms[0].transforms if isinstance(t, v2.RandomResizedCrop)]
     assert recipe.crop_scale == (0.35, 1.0) and crops and all(c.scale == (0.35, 1.0) for c in crops)
+
+
+def test_caformer_trains_with_its_official_lamb_and_head_dropout(tiny, tmp_path):
+    pytest.importorskip("timm")
+    run = tmp_path / "run"
+    assert run_train(tiny, "--model", "caformer_s36", "--output", run, "--epochs", "1", "--batch-size", "16",
+                     *FAST) == 0  # fmt: skip
+    config = json.loads((run / "config.json").read_text())
+    assert (config["recipe"]["optimizer"], config["recipe"]["head_dropout"], config["recipe"]["warmup_epochs"]) == (
+        "lamb", 0.4, 20)  # fmt: skip
+    assert config["resolved"]["lr"] == pytest.approx(2e-3 * 16 / 1024)
+    state = torch.load(run / "last.state.pt", weights_only=True)["optimizer"]
+    assert {"exp_avg", "exp_avg_sq"} <= set(next(iter(state["state"].values())))  # LAMB's moments, stepped
+    assert state["param_groups"][0]["max_grad_norm"] == 1.0  # timm's Lamb, as the official scripts ran it
+    assert run_train(tiny, "--model", "poolformer_s12", "--head-dropout", "0.2", "--output", tmp_path / "no",
+                     "--batch-size", "16", *FAST) == 2  # fmt: skip
+    assert not (tmp_path / "no").exists()

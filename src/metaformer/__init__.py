@@ -2,6 +2,7 @@
 
 from .api import convert_checkpoint, create_model, infer_model_name
 from .checkpoints import CheckpointWarning, LoadReport, load_checkpoint, save_checkpoint
+from .checkpoints.release import in1k_head_from_in22k
 from .data import imagenet_labels, load_image
 from .errors import CheckpointError, ConfigError, DatasetError, ImageLoadError, MetaformerError
 from .models.complexity import count_macs, count_params
@@ -30,6 +31,7 @@ __all__ = [
     "create_model",
     "fuse",
     "imagenet_labels",
+    "in1k_head_from_in22k",
     "infer_model_name",
     "is_fused",
     "list_models",

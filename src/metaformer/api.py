@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from .checkpoints import Checkpoint, load_checkpoint, open_checkpoint, pretrained_file, save_checkpoint
-from .checkpoints.formats import CLASSIFIER_FORMATS, classifier_key
+from .checkpoints.formats import CLASSIFIER_FORMATS, POOLFORMER_ONLY, convert_state_dict, is_baseline
 from .checkpoints.saving import CHECKPOINT_SUFFIXES, check_destination
 from .errors import CheckpointError, ConfigError
 from .models.dense import INPUT_OPTIONS, DenseModel, build_dense_model
 from .models.metaformer import MetaFormer, MetaFormerFeatures
+from .models.pretrained import RELEASES, releases_of
 from .models.zoo import ModelSpec, get_spec, list_models, resolve_config
 
 CheckpointSource = str | os.PathLike | Mapping[str, torch.Tensor] | Checkpoint
@@ -25,7 +26,7 @@ CheckpointSource = str | os.PathLike | Mapping[str, torch.Tensor] | Checkpoint
 def create_model(
     name: str,
     *,
-    pretrained: bool = False,
+    pretrained: bool | str = False,
     checkpoint: CheckpointSource | None = None,
     num_classes: int | None = None,
     features_only: bool = False,
@@ -34,10 +35,14 @@ def create_model(
     **overrides: object,
 ) -> MetaFormer | MetaFormerFeatures | DenseModel:
     """Build the registered model ``name``: a classifier, a backbone, or a segmentation or detection model.
+    ``name`` may carry a release tag as timm spells it (``caformer_s18.sail_in22k_ft_in1k_384``): the model then
+    takes that release's input size and classes.
 
     Args:
-        pretrained: load the official ImageNet-1k release (downloaded once into the torch hub cache); for a dense
-            model, it initialises the backbone.
+        pretrained: load released weights (downloaded once and cached): True for the name's tag or the model's
+            first release (ImageNet-1k at 224), or a tag (``"sail_in1k_384"``). The Baselines' come from timm's
+            copies on the Hugging Face Hub, else the official files. For a dense model, they initialise the
+            backbone.
         checkpoint: load weights from a file, Hugging Face folder or state_dict in any supported format instead.
             A dense model takes its own checkpoints, mmseg/mmdet files, or a classifier's (the backbone only).
         num_classes: classes of the head (default: the checkpoint's, else the model's); a number that differs
@@ -48,17 +53,22 @@ def create_model(
         overrides: any ``MetaFormerConfig`` field, e.g. ``drop_path_rate=0.1`` or ``image_size=384``; dense
             models also take their input size (``test_scale``, or ``min_size`` and ``max_size``).
     """
-    if pretrained and checkpoint is not None:
+    if pretrained is not False and checkpoint is not None:
         raise ConfigError("pass either pretrained=True or checkpoint=PATH, not both")
+    name, tag = _split_tag(name, pretrained)
     spec = get_spec(name)
     if spec.task != "classification":
         if features_only:
             raise ConfigError(f"{name} is a {spec.task} model; features_only takes a classifier's name")
-        if pretrained:
-            checkpoint = pretrained_file(spec.backbone)  # ImageNet weights initialise the backbone
+        if pretrained is not False:
+            checkpoint = pretrained_file(spec.backbone, tag)  # ImageNet weights initialise the backbone
         return _create_dense(spec, checkpoint, num_classes, strict, overrides)
-    if pretrained:
-        checkpoint = pretrained_file(name)
+    if tag is not None:
+        release = RELEASES[f"{name}.{tag}"]
+        overrides.setdefault("image_size", release.image_size)
+        num_classes = release.num_classes if num_classes is None and checkpoint is None else num_classes
+    if pretrained is not False:
+        checkpoint = pretrained_file(name, tag)
     if checkpoint is not None:
         checkpoint = open_checkpoint(checkpoint)
         trunk = checkpoint.trunk()
@@ -74,6 +84,22 @@ def create_model(
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, strict=strict)
     return model
+
+
+def _split_tag(name: str, pretrained: bool | str) -> tuple[str, str | None]:
+    """The architecture and the release tag of ``name`` (``arch.tag``) or of ``pretrained`` (a tag)."""
+    arch, _, tag = name.partition(".")
+    if isinstance(pretrained, str):
+        if tag and tag != pretrained:
+            raise ConfigError(f"{name} names release {tag!r} but pretrained={pretrained!r}; give one of them")
+        tag = pretrained
+    if not tag:
+        return arch, None
+    trunk = get_spec(arch).backbone or arch
+    if f"{trunk}.{tag}" not in RELEASES:
+        known = [release.tag for release in releases_of(trunk)]
+        raise ConfigError(f"{trunk} has no release {tag!r}; its releases: {', '.join(known) or 'none tagged'}")
+    return arch, tag
 
 
 def _create_dense(spec: ModelSpec, source: CheckpointSource | None, num_classes: int | None, strict: bool,
@@ -112,14 +138,14 @@ def infer_model_name(checkpoint: Checkpoint) -> str:
         spec = get_spec(name)
         config = dataclasses.replace(spec.config, num_classes=num_classes)
         if checkpoint.format == "timm" and not spec.timm_name:
-            continue  # timm has only the PoolFormers
+            continue  # a model timm does not have
+        if checkpoint.format in POOLFORMER_ONLY and is_baseline(config):
+            continue
         if any(getattr(config, k) != v for k, v in stored.items()):
             continue
         with torch.device("meta"):
-            layout = {
-                classifier_key(checkpoint.format, k, config): tuple(v.shape)
-                for k, v in MetaFormer(config).state_dict().items()
-            }
+            in_format = convert_state_dict(MetaFormer(config).state_dict(), config, checkpoint.format)
+        layout = {k: tuple(v.shape) for k, v in in_format.items()}
         if layout == shapes:
             candidates.append(name)
     hint = _name_hint(checkpoint.source)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..models.metaformer import MetaFormerConfig
+from ..models.config import MetaFormerConfig
 from .formats import CLASSIFIER_FORMATS, StateDict, backbone_part, classifier_key, detect_format, normalize
 from .reading import read_state_dict, unwrap
 
@@ -52,8 +52,11 @@ class Checkpoint:
 
     def num_classes(self) -> int | None:
         """Rows of a classifier checkpoint's head, or None if it has no head."""
-        head = self.state_dict.get(classifier_key(self.format, "head.weight", MetaFormerConfig()))
-        return None if head is None else head.shape[0]
+        for layer in ("head", "head.fc2"):  # a linear head, or the Baselines' MLP head
+            head = self.state_dict.get(classifier_key(self.format, f"{layer}.weight", MetaFormerConfig()))
+            if head is not None:
+                return head.shape[0]
+        return None
 
     def dense_num_classes(self, task: str) -> int | None:
         """The object or pixel classes of a whole dense checkpoint: from its metadata, else its class layer's rows
@@ -145,6 +148,9 @@ class LoadReport:
     resized: list[str] = field(default_factory=list)  # position embeddings resized to the model's grid
     checkpoint_classes: int | None = None  # rows of a classifier checkpoint's head, when it is replaced
     class_layers_replaced: bool = False  # a dense checkpoint for another number of classes
+
+    def fresh_head(self) -> bool:
+        return any(k.startswith("head.") for k in self.fresh)
 
 
 class CheckpointWarning(UserWarning):

@@ -15,10 +15,11 @@ from collections.abc import Callable
 import torch
 
 from ..errors import CheckpointError
-from ..models.metaformer import MetaFormerConfig
+from ..models.config import MetaFormerConfig
 
 StateDict = dict[str, torch.Tensor]
 CLASSIFIER_FORMATS = ("metaformer", "official", "timm", "hf", "mmcls")
+POOLFORMER_ONLY = ("hf", "mmcls")  # Hugging Face transformers and mmpretrain have PoolFormer v1 alone
 DENSE_FORMATS = ("metaformer-dense", "mmseg", "mmdet")
 # Keys only a whole dense model of ours has (a classifier has "head.weight"; an mmcls file "backbone.network...").
 OUR_DENSE_PREFIXES = ("neck.", "head.scale_heads.", "head.classification_head.", "backbone.fpn.", "backbone.body.",
@@ -46,6 +47,8 @@ def official_indices(config: MetaFormerConfig) -> tuple[dict[int, int], dict[int
 
 
 def _to_official(key: str, config: MetaFormerConfig) -> str:
+    if is_baseline(config):
+        return _to_official_baselines(key)
     blocks, downsample, pos_embed = official_indices(config)
     key = re.sub(r"^stem\.proj\.", "patch_embed.proj.", key)
     key = re.sub(r"^stages\.(\d+)\.downsample\.", lambda m: f"network.{downsample[int(m[1])]}.", key)
@@ -53,6 +56,21 @@ def _to_official(key: str, config: MetaFormerConfig) -> str:
     key = re.sub(r"^stages\.(\d+)\.blocks\.", lambda m: f"network.{blocks[int(m[1])]}.", key)
     key = re.sub(r"^out_norms\.(\d+)\.", lambda m: f"norm{blocks[int(m[1])]}.", key)
     return re.sub(r"\.layer_scale(\d)$", r".layer_scale_\1", key)
+
+
+def _to_official_baselines(key: str) -> str:
+    # sail-sg/metaformer's metaformer_baselines.py: the stem is downsampling layer 0, with its norm after it.
+    key = re.sub(r"^stem\.proj\.", "downsample_layers.0.conv.", key)
+    key = re.sub(r"^stem\.norm\.", "downsample_layers.0.post_norm.", key)
+    key = re.sub(r"^stages\.(\d+)\.downsample\.proj\.", r"downsample_layers.\1.conv.", key)
+    key = re.sub(r"^stages\.(\d+)\.downsample\.norm\.", r"downsample_layers.\1.pre_norm.", key)
+    key = re.sub(r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2.", key)
+    return re.sub(r"\.(layer|res)_scale(\d)$", r".\1_scale\2.scale", key)
+
+
+def is_baseline(config: MetaFormerConfig) -> bool:
+    """A model of the Baselines' code (sail-sg/metaformer) rather than PoolFormer's (sail-sg/poolformer)."""
+    return config.head != "poolformer"
 
 
 def _to_mmcls(key: str, config: MetaFormerConfig) -> str:
@@ -68,7 +86,8 @@ def _to_mmcls(key: str, config: MetaFormerConfig) -> str:
 def _to_timm(key: str, config: MetaFormerConfig) -> str:
     key = re.sub(r"^stem\.proj\.", "stem.conv.", key)
     key = key.replace(".downsample.proj.", ".downsample.conv.")
-    key = re.sub(r"\.layer_scale(\d)$", r".layer_scale\1.scale", key)
+    key = re.sub(r"\.(layer|res)_scale(\d)$", r".\1_scale\2.scale", key)
+    key = re.sub(r"^head\.(fc1|norm|fc2)\.", r"head.fc.\1.", key)  # ConvFormer's and CAFormer's MLP head
     key = re.sub(r"^norm\.", "head.norm.", key)
     return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
 
@@ -110,11 +129,41 @@ def classifier_key(format: str, key: str, config: MetaFormerConfig) -> str:
     return CLASSIFIER_KEYS[format](key, config)
 
 
+_POINTWISE = re.compile(r"^stages\.(\d+)\.blocks\.\d+\.(mlp\.fc[12]|token_mixer\.pwconv[12])\.weight$")
+
+
+def stored_as_linear(format: str, key: str, config: MetaFormerConfig) -> bool:
+    """Whether ``format`` keeps our 1x1 convolution ``key`` as an ``nn.Linear`` weight ``[out, in]``: the
+    Baselines' official code runs channels-last throughout, timm only in CAFormer's attention stages."""
+    match = _POINTWISE.match(key)
+    if not match or not is_baseline(config):
+        return False
+    if format == "official":
+        return True
+    return format == "timm" and match[2].startswith("mlp") and config.mixers[int(match[1])] == "attention"
+
+
 def convert_state_dict(state_dict: StateDict, config: MetaFormerConfig, to: str) -> StateDict:
-    """Rename our classifier state_dict's keys into format ``to`` (values are shared, not copied)."""
+    """Our classifier state_dict in format ``to``: keys renamed, pointwise weights shaped as the format keeps
+    them (values are shared, not copied)."""
     if to not in CLASSIFIER_KEYS:
         raise CheckpointError(f"unknown format {to!r}; choose one of {CLASSIFIER_FORMATS}")
-    return {classifier_key(to, k, config): v for k, v in state_dict.items()}
+    if to in POOLFORMER_ONLY and is_baseline(config):
+        raise CheckpointError(f"the {to} format has PoolFormer v1 only, not the MetaFormer Baselines; write ours "
+                              "(safetensors), the official one or timm's")  # fmt: skip
+    return {
+        classifier_key(to, k, config): v.flatten(1) if stored_as_linear(to, k, config) else v
+        for k, v in state_dict.items()
+    }
+
+
+def as_pointwise(value: torch.Tensor, wanted: torch.Size) -> torch.Tensor | None:
+    """A linear weight ``[out, in]`` as the 1x1 convolution ``wanted`` (or back), None if it is not one."""
+    pointwise = [shape for shape in (value.shape, wanted) if len(shape) == 4 and tuple(shape[2:]) == (1, 1)]
+    linear = [shape for shape in (value.shape, wanted) if len(shape) == 2]
+    if len(pointwise) == 1 and len(linear) == 1 and tuple(value.shape[:2]) == tuple(wanted[:2]):
+        return value.reshape(wanted)
+    return None
 
 
 # -------------------------------------------------------------------------------------------- dense formats
@@ -206,7 +255,7 @@ def detect_format(state_dict: StateDict) -> str:
         return "hf"
     if "backbone.patch_embed.proj.weight" in keys:
         return "mmcls"
-    if "patch_embed.proj.weight" in keys:
+    if "patch_embed.proj.weight" in keys or "downsample_layers.0.conv.weight" in keys:
         return "official"
     if "stem.conv.weight" in keys:
         return "timm"

@@ -59,7 +59,7 @@ def _warn_about(report: LoadReport, model: nn.Module) -> None:
             if foreign:
                 warn(f"{source}: not loaded (no counterpart in torchvision's detector): {summarise(foreign)}")
         return
-    if "head.weight" in report.fresh:
+    if report.fresh_head():
         had = report.checkpoint_classes
         why = f"the checkpoint's head has {had}" if had is not None else "the checkpoint has no head"
         warn(f"{source}: classifier head initialised fresh for {model.config.num_classes} classes ({why}); train it")

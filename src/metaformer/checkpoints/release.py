@@ -5,17 +5,22 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from copy import deepcopy
+from importlib.resources import files
 from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
+from ..models.metaformer import MetaFormer, class_layer
+from ..models.pretrained import releases_of
 from ..models.zoo import get_spec
 
 # SHA-256 of released files whose digest is published; none of the sail-sg releases publish one, so others are
 # pinned on first download (see ``pretrained_file``).
 KNOWN_SHA256: dict[str, str] = {}
 WEIGHTS_URL_ENV = "METAFORMER_WEIGHTS_URL"
+IN21K_CLASSES = 21841
 
 
 def _sha256(path: Path) -> str:
@@ -26,17 +31,29 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def pretrained_file(name: str, progress: bool = True) -> Path:
-    """Path of ``name``'s released weights in the torch hub cache, downloading them on first use.
+def pretrained_file(name: str, tag: str | None = None, progress: bool = True) -> Path:
+    """Path of the released weights of ``name`` (release ``tag``, default its first), downloading them on first use.
 
-    The file's SHA-256 is checked against ``KNOWN_SHA256`` when published, else recorded beside the file on first
-    download and checked on every later use, so a corrupted or replaced cache file is caught. Set
-    ``METAFORMER_WEIGHTS_URL`` to a mirror's base URL to download from elsewhere.
+    The Baselines' come from timm's safetensors copy on the Hugging Face Hub (cached by ``huggingface_hub``), else
+    from the official file. An official file goes to the torch hub cache; its SHA-256 is checked against
+    ``KNOWN_SHA256`` when published, else recorded beside the file on first download and checked on every later use,
+    so a corrupted or replaced cache file is caught. Set ``METAFORMER_WEIGHTS_URL`` to a mirror's base URL to
+    download the official files from elsewhere (the Hub is then not asked).
     """
+    releases = releases_of(name)
+    if releases:
+        release = next((r for r in releases if r.tag == tag), releases[0]) if tag else releases[0]
+        return _download(release.name, release.url, release.hf_hub_id, "model.safetensors", progress)
     spec = get_spec(name)
+    if tag is not None:
+        raise CheckpointError(f"{name} has one release, without tags; pass pretrained=True")
     if spec.url is None:
         raise CheckpointError(f"{name} has no released weights; train it or pass checkpoint=PATH")
-    filename = spec.url.rsplit("/", 1)[1]
+    return _download(name, spec.url, spec.hf_hub_id, "pytorch_model.bin", progress)
+
+
+def _download(name: str, url: str, hub_id: str | None, hub_file: str, progress: bool) -> Path:
+    filename = url.rsplit("/", 1)[1]
     cache = Path(torch.hub.get_dir()) / "checkpoints" / filename
     sidecar = cache.with_name(cache.name + ".sha256")
     if cache.exists():
@@ -46,29 +63,60 @@ def pretrained_file(name: str, progress: bool = True) -> Path:
         raise CheckpointError(f"{cache} does not match its SHA-256 {expected}; delete it to download it again")
 
     base = os.environ.get(WEIGHTS_URL_ENV)
-    urls = [base.rstrip("/") + "/" + filename] if base else [spec.url]
-    if spec.hf_hub_id and not base:
-        urls.append(f"https://huggingface.co/{spec.hf_hub_id}/resolve/main/pytorch_model.bin")
-    cache.parent.mkdir(parents=True, exist_ok=True)
     errors = []
-    for url in urls:
+    if hub_id and not base and hub_file == "model.safetensors":
+        try:
+            return _from_hub(hub_id, hub_file)
+        except Exception as error:  # offline, not found, a proxy's refusal: each library raises its own type
+            errors.append(f"Hugging Face Hub {hub_id}: {error}".splitlines()[0])
+    urls = [base.rstrip("/") + "/" + filename] if base else [url]
+    if hub_id and not base and hub_file != "model.safetensors":
+        urls.append(f"https://huggingface.co/{hub_id}/resolve/main/{hub_file}")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    for source in urls:
         tmp = cache.with_name(cache.name + ".partial")
         try:
-            torch.hub.download_url_to_file(url, str(tmp), progress=progress)
+            torch.hub.download_url_to_file(source, str(tmp), progress=progress)
         except Exception as error:  # urllib raises several unrelated types for an unreachable host
-            errors.append(f"{url}: {error}")
+            errors.append(f"{source}: {error}")
             tmp.unlink(missing_ok=True)
             continue
         digest = _sha256(tmp)
         if name in KNOWN_SHA256 and digest != KNOWN_SHA256[name]:
             tmp.unlink()
-            errors.append(f"{url}: SHA-256 {digest} differs from the published {KNOWN_SHA256[name]}")
+            errors.append(f"{source}: SHA-256 {digest} differs from the published {KNOWN_SHA256[name]}")
             continue
         shutil.move(tmp, cache)
         sidecar.write_text(digest + "\n")
         return cache
     raise CheckpointError(
         f"could not download the weights of {name}:\n  " + "\n  ".join(errors) + "\n"
-        f"Offline? Download {spec.url} on another machine and pass it with checkpoint=PATH "
+        f"Offline? Download {url} on another machine and pass it with checkpoint=PATH "
         f"(CLI: --checkpoint PATH), or copy it to {cache}."
     )
+
+
+def _from_hub(repo_id: str, filename: str) -> Path:
+    """A file of a Hub repository, through ``huggingface_hub``'s own cache (``HF_HOME``, ``HF_HUB_OFFLINE``)."""
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(repo_id, filename))
+
+
+def in1k_head_from_in22k(model: MetaFormer) -> MetaFormer:
+    """A copy of an ImageNet-21k model (21,841 classes, the ``sail_in22k`` releases) with an ImageNet-1k head, as
+    the official ``process_21k_ckpt_before_1k_finetuning.py`` prepares one for fine-tuning: each 1k class takes its
+    21k class's row, and class 850 ("teddy bear", absent from ImageNet-21k) the mean of all rows."""
+    if model.num_classes != IN21K_CLASSES:
+        raise ConfigError(f"expected a model with the {IN21K_CLASSES} ImageNet-21k classes, got {model.num_classes}")
+    rows = [line.strip() for line in files("metaformer.data").joinpath("in1k_rows_in_in21k.txt").read_text()
+            .splitlines() if not line.startswith("#")]  # fmt: skip
+    layer = model.get_submodule(class_layer(model.config))
+    copy = deepcopy(model)
+    copy.reset_classifier(1000)
+    target = copy.get_submodule(class_layer(copy.config))
+    with torch.no_grad():
+        for old, new in ((layer.weight, target.weight), (layer.bias, target.bias)):
+            for index, row in enumerate(rows):
+                new[index] = old.mean(0) if row == "-" else old[int(row)]
+    return copy

@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..files import atomic_write, write_json
 from ..models.dense import is_dense
 from ..models.metaformer import MetaFormer, MetaFormerConfig, MetaFormerFeatures
-from .formats import StateDict, convert_state_dict
+from .formats import StateDict, convert_state_dict, is_baseline
 
 SAVE_FORMATS = ("metaformer", "official", "timm", "hf")
 # The file names each format is written to; Hugging Face's format is a folder.
@@ -103,6 +103,9 @@ def _dense_metadata(model: nn.Module) -> dict[str, str]:
 
 def hf_config(config: MetaFormerConfig) -> dict:
     """The ``config.json`` of Hugging Face's ``PoolFormerForImageClassification`` for this architecture."""
+    if is_baseline(config):
+        raise ConfigError("Hugging Face transformers has PoolFormer v1 only, not the MetaFormer Baselines; write "
+                          "ours (safetensors), the official format or timm's")  # fmt: skip
     unsupported = []
     if set(config.mixers) != {"pooling"} or config.norm != "groupnorm" or any(config.pos_embed):
         unsupported.append("only pooling mixers with GroupNorm")

@@ -5,18 +5,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import torch
 from torch import nn
 
 from ..errors import CheckpointError
 from ..models.layers import make_norm, resize_pos_embed
-from ..models.metaformer import MetaFormer, MetaFormerConfig, MetaFormerFeatures
+from ..models.metaformer import MetaFormer, MetaFormerConfig, MetaFormerFeatures, class_layer, head_keys
 from .checkpoint import Checkpoint, LoadReport, copy_into, misfit, model_name
-from .formats import StateDict, classifier_key
+from .formats import StateDict, as_pointwise, classifier_key
 
 
 def _classifier_keys(config: MetaFormerConfig) -> list[str]:
-    norm = make_norm(config.norm, config.widths[-1])
-    return [f"norm.{k}" for k in norm.state_dict()] + ["head.weight", "head.bias"]
+    with torch.device("meta"):
+        final_norm = MetaFormer(dataclasses.replace(config, num_classes=0)).norm
+    return [f"norm.{k}" for k in final_norm.state_dict()] + head_keys(config)
 
 
 def _check_architecture(checkpoint: Checkpoint, config: MetaFormerConfig, name: str) -> None:
@@ -45,7 +47,7 @@ def _ignorable_keys(model: MetaFormer | MetaFormerFeatures, checkpoint: Checkpoi
         norm = make_norm(config.norm, 1).state_dict()
         keys |= {theirs(f"out_norms.{i}.{k}") for i in unused for k in norm}
     elif config.num_classes == 0:
-        keys |= {theirs(k) for k in ("head.weight", "head.bias")}
+        keys |= {theirs(k) for k in head_keys(config)}
     return keys
 
 
@@ -69,6 +71,7 @@ def load_trunk(model: MetaFormer | MetaFormerFeatures, checkpoint: Checkpoint) -
             unexpected.append(key)
     _adapt_head(model, converted, expected, report)
     _adapt_pos_embed(converted, expected, report)
+    _adapt_pointwise(converted, expected)
     missing = [k for k in expected if k not in converted and k not in report.fresh]
     if isinstance(model, MetaFormerFeatures):
         report.fresh += [k for k in missing if k.startswith("out_norms.")]
@@ -82,21 +85,35 @@ def load_trunk(model: MetaFormer | MetaFormerFeatures, checkpoint: Checkpoint) -
         raise misfit(checkpoint, name, missing, unexpected, conflicts)
     copy_into(model, converted)
     labels = checkpoint.labels(config.num_classes)
-    if isinstance(model, MetaFormer) and labels and "head.weight" not in report.fresh:
+    if isinstance(model, MetaFormer) and labels and not report.fresh_head():
         model.config = dataclasses.replace(model.config, labels=labels)
     return report
 
 
 def _adapt_head(model: nn.Module, converted: StateDict, expected: StateDict, report: LoadReport) -> None:
-    if not isinstance(model, MetaFormer) or "head.weight" not in expected:
+    """A checkpoint's class layer for another number of classes is left out: the model's starts fresh."""
+    if not isinstance(model, MetaFormer):
         return
-    if "head.weight" in converted:
-        head, wanted = converted["head.weight"].shape, expected["head.weight"].shape
+    weight, bias = (f"{class_layer(model.config)}.{p}" for p in ("weight", "bias"))
+    if weight not in expected:
+        return
+    if weight in converted:
+        head, wanted = converted[weight].shape, expected[weight].shape
         if head[0] == wanted[0] or head[1:] != wanted[1:]:
             return  # the same head, or another architecture: reported as a shape conflict
-        report.checkpoint_classes = converted.pop("head.weight").shape[0]
-        converted.pop("head.bias", None)
-    report.fresh += ["head.weight", "head.bias"]
+        report.checkpoint_classes = converted.pop(weight).shape[0]
+        converted.pop(bias, None)
+    report.fresh += [k for k in head_keys(model.config) if k not in converted]
+
+
+def _adapt_pointwise(converted: StateDict, expected: StateDict) -> None:
+    """Linear weights of channels-last code (the official Baselines, parts of timm's) into our 1x1 convolutions."""
+    for key, value in converted.items():
+        want = expected.get(key)
+        if want is not None and value.shape != want.shape:
+            reshaped = as_pointwise(value, want.shape)
+            if reshaped is not None:
+                converted[key] = reshaped
 
 
 def _adapt_pos_embed(converted: StateDict, expected: StateDict, report: LoadReport) -> None:

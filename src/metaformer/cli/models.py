@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
 from ..errors import UsageError
+from ..models.pretrained import releases_of
 from ..models.zoo import get_spec, list_models
 from .options import (
     COMPILE_HELP,
@@ -113,7 +115,8 @@ def model_info(name: str, image_size: int | None = None) -> dict:
         "macs": count_macs(model, model.config.image_size),
         "image_size": model.config.image_size,
         "crop_pct": model.config.crop_pct,
-        "train_drop_path": spec.train_drop_path,
+        "training": dataclasses.asdict(spec.training),
+        "pretrained": [release.name for release in releases_of(name)],
         "weights_url": spec.url,
         "hf_hub_id": spec.hf_hub_id,
         "timm_name": spec.timm_name,
@@ -136,7 +139,14 @@ def info(args: argparse.Namespace) -> int:
     print(f"  eval        crop_pct {result['crop_pct']}, bicubic, ImageNet mean/std")
     for key, value in result["config"].items():
         print(f"  {key:<17} {value}")
-    for key in ("train_drop_path", "weights_url", "hf_hub_id", "timm_name"):
+    training = result["training"]
+    print(f"  training    {training['optimizer']}, lr {training['base_lr']:g} x batch/1024, warm-up "
+          f"{training['warmup_epochs']:g} epochs, drop path {training['drop_path']:g}, head dropout "
+          f"{training['head_dropout']:g}")  # fmt: skip
+    for release in releases_of(result["name"]):
+        top1 = f"top-1 {release.top1}%" if release.top1 is not None else f"{release.num_classes} classes"
+        print(f"  pretrained  {release.name} ({release.image_size}px, {top1}; {release.hf_hub_id or release.url})")
+    for key in ("weights_url", "hf_hub_id", "timm_name"):
         if result[key] is not None:
             print(f"  {key:<17} {result[key]}")
     return 0

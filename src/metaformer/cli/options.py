@@ -97,7 +97,9 @@ def add_progress(parser: argparse.ArgumentParser) -> None:
 def add_weights(parser: argparse.ArgumentParser, pretrained: bool = True) -> None:
     parser.add_argument("--checkpoint", help="weights: ours, official .pth.tar, timm, Hugging Face folder, mmseg/mmdet")
     if pretrained:
-        parser.add_argument("--pretrained", action="store_true", help="download the official ImageNet-1k weights")
+        parser.add_argument("--pretrained", nargs="?", const=True, default=False, metavar="TAG",
+                            help="download released weights: the model's first (ImageNet-1k at 224), or the release "
+                            "TAG (`metaformer info MODEL` lists them, e.g. sail_in22k_ft_in1k_384)")  # fmt: skip
 
 
 def add_fuse(parser: argparse.ArgumentParser) -> None:
@@ -105,7 +107,7 @@ def add_fuse(parser: argparse.ArgumentParser) -> None:
 
 
 def task_of(model: str) -> str:
-    return get_spec(model).task
+    return get_spec(model.partition(".")[0]).task  # a name may carry a release tag: caformer_s18.sail_in1k_384
 
 
 def given(value: object) -> bool:

@@ -46,8 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", help="continue the run in this folder exactly where it stopped")
     p.add_argument("--force", action="store_true", help="start afresh in an --output that holds a run (deletes it)")
     add_batch_size(p, None, " (classification 128, segmentation 4, detection 2, as the papers per GPU)")
-    p.add_argument("--lr", type=positive_float, help="learning rate (classification: 1e-3 x global batch / 1024; "
-                   "finetune 2e-4; segmentation 2e-4; RetinaNet 1e-4; Mask R-CNN 2e-4)")  # fmt: skip
+    p.add_argument("--lr", type=positive_float, help="learning rate (classification: 1e-3 x global batch / 1024, "
+                   "CAFormer 2e-3; finetune 2e-4; segmentation 2e-4; RetinaNet 1e-4; Mask R-CNN 2e-4)")  # fmt: skip
     p.add_argument(
         "--weight-decay", type=non_negative_float, help="AdamW weight decay (classification 0.05, dense 1e-4)"
     )
@@ -70,7 +70,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=["paper", "finetune"],
         help="paper: the official ImageNet recipe (default); finetune: short, lr 2e-4, light augmentation",
     )
-    FLAGS.add(p, "--warmup-epochs", CLASSIFICATION, type=non_negative_float, help="linear warm-up epochs from 1e-6 (5)")
+    FLAGS.add(p, "--warmup-epochs", CLASSIFICATION, type=non_negative_float, help="linear warm-up epochs from 1e-6 "
+              "(5; ConvFormer and CAFormer 20)")  # fmt: skip
     FLAGS.add(
         p, "--min-lr", CLASSIFICATION, type=non_negative_float, help="cosine schedule's final learning rate (1e-5)"
     )
@@ -90,8 +91,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     FLAGS.add(p, "--random-erasing", CLASSIFICATION, type=probability, help="random erasing probability (0.25)")
     FLAGS.add(p, "--mixup", CLASSIFICATION, type=non_negative_float, help="MixUp alpha, 0 = off (0.8)")
     FLAGS.add(p, "--cutmix", CLASSIFICATION, type=non_negative_float, help="CutMix alpha, 0 = off (1.0)")
-    FLAGS.add(p, "--drop-path", CLASSIFICATION, type=probability, help="stochastic depth (the model's official rate: "
-              "S12/S24 0.1, S36 0.2, M36 0.3, M48 0.4)")  # fmt: skip
+    FLAGS.add(p, "--drop-path", CLASSIFICATION, type=probability, help="stochastic depth (the model's official rate, "
+              "see `metaformer info`: PoolFormer S12/S24 0.1, S36 0.2, M36 0.3, M48 0.4)")  # fmt: skip
+    FLAGS.add(p, "--head-dropout", CLASSIFICATION, type=probability, help="dropout in ConvFormer's and CAFormer's MLP "
+              "head (the model's official rate)")  # fmt: skip
+    FLAGS.add(p, "--optimizer", CLASSIFICATION, choices=["adamw", "lamb"], help="the model's official one by default: "
+              "AdamW, LAMB for CAFormer (timm's, which needs timm installed)")  # fmt: skip
     FLAGS.add(p, "--clip-grad", CLASSIFICATION, type=positive_float, help="clip the gradient norm to this value (off)")
     FLAGS.add(p, "--ema", CLASSIFICATION, action="store_true", help="keep an exponential moving average of the "
               "weights (0.9998)")  # fmt: skip
@@ -155,6 +160,7 @@ def _recipe(args: argparse.Namespace, kind: str) -> object:
             min_lr=args.min_lr, image_size=args.image_size, crop_scale=args.crop_scale,
             label_smoothing=args.label_smoothing, randaugment_magnitude=args.randaugment,
             random_erasing=args.random_erasing, mixup=args.mixup, cutmix=args.cutmix, drop_path=args.drop_path,
+            head_dropout=args.head_dropout, optimizer=args.optimizer,
             clip_grad=args.clip_grad, ema_decay=0.9998 if args.ema else None,
             augment=False if args.no_augment else None,
         )  # fmt: skip

@@ -15,7 +15,8 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool
 
 from ..errors import ConfigError
-from .metaformer import MetaFormerConfig, MetaFormerFeatures
+from .config import MetaFormerConfig
+from .metaformer import MetaFormerFeatures
 
 
 class ConvNormReLU(nn.Sequential):

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConvEmbed, GroupNorm1, LayerNormChannel, average_pool, group_statistics
+from .layers import ConvEmbed, GroupNorm1, LayerNormChannel, SquaredReLU, StarReLU, average_pool, group_statistics
 from .metaformer import MetaFormer, MetaFormerBlock, _Trunk
 from .mixers import IdentityMixer, Pooling
 
@@ -123,12 +123,17 @@ def _norm_affine(norm: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, tor
         scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
         return scale, norm.bias - norm.running_mean * scale
     if isinstance(norm, (GroupNorm1, LayerNormChannel)):
-        return norm.weight, norm.bias
+        return norm.weight, norm.bias if norm.bias is not None else torch.zeros_like(norm.weight)
     return torch.ones_like(like), torch.zeros_like(like)
 
 
 def _layer_scale(scale: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return scale if scale is not None else torch.ones_like(like)
+
+
+def _res_scale(scale: torch.Tensor | None) -> nn.Parameter | None:
+    """A residual scale as a ``[1, C, 1, 1]`` constant."""
+    return None if scale is None else nn.Parameter(scale.view(1, -1, 1, 1).detach().clone(), requires_grad=False)
 
 
 class _Normalize(nn.Module):
@@ -148,21 +153,30 @@ class _Normalize(nn.Module):
 
 
 class FusedMlp(_Packing):
-    """``y + ls2 * fc2(act(fc1(norm(y))))`` with the norm's affine in ``fc1`` and ``ls2`` in ``fc2``."""
+    """``r2 * y + ls2 * fc2(act(fc1(norm(y))))`` with the norm's affine in ``fc1`` and ``ls2`` in ``fc2``. StarReLU's
+    scale and bias fold into ``fc2`` too (``fc2(s q + b) = (s W2) q + (b W2 1 + c2)``), leaving a squared ReLU."""
 
     def __init__(self, block: MetaFormerBlock) -> None:
         super().__init__()
         mlp = block.mlp
-        scale, shift = _norm_affine(block.norm2, mlp.fc2.bias)
-        layer_scale = _layer_scale(block.layer_scale2, mlp.fc2.bias)
-        w1 = mlp.fc1.weight.flatten(1)
+        like = mlp.fc2.weight[:, 0, 0, 0]
+        scale, shift = _norm_affine(block.norm2, like)
+        layer_scale = _layer_scale(block.layer_scale2, like)
+        w1, w2 = mlp.fc1.weight.flatten(1), mlp.fc2.weight.flatten(1)
+        c1 = mlp.fc1.bias if mlp.fc1.bias is not None else torch.zeros_like(w1[:, 0])
+        c2 = mlp.fc2.bias if mlp.fc2.bias is not None else torch.zeros_like(like)
+        self.act = mlp.act
+        if isinstance(mlp.act, StarReLU):
+            c2 = c2 + mlp.act.bias * w2.sum(1)
+            w2 = w2 * mlp.act.scale
+            self.act = SquaredReLU()
         self.normalize = _Normalize(block.norm2)
         self.fc1_weight = nn.Parameter((w1 * scale).view_as(mlp.fc1.weight), requires_grad=False)
-        self.fc1_bias = nn.Parameter(w1 @ shift + mlp.fc1.bias, requires_grad=False)
-        self.fc2_weight = nn.Parameter(mlp.fc2.weight * layer_scale.view(-1, 1, 1, 1), requires_grad=False)
-        self.fc2_bias = nn.Parameter(mlp.fc2.bias * layer_scale, requires_grad=False)
-        self.act = mlp.act
-        self.onednn_act = _ONEDNN_ACT.get(type(mlp.act))
+        self.fc1_bias = nn.Parameter(w1 @ shift + c1, requires_grad=False)
+        self.fc2_weight = nn.Parameter((w2 * layer_scale[:, None]).view_as(mlp.fc2.weight), requires_grad=False)
+        self.fc2_bias = nn.Parameter(c2 * layer_scale, requires_grad=False)
+        self.res_scale = _res_scale(block.res_scale2)
+        self.onednn_act = _ONEDNN_ACT.get(type(self.act)) if self.res_scale is None else None
         self.fc1_packed = OneDnnWeight([0, 0], [1, 1])
         self.fc2_packed = OneDnnWeight([0, 0], [1, 1])
 
@@ -179,7 +193,8 @@ class FusedMlp(_Packing):
             return ops._convolution_pointwise_.binary(y, h, fc2_weight, self.fc2_bias, [0, 0], [1, 1], [1, 1],
                                                       1, "add", 1.0, None, [None], None)  # fmt: skip
         h = self.act(F.conv2d(x, self.fc1_weight, self.fc1_bias))
-        return F.conv2d(h, self.fc2_weight, self.fc2_bias).add_(y)
+        out = F.conv2d(h, self.fc2_weight, self.fc2_bias)
+        return out.add_(y) if self.res_scale is None else out.addcmul_(y, self.res_scale)
 
 
 class FusedPooling(nn.Module):
@@ -194,12 +209,15 @@ class FusedPooling(nn.Module):
         self.per_sample = isinstance(block.norm1, GroupNorm1)
         self.eps = getattr(block.norm1, "eps", 0.0)
         self.weight = nn.Parameter((layer_scale * scale).view(1, -1, 1, 1).detach().clone(), requires_grad=False)
+        self.res_scale = _res_scale(block.res_scale1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
         if self.per_sample:
             weight = weight * group_statistics(x, self.eps)[1].view(-1, 1, 1, 1).to(x.dtype)
-        return torch.lerp(x, average_pool(x, self.kernel_size), weight)
+        if self.res_scale is None:
+            return torch.lerp(x, average_pool(x, self.kernel_size), weight)
+        return torch.addcmul(x * (self.res_scale - weight), average_pool(x, self.kernel_size), weight)
 
 
 class FusedIdentity(nn.Module):
@@ -213,13 +231,16 @@ class FusedIdentity(nn.Module):
         self.eps = getattr(block.norm1, "eps", 0.0)
         self.scale = nn.Parameter((layer_scale * scale).view(1, -1, 1, 1).detach().clone(), requires_grad=False)
         self.shift = nn.Parameter((layer_scale * shift).view(1, -1, 1, 1).detach().clone(), requires_grad=False)
+        self.residual = _res_scale(block.res_scale1)
+        if self.residual is None:
+            self.residual = nn.Parameter(torch.ones_like(self.scale), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.per_sample:
-            return torch.addcmul(self.shift, x, self.scale + 1)
+            return torch.addcmul(self.shift, x, self.scale + self.residual)
         mean, rstd = (s.view(-1, 1, 1, 1).to(x.dtype) for s in group_statistics(x, self.eps))
         factor = self.scale * rstd
-        return torch.addcmul(self.shift - factor * mean, x, factor + 1)
+        return torch.addcmul(self.shift - factor * mean, x, factor + self.residual)
 
 
 class PlainMixer(nn.Module):
@@ -230,23 +251,32 @@ class PlainMixer(nn.Module):
         self.norm = block.norm1
         self.mixer = block.token_mixer
         self.layer_scale = block.layer_scale1
+        self.res_scale = _res_scale(block.res_scale1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         branch = self.mixer(self.norm(x))
-        if self.layer_scale is None:
-            return x + branch
-        return torch.addcmul(x, branch, self.layer_scale[:, None, None])
+        if self.layer_scale is not None:
+            branch = branch * self.layer_scale[:, None, None]
+        return branch + x if self.res_scale is None else torch.addcmul(branch, x, self.res_scale)
 
 
 class FusedConvEmbed(_Packing):
-    """The stem or a downsampling convolution, with its weight packed for oneDNN (same parameter names)."""
+    """The stem or a downsampling convolution, with its weight packed for oneDNN (same parameter names), and the
+    Baselines' norm before or after it."""
 
     def __init__(self, embed: ConvEmbed) -> None:
         super().__init__()
         self.proj = embed.proj
+        self.norm, self.norm_first = embed.norm, embed.norm_first
         self.packed = OneDnnWeight(list(self.proj.padding), list(self.proj.stride))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm is not None and self.norm_first:
+            x = self.norm(x)
+        x = self._conv(x)
+        return self.norm(x) if self.norm is not None and not self.norm_first else x
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
         if not _use_onednn(x):
             return self.proj(x)
         packed = self.packed

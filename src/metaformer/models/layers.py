@@ -12,10 +12,13 @@ NormFactory = Callable[[int], nn.Module]
 
 
 class GroupNorm1(nn.GroupNorm):
-    """GroupNorm with a single group: normalises over (C, H, W), the paper's "modified LayerNorm" (MLN)."""
+    """GroupNorm with a single group: normalises over (C, H, W), the paper's "modified LayerNorm" (MLN). The
+    Baselines' version has no bias (and eps 1e-6)."""
 
-    def __init__(self, num_channels: int, eps: float = 1e-5) -> None:
+    def __init__(self, num_channels: int, eps: float = 1e-5, bias: bool = True) -> None:
         super().__init__(1, num_channels, eps=eps)
+        if not bias:
+            self.register_parameter("bias", None)
 
 
 def group_statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,10 +42,10 @@ def average_pool(x: torch.Tensor, size: int) -> torch.Tensor:
 class LayerNormChannel(nn.Module):
     """LayerNorm over the channel axis only of a ``[B, C, H, W]`` tensor (each token normalised alone)."""
 
-    def __init__(self, num_channels: int, eps: float = 1e-5) -> None:
+    def __init__(self, num_channels: int, eps: float = 1e-5, bias: bool = True) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels)) if bias else None
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,14 +53,36 @@ class LayerNormChannel(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
+class StarReLU(nn.Module):
+    """``s * relu(x) ** 2 + b`` with learnable scalars ``s`` and ``b`` (the Baselines' activation)."""
+
+    def __init__(self, scale: float = 1.0, bias: float = 0.0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor([scale]))
+        self.bias = nn.Parameter(torch.tensor([bias]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.relu(x).square() + self.bias
+
+
+class SquaredReLU(nn.Module):
+    """``relu(x) ** 2`` (the hidden activation of ConvFormer's and CAFormer's MLP head)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
+# The Baselines' norms have no bias and eps 1e-6.
 NORMS: dict[str, NormFactory] = {
     "groupnorm": GroupNorm1,
+    "groupnorm_nobias": lambda num_channels: GroupNorm1(num_channels, eps=1e-6, bias=False),
     "layernorm": LayerNormChannel,
+    "layernorm_nobias": lambda num_channels: LayerNormChannel(num_channels, eps=1e-6, bias=False),
     "batchnorm": nn.BatchNorm2d,
     "none": lambda num_channels: nn.Identity(),
 }
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
+ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "starrelu": StarReLU}
 
 
 def make_norm(kind: str, num_channels: int) -> nn.Module:
@@ -75,11 +100,11 @@ def make_activation(kind: str) -> nn.Module:
 class ConvMlp(nn.Module):
     """The channel MLP as two 1x1 convolutions, so tensors stay ``[B, C, H, W]``."""
 
-    def __init__(self, dim: int, hidden_dim: int, act: str = "gelu", drop: float = 0.0) -> None:
+    def __init__(self, dim: int, hidden_dim: int, act: str = "gelu", drop: float = 0.0, bias: bool = True) -> None:
         super().__init__()
-        self.fc1 = nn.Conv2d(dim, hidden_dim, 1)
+        self.fc1 = nn.Conv2d(dim, hidden_dim, 1, bias=bias)
         self.act = make_activation(act)
-        self.fc2 = nn.Conv2d(hidden_dim, dim, 1)
+        self.fc2 = nn.Conv2d(hidden_dim, dim, 1, bias=bias)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,14 +112,37 @@ class ConvMlp(nn.Module):
 
 
 class ConvEmbed(nn.Module):
-    """Patch embedding and between-stage downsampling: one strided convolution."""
+    """Patch embedding and between-stage downsampling: one strided convolution, in the Baselines with a norm
+    after it (the stem) or before it (downsampling)."""
 
-    def __init__(self, in_dim: int, out_dim: int, kernel_size: int, stride: int, padding: int) -> None:
+    def __init__(self, in_dim: int, out_dim: int, kernel_size: int, stride: int, padding: int, *,
+                 norm: str = "none", norm_first: bool = False) -> None:  # fmt: skip
         super().__init__()
+        self.norm_first = norm_first
+        self.norm = None if norm == "none" else make_norm(norm, in_dim if norm_first else out_dim)
         self.proj = nn.Conv2d(in_dim, out_dim, kernel_size, stride=stride, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
+        if self.norm is None:
+            return self.proj(x)
+        if self.norm_first:
+            return self.proj(self.norm(x))
+        return self.norm(self.proj(x))
+
+
+class MlpHead(nn.Module):
+    """ConvFormer's and CAFormer's classifier: fc to ``ratio`` x width, SquaredReLU, LayerNorm, dropout, fc."""
+
+    def __init__(self, dim: int, num_classes: int, ratio: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, ratio * dim)
+        self.act = SquaredReLU()
+        self.norm = nn.LayerNorm(ratio * dim)
+        self.drop = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(ratio * dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop(self.norm(self.act(self.fc1(x)))))
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

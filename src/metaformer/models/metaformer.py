@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -13,117 +12,62 @@ from torchvision.ops import stochastic_depth
 
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError
+from .config import DOWNSAMPLE, MIN_INPUT_SIDE, STEM, MetaFormerConfig, class_layer, head_keys
 from .custom_backward import pooling_branch_with_custom_backward
-from .layers import ACTIVATIONS, NORMS, ConvEmbed, ConvMlp, GroupNorm1, make_norm, resize_pos_embed
-from .mixers import MIXERS, Pooling, make_mixer
+from .layers import (
+    ConvEmbed,
+    ConvMlp,
+    GroupNorm1,
+    MlpHead,
+    StarReLU,
+    make_norm,
+    resize_pos_embed,
+)
+from .mixers import Pooling, make_mixer
 
-STEM = (7, 4, 2)  # kernel, stride, padding of the patch embedding
-DOWNSAMPLE = (3, 2, 1)  # the same for the embedding between stages
-MIN_INPUT_SIDE = 32
-
-
-@dataclass(frozen=True)
-class MetaFormerConfig:
-    """Everything that defines a MetaFormer's architecture, and the preprocessing it was trained with."""
-
-    depths: tuple[int, ...] = (2, 2, 6, 2)
-    widths: tuple[int, ...] = (64, 128, 320, 512)
-    mixers: tuple[str, ...] = ("pooling",) * 4
-    pool_size: int = 3
-    norm: str = "groupnorm"
-    act: str = "gelu"
-    mlp_ratio: float = 4.0
-    layer_scale_init: float | None = 1e-5
-    pos_embed: tuple[bool, ...] = (False,) * 4
-    residual: bool = True
-    use_mlp: bool = True
-    num_classes: int = 1000
-    in_chans: int = 3
-    image_size: int = 224
-    drop_rate: float = 0.0
-    drop_path_rate: float = 0.0
-    crop_pct: float = 0.9
-    labels: tuple[str, ...] | None = field(default=None, compare=False)
-
-    def __post_init__(self) -> None:
-        stages = len(self.depths)
-        for name in ("widths", "mixers", "pos_embed"):
-            if len(getattr(self, name)) != stages:
-                raise ConfigError(f"{name} has {len(getattr(self, name))} entries but depths has {stages}")
-        unknown = [m for m in self.mixers if m not in MIXERS]
-        if unknown:
-            raise ConfigError(f"unknown token mixer(s) {unknown}; choose from {list(MIXERS)}")
-        if self.labels is not None and len(self.labels) != self.num_classes:
-            raise ConfigError(f"{len(self.labels)} labels given for {self.num_classes} classes")
-        if self.num_classes < 0:
-            raise ConfigError(f"num_classes must be >= 0 (0: no head), got {self.num_classes}")
-        for name in ("drop_rate", "drop_path_rate"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"{name} is a probability in [0, 1), got {getattr(self, name)}")
-        if self.image_size < MIN_INPUT_SIDE:
-            raise ConfigError(f"image_size must be >= {MIN_INPUT_SIDE}, got {self.image_size}")
-        if self.pool_size < 1 or self.pool_size % 2 == 0:
-            raise ConfigError(f"pool_size must be odd and positive to keep the token grid, got {self.pool_size}")
-        if self.norm not in NORMS or self.act not in ACTIVATIONS:
-            raise ConfigError(
-                f"norm must be one of {sorted(NORMS)} and act one of {sorted(ACTIVATIONS)}, got {self.norm!r}, "
-                f"{self.act!r}"
-            )
-
-    def stage_grids(self, image_size: int | None = None) -> list[tuple[int, int]]:
-        """Token grid (H, W) of each stage for a square input of ``image_size``."""
-        side = (image_size or self.image_size) + 2 * STEM[2] - STEM[0]
-        side = side // STEM[1] + 1
-        grids = [(side, side)]
-        for _ in self.depths[1:]:
-            side = (side + 2 * DOWNSAMPLE[2] - DOWNSAMPLE[0]) // DOWNSAMPLE[1] + 1
-            grids.append((side, side))
-        return grids
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> MetaFormerConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"unknown MetaFormerConfig field(s) {unknown}")
-        tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
-        return cls(**{**data, **tuples})
+__all__ = ["MetaFormer", "MetaFormerConfig", "MetaFormerFeatures", "class_layer", "head_keys"]
 
 
 class MetaFormerBlock(nn.Module):
-    """``x + drop_path(ls1 * mixer(norm1(x)))`` then ``x + drop_path(ls2 * mlp(norm2(x)))``."""
+    """``r1 * x + drop_path(ls1 * mixer(norm1(x)))`` then ``r2 * x + drop_path(ls2 * mlp(norm2(x)))``, with the
+    layer scales ``ls`` (PoolFormer) and residual scales ``r`` (the Baselines' last stages) where configured."""
 
-    def __init__(self, config: MetaFormerConfig, dim: int, mixer: nn.Module, drop_path: float) -> None:
+    def __init__(self, config: MetaFormerConfig, dim: int, mixer: nn.Module, drop_path: float,
+                 res_scale_init: float | None = None) -> None:  # fmt: skip
         super().__init__()
         self.residual = config.residual
         self.drop_path = drop_path
         self.norm1 = make_norm(config.norm, dim)
         self.token_mixer = mixer
-        self.layer_scale1 = self._layer_scale(config, dim)
+        self.layer_scale1 = _scale(config.layer_scale_init, dim)
+        self.res_scale1 = _scale(res_scale_init, dim)
         self.norm2: nn.Module | None = None
         self.mlp: nn.Module | None = None
         self.layer_scale2: nn.Parameter | None = None
+        self.res_scale2: nn.Parameter | None = None
         if config.use_mlp:
             self.norm2 = make_norm(config.norm, dim)
-            self.mlp = ConvMlp(dim, int(dim * config.mlp_ratio), config.act, config.drop_rate)
-            self.layer_scale2 = self._layer_scale(config, dim)
+            self.mlp = ConvMlp(dim, int(dim * config.mlp_ratio), config.act, config.drop_rate, config.bias)
+            self.layer_scale2 = _scale(config.layer_scale_init, dim)
+            self.res_scale2 = _scale(res_scale_init, dim)
         # PoolFormer's own block trains its token-mixer branch through one function with a custom backward.
         self.custom_backward = self.has_custom_backward()
 
     def has_custom_backward(self) -> bool:
-        """PoolFormer's own block (one-group norm, pooling, residual): the branch ``custom_backward.py`` computes."""
-        return isinstance(self.token_mixer, Pooling) and isinstance(self.norm1, GroupNorm1) and self.residual
+        """PoolFormer's own block (one-group norm with bias, pooling, plain residual): the branch
+        ``custom_backward.py`` computes."""
+        return (
+            isinstance(self.token_mixer, Pooling)
+            and isinstance(self.norm1, GroupNorm1)
+            and self.norm1.bias is not None
+            and self.residual
+            and self.res_scale1 is None
+        )
 
-    @staticmethod
-    def _layer_scale(config: MetaFormerConfig, dim: int) -> nn.Parameter | None:
-        if config.layer_scale_init is None:
-            return None
-        return nn.Parameter(torch.full((dim,), config.layer_scale_init))
-
-    def _add(self, x: torch.Tensor, branch: torch.Tensor, scale: nn.Parameter | None) -> torch.Tensor:
+    def _add(self, x: torch.Tensor, branch: torch.Tensor, scale: nn.Parameter | None,
+             res_scale: nn.Parameter | None) -> torch.Tensor:  # fmt: skip
+        if res_scale is not None:
+            x = x * res_scale[:, None, None]
         dropping = self.training and self.drop_path > 0
         if scale is not None and self.residual and not dropping:
             return torch.addcmul(x, branch, scale[:, None, None])  # scale and residual add in one pass
@@ -152,10 +96,14 @@ class MetaFormerBlock(nn.Module):
         if self.custom_backward and torch.is_grad_enabled():
             x = self._pooling_branch(x)
         else:
-            x = self._add(x, self.token_mixer(self.norm1(x)), self.layer_scale1)
+            x = self._add(x, self.token_mixer(self.norm1(x)), self.layer_scale1, self.res_scale1)
         if self.mlp is not None:
-            x = self._add(x, self.mlp(self.norm2(x)), self.layer_scale2)
+            x = self._add(x, self.mlp(self.norm2(x)), self.layer_scale2, self.res_scale2)
         return x
+
+
+def _scale(init: float | None, dim: int) -> nn.Parameter | None:
+    return None if init is None else nn.Parameter(torch.full((dim,), float(init)))
 
 
 class MetaFormerStage(nn.Module):
@@ -173,12 +121,15 @@ class MetaFormerStage(nn.Module):
         if index == 0:
             self.downsample: nn.Module = nn.Identity()
         else:
-            self.downsample = ConvEmbed(config.widths[index - 1], dim, *DOWNSAMPLE)
+            self.downsample = ConvEmbed(config.widths[index - 1], dim, *DOWNSAMPLE, norm=config.downsample_norm,
+                                        norm_first=True)  # fmt: skip
         self.pos_embed = nn.Parameter(torch.zeros(1, dim, *grid)) if config.pos_embed[index] else None
-        mixer = config.mixers[index]
-        self.blocks = nn.Sequential(
-            *(MetaFormerBlock(config, dim, make_mixer(mixer, dim, grid, config.pool_size), rate) for rate in drop_paths)
-        )
+        kind, res_scale = config.mixers[index], config.res_scale_init[index]
+        self.blocks = nn.Sequential(*(
+            MetaFormerBlock(config, dim, make_mixer(kind, dim, grid, pool_size=config.pool_size, bias=config.bias),
+                            rate, res_scale)
+            for rate in drop_paths
+        ))  # fmt: skip
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -198,7 +149,7 @@ class _Trunk(nn.Module):
     def __init__(self, config: MetaFormerConfig) -> None:
         super().__init__()
         self.config = config
-        self.stem = ConvEmbed(config.in_chans, config.widths[0], *STEM)
+        self.stem = ConvEmbed(config.in_chans, config.widths[0], *STEM, norm=config.stem_norm)
         total = sum(config.depths)
         # Stochastic depth rises linearly from 0 at the first block to drop_path_rate at the last.
         rates = [config.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
@@ -222,13 +173,21 @@ class _Trunk(nn.Module):
         }
 
     def no_weight_decay(self) -> set[str]:
-        """Parameters the paper's recipe does not decay besides norms and biases: layer scales, position tables."""
-        return {n for n, _ in self.named_parameters() if "layer_scale" in n or n.endswith("pos_embed")}
+        """Parameters the papers' recipes do not decay besides norms and biases: layer and residual scales,
+        StarReLU's scalars, position tables."""
+        scalars = {f"{m}.{p}" for m, module in self.named_modules() if isinstance(module, StarReLU)
+                   for p, _ in module.named_parameters()}  # fmt: skip
+        scales = {n for n, _ in self.named_parameters() if n.endswith(("layer_scale1", "layer_scale2", "res_scale1",
+                                                                       "res_scale2", "pos_embed"))}  # fmt: skip
+        return scalars | scales
 
     def _init_weights(self) -> None:
-        # As the official code: truncated normal for every linear map and the MLP's 1x1 convolutions.
+        # As the official code: truncated normal for every linear map and the MLP's 1x1 convolutions (PoolFormer),
+        # or every convolution (the Baselines).
+        every_conv = self.config.init == "baselines"
         for module in self.modules():
-            if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)):
+            conv = isinstance(module, nn.Conv2d) and (every_conv or module.kernel_size == (1, 1))
+            if isinstance(module, nn.Linear) or conv:
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
@@ -258,9 +217,18 @@ class MetaFormer(_Trunk):
     def __init__(self, config: MetaFormerConfig) -> None:
         super().__init__(config)
         self.num_features = config.widths[-1]
-        self.norm = make_norm(config.norm, self.num_features)
-        self.head = nn.Linear(self.num_features, config.num_classes) if config.num_classes else nn.Identity()
+        # PoolFormer normalises the last map, then pools; the Baselines pool, then apply a LayerNorm.
+        poolformer = config.head == "poolformer"
+        self.norm = make_norm(config.norm, self.num_features) if poolformer else nn.LayerNorm(self.num_features, 1e-6)
+        self.head = self._new_head(config.num_classes)
         self._init_weights()
+
+    def _new_head(self, num_classes: int) -> nn.Module:
+        if not num_classes:
+            return nn.Identity()
+        if self.config.head == "mlp":
+            return MlpHead(self.num_features, num_classes, dropout=self.config.head_dropout)
+        return nn.Linear(self.num_features, num_classes)
 
     @property
     def num_classes(self) -> int:
@@ -275,7 +243,7 @@ class MetaFormer(_Trunk):
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.norm(x).mean((-2, -1))
+        x = self.norm(x).mean((-2, -1)) if self.config.head == "poolformer" else self.norm(x.mean((-2, -1)))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -290,12 +258,16 @@ class MetaFormer(_Trunk):
             self.config, num_classes=num_classes, labels=tuple(labels) if labels else None
         )
         reference = self.stem.proj.weight
-        if num_classes:
-            self.head = nn.Linear(self.num_features, num_classes, device=reference.device, dtype=reference.dtype)
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        if num_classes and isinstance(self.head, MlpHead):  # keep the trained hidden layer; new class rows
+            self.head.fc2 = nn.Linear(self.head.fc2.in_features, num_classes)
+            fresh: nn.Module = self.head.fc2
         else:
-            self.head = nn.Identity()
+            self.head = fresh = self._new_head(num_classes)
+        fresh.to(reference.device, reference.dtype)
+        for module in fresh.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
 
 
 class MetaFormerFeatures(_Trunk):

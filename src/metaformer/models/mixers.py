@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .layers import StarReLU
 
 
 class Pooling(nn.Module):
@@ -83,18 +86,35 @@ class SpatialFc(nn.Module):
         return self.fc(x.flatten(2)).reshape(x.shape)
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention over the ``H*W`` tokens, heads of ``head_dim`` channels (official hybrids)."""
+class SepConv(nn.Module):
+    """ConvFormer's mixer, MobileNetV2's inverted separable convolution: pointwise to twice the width, StarReLU,
+    7x7 depthwise, pointwise back."""
 
-    def __init__(self, dim: int, head_dim: int = 32, qkv_bias: bool = False, attn_drop: float = 0.0) -> None:
+    def __init__(self, dim: int, bias: bool = False, expansion: int = 2, kernel_size: int = 7) -> None:
+        super().__init__()
+        hidden = expansion * dim
+        self.pwconv1 = nn.Conv2d(dim, hidden, 1, bias=bias)
+        self.act1 = StarReLU()
+        self.dwconv = nn.Conv2d(hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden, bias=bias)
+        self.pwconv2 = nn.Conv2d(hidden, dim, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pwconv2(self.dwconv(self.act1(self.pwconv1(x))))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the ``H*W`` tokens, heads of ``head_dim`` channels, no position embedding
+    (PoolFormer's hybrids: a bias in the output projection; CAFormer: none)."""
+
+    def __init__(self, dim: int, head_dim: int = 32, proj_bias: bool = True, attn_drop: float = 0.0) -> None:
         super().__init__()
         if dim % head_dim != 0:
             raise ValueError(f"attention width {dim} is not a multiple of head_dim {head_dim}")
         self.head_dim = head_dim
         self.num_heads = dim // head_dim
         self.attn_drop = attn_drop
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
@@ -107,21 +127,31 @@ class Attention(nn.Module):
         return out.transpose(1, 2).reshape(batch, channels, height, width)
 
 
-MIXERS = ("pooling", "identity", "random", "dwconv", "attention", "spatial_mlp")
+@dataclass(frozen=True)
+class MixerSite:
+    """Where a mixer is built: its stage's width and token grid, and the model's settings mixers read."""
+
+    dim: int
+    grid: tuple[int, int]
+    pool_size: int = 3
+    bias: bool = True
 
 
-def make_mixer(kind: str, dim: int, grid: tuple[int, int], pool_size: int = 3) -> nn.Module:
+# A token mixer is a class and one line here.
+MIXER_BUILDERS: dict[str, Callable[[MixerSite], nn.Module]] = {
+    "pooling": lambda site: Pooling(site.dim, site.pool_size),
+    "identity": lambda site: IdentityMixer(site.dim),
+    "random": lambda site: RandomMixing(site.dim, site.grid),
+    "dwconv": lambda site: DepthwiseConv(site.dim),
+    "attention": lambda site: Attention(site.dim, proj_bias=site.bias),
+    "spatial_mlp": lambda site: SpatialFc(site.dim, site.grid),
+    "sepconv": lambda site: SepConv(site.dim, bias=site.bias),
+}
+MIXERS = tuple(MIXER_BUILDERS)
+
+
+def make_mixer(kind: str, dim: int, grid: tuple[int, int], *, pool_size: int = 3, bias: bool = True) -> nn.Module:
     """Build the mixer ``kind`` for a stage of width ``dim`` whose token grid is ``grid`` (for fixed-size mixers)."""
-    if kind == "pooling":
-        return Pooling(dim, pool_size)
-    if kind == "identity":
-        return IdentityMixer(dim)
-    if kind == "random":
-        return RandomMixing(dim, grid)
-    if kind == "dwconv":
-        return DepthwiseConv(dim)
-    if kind == "attention":
-        return Attention(dim)
-    if kind == "spatial_mlp":
-        return SpatialFc(dim, grid)
-    raise ValueError(f"unknown token mixer {kind!r}; choose one of {list(MIXERS)}")
+    if kind not in MIXER_BUILDERS:
+        raise ValueError(f"unknown token mixer {kind!r}; choose one of {list(MIXERS)}")
+    return MIXER_BUILDERS[kind](MixerSite(dim, tuple(grid), pool_size, bias))

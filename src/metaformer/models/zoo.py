@@ -1,4 +1,5 @@
-"""Named variants: the official PoolFormers, the official hybrids, and one S12 model per ablation row."""
+"""Named variants: the official PoolFormers, the official hybrids, one S12 model per ablation row, and the
+MetaFormer Baselines (IdentityFormer, RandFormer, PoolFormerV2, ConvFormer, CAFormer)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,23 @@ import difflib
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from .metaformer import MetaFormerConfig
+from .config import MetaFormerConfig
 
 RELEASE = "https://github.com/sail-sg/poolformer/releases/download/v1.0/"
 
 S_WIDTHS = (64, 128, 320, 512)
 M_WIDTHS = (96, 192, 384, 768)
+
+
+@dataclass(frozen=True)
+class TrainDefaults:
+    """What a model's official ImageNet-1k training script sets (300 epochs; the rest is the shared recipe)."""
+
+    drop_path: float = 0.1
+    optimizer: str = "adamw"  # or lamb (CAFormer)
+    base_lr: float = 1e-3  # per 1024 images of global batch: PoolFormer's 1e-3, the Baselines' 4e-3 at 4096
+    warmup_epochs: float = 5
+    head_dropout: float = 0.0  # the MLP head's (ConvFormer, CAFormer)
 
 
 @dataclass(frozen=True)
@@ -28,7 +40,7 @@ class ModelSpec:
     task: str = "classification"  # or segmentation, detection, instance_segmentation
     backbone: str | None = None  # dense models: the classifier whose trunk they use
     default_classes: int = 1000
-    train_drop_path: float = 0.1  # stochastic depth of the official ImageNet recipe for this model
+    training: TrainDefaults = TrainDefaults()
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -43,7 +55,7 @@ def _register_official(name: str, description: str, *, hf_and_timm: bool, drop_p
         url=RELEASE + name + ".pth.tar",
         hf_hub_id="sail/" + name if hf_and_timm else None,
         timm_name=name if hf_and_timm else None,
-        train_drop_path=drop_path,
+        training=TrainDefaults(drop_path=drop_path),
     )
 
 
@@ -94,20 +106,65 @@ for _name, (_description, _change) in _ABLATIONS.items():
     _REGISTRY[_name] = ModelSpec(_name, MetaFormerConfig(**{**_S12, **_change}), _description)
 
 
-# Dense prediction (Table 3/4 of the paper): Semantic FPN on ADE20K (150 classes), RetinaNet and Mask R-CNN on
-# COCO (80 classes), on the PoolFormer backbones.
-_DENSE = [
-    ("fpn", "segmentation", "Semantic FPN", 150, ("s12", "s24", "s36", "m36", "m48")),
-    ("retinanet", "detection", "RetinaNet", 80, ("s12", "s24", "s36")),
-    ("mask_rcnn", "instance_segmentation", "Mask R-CNN", 80, ("s12", "s24", "s36")),
-]
-for _prefix, _task, _title, _classes, _sizes in _DENSE:
-    for _size in _sizes:
-        _trunk = _REGISTRY[f"poolformer_{_size}"]
-        _name = f"{_prefix}_poolformer_{_size}"
+# The Baselines (Yu et al., "MetaFormer Baselines for Vision", TPAMI 2024; sail-sg/metaformer): StarReLU, no biases,
+# normed stem and downsampling, residual scales in the last two stages, pooled-then-normed heads.
+BASELINES_RELEASE = "https://huggingface.co/sail/dl/resolve/main/"
+_V2 = dict(layer_scale_init=None, res_scale_init=(None, None, 1.0, 1.0), bias=False, act="starrelu", crop_pct=1.0,
+           stem_norm="layernorm_nobias", downsample_norm="layernorm_nobias", init="baselines")  # fmt: skip
+_V2_SIZES = {"s12": ((2, 2, 6, 2), S_WIDTHS), "s24": ((4, 4, 12, 4), S_WIDTHS), "s36": ((6, 6, 18, 6), S_WIDTHS),
+             "m36": ((6, 6, 18, 6), M_WIDTHS), "m48": ((8, 8, 24, 8), M_WIDTHS)}  # fmt: skip
+_CONV_SIZES = {"s18": ((3, 3, 9, 3), S_WIDTHS), "s36": ((3, 12, 18, 3), S_WIDTHS),
+               "m36": ((3, 12, 18, 3), (96, 192, 384, 576)), "b36": ((3, 12, 18, 3), (128, 256, 512, 768))}  # fmt: skip
+_BASELINES = {  # family: title, sizes, mixers, norm, head, in timm
+    "identityformer": ("IdentityFormer", _V2_SIZES, ("identity",) * 4, "groupnorm_nobias", "linear", False),
+    "randformer": ("RandFormer", _V2_SIZES, ("identity", "identity", "random", "random"), "groupnorm_nobias",
+                   "linear", False),
+    "poolformerv2": ("PoolFormerV2", _V2_SIZES, ("pooling",) * 4, "groupnorm_nobias", "linear", True),
+    "convformer": ("ConvFormer", _CONV_SIZES, ("sepconv",) * 4, "layernorm_nobias", "mlp", True),
+    "caformer": ("CAFormer", _CONV_SIZES, ("sepconv", "sepconv", "attention", "attention"), "layernorm_nobias", "mlp",
+                 True),
+}  # fmt: skip
+# The official scripts (scripts/*.sh): AdamW at 4e-3 for 4096 images (LAMB at 8e-3 for CAFormer), warm-up of 5
+# epochs (20 for ConvFormer and CAFormer), and per model a drop path (and CAFormer a head dropout).
+_BASELINES_TRAINING = {  # family: optimizer, lr per 1024 images, warm-up, drop path per size, head dropout per size
+    "identityformer": ("adamw", 1e-3, 5, (0.1, 0.1, 0.2, 0.3, 0.4), (0.0,) * 5),
+    "randformer": ("adamw", 1e-3, 5, (0.1, 0.1, 0.2, 0.3, 0.3), (0.0,) * 5),
+    "poolformerv2": ("adamw", 1e-3, 5, (0.1, 0.1, 0.2, 0.3, 0.4), (0.0,) * 5),
+    "convformer": ("adamw", 1e-3, 20, (0.2, 0.3, 0.4, 0.6), (0.0,) * 4),
+    "caformer": ("lamb", 2e-3, 20, (0.15, 0.3, 0.4, 0.6), (0.0, 0.4, 0.4, 0.5)),
+}
+for _family, (_title, _sizes, _mixers, _norm, _head, _in_timm) in _BASELINES.items():
+    _optimizer, _lr, _warmup, _drops, _head_drops = _BASELINES_TRAINING[_family]
+    for (_size, (_depths, _widths)), _drop, _head_drop in zip(_sizes.items(), _drops, _head_drops, strict=True):
+        _name = f"{_family}_{_size}"
         _REGISTRY[_name] = ModelSpec(
-            _name, _trunk.config, f"{_title} on PoolFormer-{_size.upper()}", task=_task, backbone=_trunk.name,
-            default_classes=_classes, train_drop_path=0.0,
+            _name,
+            MetaFormerConfig(**_V2, depths=_depths, widths=_widths, mixers=_mixers, norm=_norm, head=_head),
+            f"{_title}-{_size.upper()} (MetaFormer Baselines)",
+            timm_name=_name if _in_timm else None,
+            training=TrainDefaults(_drop, _optimizer, _lr, _warmup, _head_drop),
+        )
+
+# Dense prediction (Table 3/4 of the paper): Semantic FPN on ADE20K (150 classes), RetinaNet and Mask R-CNN on
+# COCO (80 classes), on the PoolFormer backbones; and the same on the Baselines (which published no dense models).
+# RandFormer has none: its frozen token mixing fixes the input to 224x224.
+_POOLFORMERS_DET = ("poolformer_s12", "poolformer_s24", "poolformer_s36")
+_CONV_DET = ("convformer_s18", "convformer_s36", "caformer_s18", "caformer_s36")
+_SEGMENTATION_TRUNKS = [*_POOLFORMERS, *(f"{family}_{size}" for family in ("identityformer", "poolformerv2")
+                                        for size in _V2_SIZES), *(f"{family}_{size}" for family in ("convformer",
+                                        "caformer") for size in _CONV_SIZES)]  # fmt: skip
+_DENSE = [
+    ("fpn", "segmentation", "Semantic FPN", 150, _SEGMENTATION_TRUNKS),
+    ("retinanet", "detection", "RetinaNet", 80, [*_POOLFORMERS_DET, *_CONV_DET]),
+    ("mask_rcnn", "instance_segmentation", "Mask R-CNN", 80, [*_POOLFORMERS_DET, *_CONV_DET]),
+]
+for _prefix, _task, _title, _classes, _trunks in _DENSE:
+    for _trunk_name in _trunks:
+        _trunk = _REGISTRY[_trunk_name]
+        _name = f"{_prefix}_{_trunk_name}"
+        _REGISTRY[_name] = ModelSpec(
+            _name, _trunk.config, f"{_title} on {_trunk.description.split(' (')[0]}", task=_task,
+            backbone=_trunk.name, default_classes=_classes, training=TrainDefaults(drop_path=0.0),
         )  # fmt: skip
 
 

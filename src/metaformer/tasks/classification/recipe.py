@@ -1,4 +1,5 @@
-"""Training recipes: the paper's ImageNet recipe (the official ``train.py`` defaults) and a fine-tuning preset."""
+"""Training recipes: the papers' ImageNet recipe (the official ``train.py`` defaults, with each model's official
+optimizer, learning rate, warm-up, drop path and head dropout) and a fine-tuning preset."""
 
 from __future__ import annotations
 
@@ -8,16 +9,19 @@ from dataclasses import dataclass
 from ...errors import ConfigError
 from ...models.zoo import get_spec
 
+OPTIMIZERS = ("adamw", "lamb")
+
 
 @dataclass(frozen=True)
 class Recipe:
     name: str = "paper"
     epochs: int = 300
     batch_size: int = 128  # per process; the paper: 8 GPUs x 128 = 1024
-    base_lr: float = 1e-3  # the learning rate is base_lr x global batch / 1024 unless lr is given
+    optimizer: str | None = None  # adamw or lamb; None: the model's official one (LAMB for CAFormer)
+    base_lr: float | None = None  # lr = base_lr x global batch / 1024 unless lr is given; None: the model's official
     lr: float | None = None
     weight_decay: float = 0.05  # not on norms, biases, layer scales or position embeddings
-    warmup_epochs: float = 5
+    warmup_epochs: float | None = None  # None: the model's official (5; ConvFormer and CAFormer 20)
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
     label_smoothing: float = 0.1
@@ -30,7 +34,8 @@ class Recipe:
     mixup: float = 0.8
     cutmix: float = 1.0
     mix_switch_prob: float = 0.5
-    drop_path: float | None = None  # None: the official value for the model (its spec's train_drop_path)
+    drop_path: float | None = None  # None: the official value for the model (its spec's training defaults)
+    head_dropout: float | None = None  # the MLP head's dropout (ConvFormer, CAFormer); None: the model's official
     ema_decay: float | None = None  # the paper's optional model EMA: 0.9998
     clip_grad: float | None = None
     image_size: int = 224
@@ -40,11 +45,26 @@ class Recipe:
         if not 0 < low <= high <= 1:
             raise ConfigError(f"--crop-scale takes 0 < MIN <= MAX <= 1 (areas of the image), got {low} {high}")
 
+        if self.optimizer not in (None, *OPTIMIZERS):
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+
+    def resolved(self, model_name: str) -> Recipe:
+        """This recipe with every setting left to the model (None) set to the model's official value."""
+        spec = get_spec(model_name)
+        if self.head_dropout and spec.config.head != "mlp":
+            raise ConfigError(f"--head-dropout applies to an MLP head (ConvFormer, CAFormer); {model_name} has a "
+                              f"{spec.config.head} head")  # fmt: skip
+        official = spec.training
+        chosen = {name: getattr(self, name) for name in ("optimizer", "base_lr", "warmup_epochs", "drop_path",
+                                                           "head_dropout")}  # fmt: skip
+        return dataclasses.replace(self, **{k: getattr(official, k) if v is None else v for k, v in chosen.items()})
+
     def resolved_lr(self, global_batch: int) -> float:
+        """The learning rate for ``global_batch`` images a step (of a recipe ``resolved`` for its model)."""
         return self.lr if self.lr is not None else self.base_lr * global_batch / 1024
 
     def resolved_drop_path(self, model_name: str) -> float:
-        return self.drop_path if self.drop_path is not None else get_spec(model_name).train_drop_path
+        return self.resolved(model_name).drop_path
 
 
 PAPER = Recipe()

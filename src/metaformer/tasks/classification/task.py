@@ -9,8 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...api import create_model
+from ...engine.distributed import DistributedContext
 from ...engine.schedules import cosine
-from ...errors import DatasetError
+from ...engine.task import RunSettings
+from ...errors import ConfigError, DatasetError
 from ...processor import ImageProcessor
 from ..common import LibraryTask, decay_groups
 from .data import ImageFolder, batch_mixer, class_to_output, train_transform, train_val_folders
@@ -22,6 +24,9 @@ class ClassificationTask(LibraryTask):
     unit = "epoch"
     best_metric = "top1"
     recipe: Recipe
+
+    def __init__(self, settings: RunSettings, recipe: Recipe, context: DistributedContext) -> None:
+        super().__init__(settings, recipe.resolved(settings.model), context)  # config.json records what was used
 
     @functools.cached_property
     def folders(self):  # noqa: ANN201
@@ -41,7 +46,8 @@ class ClassificationTask(LibraryTask):
             self.settings.model,
             num_classes=len(self.classes),
             checkpoint=self.settings.init,
-            drop_path_rate=recipe.resolved_drop_path(self.settings.model),
+            drop_path_rate=recipe.drop_path,
+            **({"head_dropout": recipe.head_dropout} if recipe.head_dropout else {}),
             labels=tuple(self.classes),
             image_size=recipe.image_size,  # the recipe's, not the size an --init checkpoint was trained at
         )
@@ -55,7 +61,10 @@ class ClassificationTask(LibraryTask):
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         groups = decay_groups(model, self.recipe.weight_decay, model.no_weight_decay())
-        return torch.optim.AdamW(groups, lr=self.recipe.resolved_lr(self.global_batch))
+        lr = self.recipe.resolved_lr(self.global_batch)
+        if self.recipe.optimizer == "lamb":
+            return lamb(groups, lr)
+        return torch.optim.AdamW(groups, lr=lr)
 
     def total_steps(self, steps_per_epoch: int) -> int:
         return self.recipe.epochs * steps_per_epoch
@@ -96,5 +105,15 @@ class ClassificationTask(LibraryTask):
 
     def describe(self) -> dict:
         return {"lr": self.recipe.resolved_lr(self.global_batch), "global_batch": self.global_batch,
-                "drop_path": self.recipe.resolved_drop_path(self.settings.model), "classes": self.classes,
+                "optimizer": self.recipe.optimizer, "drop_path": self.recipe.drop_path, "classes": self.classes,
                 "top_k": top_k(len(self.classes))}  # fmt: skip
+
+
+def lamb(groups: list[dict], lr: float) -> torch.optim.Optimizer:
+    """CAFormer's optimizer, timm's LAMB (the one the official scripts ran), a dependency only for this."""
+    try:
+        from timm.optim import Lamb
+    except ImportError as error:
+        raise ConfigError("this recipe trains with LAMB, which comes from timm: `pip install timm`, or pass "
+                          "--optimizer adamw") from error  # fmt: skip
+    return Lamb(groups, lr=lr)

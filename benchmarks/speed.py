@@ -9,7 +9,8 @@ by round; each figure is the median over rounds, and each ratio is against the g
 float32 on CPU).
 Groups: inference latency at batch 1, throughput at batch 32 (float32 and bfloat16), a training step (forward,
 backward, AdamW) at batch 32 (float32, and bfloat16 autocast on CPU), and the whole ``predict`` pipeline (decode,
-resize, crop, model) over the real photos in ``../shared/data/imagenet-samples``. Peak memory: CUDA's allocator
+resize, crop, model) over the real photos in ``../shared/data/imagenet-samples``; and the Baselines' ConvFormer-S18
+and CAFormer-S18 at batch 32 against timm's (float32 and bfloat16). Peak memory: CUDA's allocator
 peak; for CPU training, the activations kept for the backward (bytes saved by autograd), which is what grows with
 the batch. Writes everything to ``--json``. Needs the dev extra (timm, transformers).
 """
@@ -34,6 +35,8 @@ import torch
 import torch._inductor.config as inductor_config
 import torch.nn.functional as F
 from transformers import PoolFormerForImageClassification, PoolFormerImageProcessor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # conftest's randomize, for the weights
 
 import metaformer
 from metaformer import ImageProcessor, load_image
@@ -251,7 +254,36 @@ def pipeline_rows(models: dict, batch: int, device: torch.device) -> tuple[list,
     return rows, agreement
 
 
-GROUPS = ["b1", "b32", "bf16", "train", "train_bf16", "pipeline"]
+def baselines_rows(name: str, batch: int, device: torch.device, dtype: torch.dtype) -> list:
+    """A Baselines model (ConvFormer, CAFormer) against timm's with the same weights: eager timm, ours plain and
+    fused; in bf16, timm under autocast against ours fused in bf16."""
+    from conftest import randomize  # the tests' non-trivial weights: residual and StarReLU scales away from 1
+
+    ours = randomize(metaformer.create_model(name)).eval()
+    with tempfile.TemporaryDirectory() as folder:
+        timm_file = save_checkpoint(ours, f"{folder}/timm.safetensors", to="timm")
+        theirs = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(timm_file)}).eval()
+    ours, theirs = ours.to(device, memory_format=CL), theirs.to(device, memory_format=CL)
+    fused = metaformer.fuse(ours)
+    images = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=CL)
+
+    def call(model: torch.nn.Module, x: torch.Tensor, autocast: torch.dtype | None = None) -> Callable[[], object]:
+        def step() -> object:
+            context = torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext()
+            with torch.inference_mode(), context:
+                return model(x)
+
+        return step
+
+    rows = [Row(f"{name} timm eager fp32", call(theirs, images), batch)]
+    if dtype == torch.float32:
+        return [*rows, Row(f"{name} ours plain fp32", call(ours, images), batch),
+                Row(f"{name} ours fused fp32", call(fused, images), batch)]  # fmt: skip
+    return [*rows, Row(f"{name} timm eager bf16 (autocast)", call(theirs, images, dtype), batch),
+            Row(f"{name} ours fused bf16", call(fused.to(dtype), images.to(dtype)), batch)]  # fmt: skip
+
+
+GROUPS = ["b1", "b32", "bf16", "train", "train_bf16", "pipeline", "baselines", "baselines_bf16"]
 
 
 def run_groups_apart(argv: list[str], groups: list[str], output: Path) -> None:
@@ -315,6 +347,12 @@ def main() -> None:
         report["bf16_agreement"] = agreement
         if agreement:
             print(f"   bf16 top-1 agrees with fp32 on {agreement['bf16_top1_agrees_with_fp32']}/{agreement['photos']}")
+    for group, dtype in (("baselines", torch.float32), ("baselines_bf16", torch.bfloat16)):
+        if group in wanted and (device.type == "cpu" or dtype == torch.float32):
+            for name in ("convformer_s18", "caformer_s18"):
+                rows = baselines_rows(name, 32, device, dtype)
+                title = f"{name}, batch 32{', bfloat16' if dtype == torch.bfloat16 else ''}"
+                report["groups"].append(run_group(title, rows, rounds, device))
     Path(args.json).write_text(json.dumps(report, indent=1))
     print(f"\nwrote {args.json}")
 

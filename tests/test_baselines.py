@@ -63,13 +63,13 @@ def test_every_release_is_spelled_and_evaluated_as_timm_has_it():
 
     ours = {name: release for name, release in RELEASES.items() if release.hf_hub_id}
     archs = {release.arch for release in ours.values()}
-    assert set(ours) == {name for name in timm.list_pretrained() if name.split(".")[0] in archs}  # all 45
+    assert set(ours) == {name for name in timm.list_pretrained() if name.split(".")[0] in archs}  # all 50
     for name, release in ours.items():
         cfg = get_pretrained_cfg(name)
         assert (cfg.hf_hub_id, cfg.input_size[-1], cfg.crop_pct, cfg.num_classes, cfg.interpolation, cfg.license) == (
             release.hf_hub_id, release.image_size, release.crop_pct, release.num_classes, release.interpolation,
             release.license)  # fmt: skip
-    assert len(RELEASES) == 55 and RELEASES["caformer_b36.sail_in22k_ft_in1k_384"].top1 == 88.1
+    assert len(RELEASES) == 60 and RELEASES["caformer_b36.sail_in22k_ft_in1k_384"].top1 == 88.1  # 55 + 5 PoolFormers
     assert RELEASES["caformer_m36.sail_in22k"].url.endswith("/caformer/caformer_m36_in21k.pth")  # not "m364"
     assert RELEASES["convformer_b36.sail_in22k_ft_in1k_384"].url.endswith("convformer_b36_384_in21ft1k.pth")
 
@@ -86,7 +86,8 @@ def perturbed(name: str, seed: int = 0) -> MetaFormer:
     return randomize(metaformer.create_model(name), seed).eval()
 
 
-@pytest.mark.parametrize("name", IN_TIMM)
+@pytest.mark.parametrize("name", [f"{family}_{size}" for family in ("poolformerv2", "convformer", "caformer")
+                                  for size in PARAMS[family]])  # fmt: skip
 def test_equal_to_timm_both_ways(name):
     timm = pytest.importorskip("timm")
     ours = perturbed(name)
@@ -95,7 +96,8 @@ def test_equal_to_timm_both_ways(name):
     if ours.config.head == "mlp":
         # timm's MLP head normalises with eps 1e-6; the official code (and ours) with nn.LayerNorm's 1e-5.
         theirs.head.fc.norm.eps = 1e-5
-    x = torch.randn(2, 3, 224, 224)
+    side = 224 if name in IN_TIMM else 96  # the larger ones differ only in depths and widths: a smaller input
+    x = torch.randn(2, 3, side, side)
     with torch.no_grad():
         expected = theirs(x)
         assert torch.allclose(ours(x), expected, atol=1e-4, rtol=0)
@@ -152,6 +154,8 @@ def test_formats_without_the_baselines_are_refused(tmp_path):
     model = metaformer.create_model("caformer_s18")
     with pytest.raises(metaformer.ConfigError, match="transformers has PoolFormer v1 only"):
         metaformer.save_checkpoint(model, tmp_path / "hf", "hf")
+    with pytest.raises(metaformer.ConfigError, match="timm has no identityformer"):  # it would load as PoolFormerV2
+        metaformer.save_checkpoint(metaformer.create_model("identityformer_s12"), tmp_path / "i.safetensors", "timm")
     with pytest.raises(metaformer.CheckpointError, match="the mmcls format has PoolFormer v1 only"):
         convert_state_dict(model.state_dict(), model.config, "mmcls")
     for to, name in (("official", "c.pth"), ("timm", "c_timm.safetensors"), ("metaformer", "c.safetensors")):
@@ -264,8 +268,8 @@ def test_pretrained_tags_download_from_the_hub_and_predict(hub, tmp_path, imagen
     folder.mkdir(parents=True)
     metaformer.save_checkpoint(model, folder / "model.safetensors", "timm")
     env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "t")}
-    command = [sys.executable, "-m", "metaformer", "predict", str(imagenet_samples[0]), "--model", "caformer_s18",
-               "--pretrained", "sail_in22k", "--json", "--no-fuse"]  # fmt: skip
+    command = [sys.executable, "-m", "metaformer", "predict", str(imagenet_samples[0]), "--model",
+               "caformer_s18.sail_in22k", "--pretrained", "--json", "--no-fuse"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert handler.asked[-1] == "/timm/caformer_s18.sail_in22k/resolve/main/model.safetensors"
@@ -276,8 +280,8 @@ def test_pretrained_tags_download_from_the_hub_and_predict(hub, tmp_path, imagen
     assert found["topk"][0]["index"] == int(expected.argmax())
     # Offline, with nothing cached: one line naming both sources and what to do.
     offline = {**env, "HF_HUB_OFFLINE": "1", "HTTPS_PROXY": "http://127.0.0.1:9"}  # the official host unreachable
-    done = subprocess.run([*command[:-4], "--pretrained", "sail_in1k", "--json"], capture_output=True, text=True,
-                          env=offline, timeout=300)  # fmt: skip
+    command[command.index("caformer_s18.sail_in22k")] = "caformer_s18.sail_in1k"
+    done = subprocess.run(command, capture_output=True, text=True, env=offline, timeout=300)
     assert done.returncode == 1
     error = done.stderr
     assert "could not download the weights of caformer_s18.sail_in1k" in error and "Hugging Face Hub timm/" in error
@@ -285,7 +289,12 @@ def test_pretrained_tags_download_from_the_hub_and_predict(hub, tmp_path, imagen
     with pytest.raises(metaformer.ConfigError, match="caformer_s18 has no release 'sail_in21k'; its releases: "):
         metaformer.create_model("caformer_s18.sail_in21k")
     assert metaformer.create_model("caformer_s18.sail_in22k").num_classes == 21841
+    assert metaformer.create_model("caformer_s18", pretrained=None).num_classes == 1000  # a falsy value: no weights
     assert metaformer.create_model("caformer_s18.sail_in1k_384").config.image_size == 384
+    # A tagged name is a model name everywhere: its processor evaluates at the release's size and crop.
+    processor = metaformer.ImageProcessor.for_model("poolformer_m36.sail_in1k")
+    assert (processor.size, processor.crop_pct) == (224, 0.95)
+    assert metaformer.ImageProcessor.for_model("convformer_s18.sail_in22k_ft_in1k_384").size == 384
 
 
 def test_an_in22k_head_becomes_an_in1k_head_as_the_official_script_makes_it():

@@ -58,6 +58,13 @@ def test_paper_recipe_is_the_official_one():
     assert (caformer.drop_path, caformer.head_dropout, convformer.drop_path) == (0.3, 0.4, 0.6)
     assert (convformer.optimizer, convformer.resolved_lr(4096), convformer.warmup_epochs) == ("adamw", 4e-3, 20)
     assert PAPER.resolved("poolformerv2_m48").warmup_epochs == 5 and PAPER.resolved("randformer_m48").drop_path == 0.3
+    ft = get_recipe("finetune_384").resolved("caformer_b36")  # the official 384 fine-tuning from the 224 weights
+    assert (ft.optimizer, ft.resolved_lr(1024), ft.drop_path, ft.head_dropout, ft.schedule, ft.ema_decay) == (
+        "lamb", 1e-4, 0.8, 0.5, "constant", 0.9999)  # fmt: skip
+    assert (ft.image_size, ft.epochs, ft.mixup, ft.cutmix, ft.warmup_epochs) == (384, 30, 0.0, 0.0, 0)
+    assert get_recipe("finetune_384").resolved("convformer_s18").resolved_lr(1024) == 5e-5
+    with pytest.raises(ConfigError, match="exists for ConvFormer and CAFormer only, not poolformer_s12"):
+        get_recipe("finetune_384").resolved("poolformer_s12")
     assert (PAPER.mixup, PAPER.cutmix, PAPER.mix_switch_prob, PAPER.random_erasing) == (0.8, 1.0, 0.5, 0.25)
     assert (PAPER.randaugment_magnitude, PAPER.randaugment_std, PAPER.crop_scale) == (9, 0.5, (0.08, 1.0))
     drop = {m: PAPER.resolved_drop_path(f"poolformer_{m}") for m in ("s12", "s24", "s36", "m36", "m48")}

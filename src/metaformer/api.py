@@ -17,7 +17,7 @@ from .checkpoints.saving import CHECKPOINT_SUFFIXES, check_destination
 from .errors import CheckpointError, ConfigError
 from .models.dense import INPUT_OPTIONS, DenseModel, build_dense_model
 from .models.metaformer import MetaFormer, MetaFormerFeatures
-from .models.pretrained import RELEASES, releases_of
+from .models.pretrained import RELEASES, split_tag
 from .models.zoo import ModelSpec, get_spec, list_models, resolve_config
 
 CheckpointSource = str | os.PathLike | Mapping[str, torch.Tensor] | Checkpoint
@@ -53,21 +53,21 @@ def create_model(
         overrides: any ``MetaFormerConfig`` field, e.g. ``drop_path_rate=0.1`` or ``image_size=384``; dense
             models also take their input size (``test_scale``, or ``min_size`` and ``max_size``).
     """
-    if pretrained is not False and checkpoint is not None:
+    if pretrained and checkpoint is not None:
         raise ConfigError("pass either pretrained=True or checkpoint=PATH, not both")
     name, tag = _split_tag(name, pretrained)
     spec = get_spec(name)
     if spec.task != "classification":
         if features_only:
             raise ConfigError(f"{name} is a {spec.task} model; features_only takes a classifier's name")
-        if pretrained is not False:
+        if pretrained:
             checkpoint = pretrained_file(spec.backbone, tag)  # ImageNet weights initialise the backbone
         return _create_dense(spec, checkpoint, num_classes, strict, overrides)
     if tag is not None:
         release = RELEASES[f"{name}.{tag}"]
         overrides.setdefault("image_size", release.image_size)
         num_classes = release.num_classes if num_classes is None and checkpoint is None else num_classes
-    if pretrained is not False:
+    if pretrained:
         checkpoint = pretrained_file(name, tag)
     if checkpoint is not None:
         checkpoint = open_checkpoint(checkpoint)
@@ -88,17 +88,13 @@ def create_model(
 
 def _split_tag(name: str, pretrained: bool | str) -> tuple[str, str | None]:
     """The architecture and the release tag of ``name`` (``arch.tag``) or of ``pretrained`` (a tag)."""
-    arch, _, tag = name.partition(".")
-    if isinstance(pretrained, str):
+    arch, release = split_tag(name)
+    tag = release.tag if release else None
+    if isinstance(pretrained, str) and pretrained:
         if tag and tag != pretrained:
             raise ConfigError(f"{name} names release {tag!r} but pretrained={pretrained!r}; give one of them")
         tag = pretrained
-    if not tag:
-        return arch, None
-    trunk = get_spec(arch).backbone or arch
-    if f"{trunk}.{tag}" not in RELEASES:
-        known = [release.tag for release in releases_of(trunk)]
-        raise ConfigError(f"{trunk} has no release {tag!r}; its releases: {', '.join(known) or 'none tagged'}")
+        split_tag(f"{get_spec(arch).backbone or arch}.{tag}")  # a release of the trunk, or a clear error
     return arch, tag
 
 

@@ -12,6 +12,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from .data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from .data.images import load_image, to_rgb
+from .models.pretrained import split_tag
 from .models.zoo import get_spec
 
 ImageInput = Image.Image | str | os.PathLike
@@ -45,8 +46,13 @@ class ImageProcessor:
     @classmethod
     def for_model(cls, model: str | torch.nn.Module, *, exif_transpose: bool = True) -> ImageProcessor:
         """The processor a model is evaluated with: a registered name, or a model (its own size and crop_pct)."""
-        config = get_spec(model).config if isinstance(model, str) else model.config
-        return cls(size=config.image_size, crop_pct=config.crop_pct, exif_transpose=exif_transpose)
+        if isinstance(model, str):
+            release = split_tag(model)[1]
+            config = get_spec(model).config
+            if release is not None:  # a tagged release is evaluated at its own size and crop
+                return cls(size=release.image_size, crop_pct=release.crop_pct, exif_transpose=exif_transpose)
+            return cls(size=config.image_size, crop_pct=config.crop_pct, exif_transpose=exif_transpose)
+        return cls(size=model.config.image_size, crop_pct=model.config.crop_pct, exif_transpose=exif_transpose)
 
     def __repr__(self) -> str:
         return f"ImageProcessor(size={self.size}, crop_pct={self.crop_pct}, exif_transpose={self.exif_transpose})"

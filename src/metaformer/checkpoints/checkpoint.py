@@ -16,8 +16,8 @@ from .formats import CLASSIFIER_FORMATS, StateDict, backbone_part, classifier_ke
 from .reading import read_state_dict, unwrap
 
 ARCHITECTURE_FIELDS = (
-    "depths", "widths", "mixers", "pool_size", "norm", "act",
-    "mlp_ratio", "pos_embed", "residual", "use_mlp", "in_chans",
+    "depths", "widths", "mixers", "pool_size", "norm", "act", "mlp_ratio", "pos_embed", "residual", "use_mlp",
+    "in_chans", "res_scale_init", "bias", "stem_norm", "downsample_norm", "head",
 )  # fmt: skip
 # The layers of a dense model whose size is its number of classes (replaced when fine-tuning to other classes).
 CLASS_LAYERS = {

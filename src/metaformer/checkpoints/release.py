@@ -13,7 +13,7 @@ import torch
 
 from ..errors import CheckpointError, ConfigError
 from ..models.metaformer import MetaFormer, class_layer
-from ..models.pretrained import releases_of
+from ..models.pretrained import releases_of, split_tag
 from ..models.zoo import get_spec
 
 # SHA-256 of released files whose digest is published; none of the sail-sg releases publish one, so others are
@@ -42,7 +42,7 @@ def pretrained_file(name: str, tag: str | None = None, progress: bool = True) ->
     """
     releases = releases_of(name)
     if releases:
-        release = next((r for r in releases if r.tag == tag), releases[0]) if tag else releases[0]
+        release = split_tag(f"{name}.{tag}")[1] if tag else releases[0]
         return _download(release.name, release.url, release.hf_hub_id, "model.safetensors", progress)
     spec = get_spec(name)
     if tag is not None:

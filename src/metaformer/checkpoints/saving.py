@@ -16,6 +16,7 @@ from ..errors import ConfigError
 from ..files import atomic_write, write_json
 from ..models.dense import is_dense
 from ..models.metaformer import MetaFormer, MetaFormerConfig, MetaFormerFeatures
+from ..models.zoo import get_spec
 from .formats import StateDict, convert_state_dict, is_baseline
 
 SAVE_FORMATS = ("metaformer", "official", "timm", "hf")
@@ -67,6 +68,10 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, to: str = "metafo
     if not isinstance(model, (MetaFormer, MetaFormerFeatures)):
         raise TypeError(f"save_checkpoint takes a model of this library, got {type(model).__name__}")
     config: MetaFormerConfig = model.config
+    name = getattr(model, "name", None)
+    if to == "timm" and is_baseline(config) and name and not get_spec(name).timm_name:
+        raise ConfigError(f"timm has no {name.split('_')[0]}: a timm-format file of it could not be loaded as what it "
+                          "is; write ours (.safetensors) or the official format")  # fmt: skip
     if to == "hf":
         return _save_hf_folder(model, state_dict, path)
     converted = convert_state_dict(state_dict, config, to)

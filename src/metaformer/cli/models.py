@@ -73,14 +73,17 @@ def list_command(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no model name contains {args.filter!r}; `metaformer list` shows them all", file=sys.stderr)
         return 1
+    releases = {s.name: [r.name for r in releases_of(s.name)] for s in rows}
     if args.json:
-        print(json.dumps([{"name": s.name, "task": s.task, "description": s.description, "weights": s.url}
-                          for s in rows]))  # fmt: skip
+        print(json.dumps([{"name": s.name, "task": s.task, "description": s.description,
+                           "weights": s.url or (releases[s.name][0] if releases[s.name] else None),
+                           "releases": releases[s.name]} for s in rows]))  # fmt: skip
         return 0
     width = max(len(s.name) for s in rows)
     for spec in rows:
-        mark = "weights" if spec.url else "       "
-        print(f"{spec.name:<{width}}  {mark}  {spec.description}")
+        count = len(releases[spec.name])
+        mark = f"{count} release{'s' if count > 1 else ''}" if count else "weights" if spec.url else ""
+        print(f"{spec.name:<{width}}  {mark:<10}  {spec.description}")
     return 0
 
 

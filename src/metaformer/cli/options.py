@@ -97,9 +97,9 @@ def add_progress(parser: argparse.ArgumentParser) -> None:
 def add_weights(parser: argparse.ArgumentParser, pretrained: bool = True) -> None:
     parser.add_argument("--checkpoint", help="weights: ours, official .pth.tar, timm, Hugging Face folder, mmseg/mmdet")
     if pretrained:
-        parser.add_argument("--pretrained", nargs="?", const=True, default=False, metavar="TAG",
-                            help="download released weights: the model's first (ImageNet-1k at 224), or the release "
-                            "TAG (`metaformer info MODEL` lists them, e.g. sail_in22k_ft_in1k_384)")  # fmt: skip
+        parser.add_argument("--pretrained", action="store_true", help="download released weights: the model's "
+                            "first (ImageNet-1k at 224), or the release its name carries, as timm spells it "
+                            "(--model caformer_s18.sail_in22k_ft_in1k_384; `metaformer info` lists them)")  # fmt: skip
 
 
 def add_fuse(parser: argparse.ArgumentParser) -> None:

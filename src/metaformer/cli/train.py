@@ -67,8 +67,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p,
         "--recipe",
         CLASSIFICATION,
-        choices=["paper", "finetune"],
-        help="paper: the official ImageNet recipe (default); finetune: short, lr 2e-4, light augmentation",
+        choices=["paper", "finetune", "finetune_384"],
+        help="paper: the official ImageNet recipe (default); finetune: short, lr 2e-4, light augmentation; "
+        "finetune_384: the official 384 fine-tuning of ConvFormer/CAFormer (30 epochs, constant lr, EMA)",
     )
     FLAGS.add(p, "--warmup-epochs", CLASSIFICATION, type=non_negative_float, help="linear warm-up epochs from 1e-6 "
               "(5; ConvFormer and CAFormer 20)")  # fmt: skip

@@ -17,8 +17,6 @@ plain token-mixer branch, and still get the fused MLP branch.
 from __future__ import annotations
 
 import copy
-import platform
-from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -26,92 +24,8 @@ from torch import nn
 
 from .layers import ConvEmbed, GroupNorm1, LayerNormChannel, SquaredReLU, StarReLU, average_pool, group_statistics
 from .metaformer import MetaFormer, MetaFormerBlock, _Trunk
-from .mixers import IdentityMixer, Pooling
-
-# oneDNN's names for the activations it can run inside a convolution's epilogue ("none" selects the exact erf GELU).
-_ONEDNN_ACT = {nn.GELU: ("gelu", "none"), nn.ReLU: ("relu", ""), nn.SiLU: ("swish", "")}
-# The fused-epilogue operators are inductor's x86 kernels; other builds and machines take the portable form.
-_ONEDNN = (
-    torch.backends.mkldnn.is_available()
-    and platform.machine().lower() in ("x86_64", "amd64")
-    and hasattr(torch.ops.mkldnn, "_convolution_pointwise_")
-    and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
-)
-# bf16 only where the CPU has native bf16 instructions (AVX-512 BF16, AMX); elsewhere oneDNN would emulate it.
-_ONEDNN_DTYPES = (
-    (torch.float32, torch.bfloat16) if _ONEDNN and torch.ops.mkldnn._is_mkldnn_bf16_supported() else (torch.float32,)
-)
-
-
-def _use_onednn(x: torch.Tensor) -> bool:
-    # Under torch.compile the portable form is traced instead: inductor makes the same epilogue fusions itself.
-    # The oneDNN calls have no backward: an input that wants gradients takes the portable form too.
-    return (
-        _ONEDNN
-        and x.device.type == "cpu"
-        and x.dtype in _ONEDNN_DTYPES
-        and not torch.compiler.is_compiling()
-        and not (x.requires_grad and torch.is_grad_enabled())
-    )
-
-
-class OneDnnWeight:
-    """A convolution weight in oneDNN's blocked layout, reordered once per input shape rather than on every call.
-
-    Unpacked, oneDNN reorders the weight inside each call: at batch 1 that costs as much as the last stage's GEMMs.
-    The layout it picks depends on the input shape, so the last few shapes are kept. The copies follow the weight:
-    moving, casting or ``load_state_dict`` drops them, and in-place edits through the parameter are seen by its
-    version counter. Edits that bypass the counter (through ``.data``, or to tensors made under
-    ``torch.inference_mode``) are not: a fused model is a snapshot, so change the original and fuse again. The copies
-    are not in the state dict, and are not copied or pickled.
-    """
-
-    SHAPES = 2
-
-    def __init__(self, padding: list[int], stride: list[int]) -> None:
-        self.padding = padding
-        self.stride = stride
-        self.source: torch.Tensor | None = None  # held so that no other weight can take its memory while it is the key
-        self.key: tuple = ()
-        self.by_shape: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
-
-    def __reduce__(self) -> tuple:
-        return OneDnnWeight, (self.padding, self.stride)
-
-    def clear(self) -> None:
-        self.source, self.key = None, ()
-        self.by_shape.clear()
-
-    def __call__(self, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        key = (weight.data_ptr(), weight.dtype, 0 if weight.is_inference() else weight._version)
-        if key != self.key:
-            self.clear()
-            self.source, self.key = weight.detach(), key
-        shape = tuple(x.shape)
-        packed = self.by_shape.pop(shape, None)
-        if packed is None:
-            packed = torch.ops.mkldnn._reorder_convolution_weight(weight, self.padding, self.stride, [1, 1], 1, shape)
-        self.by_shape[shape] = packed
-        while len(self.by_shape) > self.SHAPES:
-            self.by_shape.popitem(last=False)
-        return packed
-
-
-class _Packing(nn.Module):
-    """A module whose ``OneDnnWeight`` attributes are dropped when its weights are moved, cast or loaded."""
-
-    def _clear_packed(self) -> None:
-        for value in vars(self).values():
-            if isinstance(value, OneDnnWeight):
-                value.clear()
-
-    def _apply(self, *args, **kwargs) -> nn.Module:
-        self._clear_packed()
-        return super()._apply(*args, **kwargs)
-
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        self._clear_packed()
-        super()._load_from_state_dict(*args, **kwargs)
+from .mixers import IdentityMixer, Pooling, SepConv
+from .onednn import ONEDNN_ACT, OneDnnWeight, Packing, conv_add_, conv_pointwise, use_onednn
 
 
 def _norm_affine(norm: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,9 +66,10 @@ class _Normalize(nn.Module):
         return x
 
 
-class FusedMlp(_Packing):
+class FusedMlp(Packing):
     """``r2 * y + ls2 * fc2(act(fc1(norm(y))))`` with the norm's affine in ``fc1`` and ``ls2`` in ``fc2``. StarReLU's
-    scale and bias fold into ``fc2`` too (``fc2(s q + b) = (s W2) q + (b W2 1 + c2)``), leaving a squared ReLU."""
+    scale and bias fold into ``fc2`` too (``fc2(s q + b) = (s W2) q + (b W2 1 + c2)``), leaving a squared ReLU: on
+    oneDNN, a ReLU epilogue then an in-place square."""
 
     def __init__(self, block: MetaFormerBlock) -> None:
         super().__init__()
@@ -165,36 +80,70 @@ class FusedMlp(_Packing):
         w1, w2 = mlp.fc1.weight.flatten(1), mlp.fc2.weight.flatten(1)
         c1 = mlp.fc1.bias if mlp.fc1.bias is not None else torch.zeros_like(w1[:, 0])
         c2 = mlp.fc2.bias if mlp.fc2.bias is not None else torch.zeros_like(like)
-        self.act = mlp.act
+        self.act, self.square = mlp.act, False
         if isinstance(mlp.act, StarReLU):
             c2 = c2 + mlp.act.bias * w2.sum(1)
             w2 = w2 * mlp.act.scale
-            self.act = SquaredReLU()
+            self.act, self.square = SquaredReLU(), True
         self.normalize = _Normalize(block.norm2)
         self.fc1_weight = nn.Parameter((w1 * scale).view_as(mlp.fc1.weight), requires_grad=False)
         self.fc1_bias = nn.Parameter(w1 @ shift + c1, requires_grad=False)
         self.fc2_weight = nn.Parameter((w2 * layer_scale[:, None]).view_as(mlp.fc2.weight), requires_grad=False)
         self.fc2_bias = nn.Parameter(c2 * layer_scale, requires_grad=False)
         self.res_scale = _res_scale(block.res_scale2)
-        self.onednn_act = _ONEDNN_ACT.get(type(self.act)) if self.res_scale is None else None
+        self.onednn_act = ("relu", "") if self.square else ONEDNN_ACT.get(type(self.act))
         self.fc1_packed = OneDnnWeight([0, 0], [1, 1])
         self.fc2_packed = OneDnnWeight([0, 0], [1, 1])
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         x = self.normalize(y)
-        if self.onednn_act is not None and _use_onednn(x):
-            ops = torch.ops.mkldnn
-            attr, algorithm = self.onednn_act
-            fc1_weight = self.fc1_packed(self.fc1_weight, x)
-            h = ops._convolution_pointwise(x, fc1_weight, self.fc1_bias, [0, 0], [1, 1], [1, 1], 1, attr, [],
-                                           algorithm)  # fmt: skip
-            # fc2 accumulates into y in place: y is this block's own fresh tensor (the mixer's output).
-            fc2_weight = self.fc2_packed(self.fc2_weight, h)
-            return ops._convolution_pointwise_.binary(y, h, fc2_weight, self.fc2_bias, [0, 0], [1, 1], [1, 1],
-                                                      1, "add", 1.0, None, [None], None)  # fmt: skip
+        if self.onednn_act is not None and use_onednn(x):
+            h = conv_pointwise(x, self.fc1_weight, self.fc1_bias, self.fc1_packed, *self.onednn_act)
+            if self.square:
+                h = h.mul_(h)
+            if self.res_scale is None:
+                # fc2 accumulates into y in place: y is this block's own fresh tensor (the mixer's output).
+                return conv_add_(y, h, self.fc2_weight, self.fc2_bias, self.fc2_packed)
+            return conv_pointwise(h, self.fc2_weight, self.fc2_bias, self.fc2_packed).addcmul_(y, self.res_scale)
         h = self.act(F.conv2d(x, self.fc1_weight, self.fc1_bias))
         out = F.conv2d(h, self.fc2_weight, self.fc2_bias)
         return out.add_(y) if self.res_scale is None else out.addcmul_(y, self.res_scale)
+
+
+class FusedSepConv(Packing):
+    """ConvFormer's mixer branch ``r1 * x + ls1 * pw2(dw(star(pw1(norm(x)))))`` with the norm's affine in ``pw1``,
+    the layer scale in ``pw2``, and StarReLU as a ReLU epilogue and one ``b + s q * q`` pass. The block's input may
+    be needed elsewhere, so the residual is added out of place."""
+
+    def __init__(self, block: MetaFormerBlock, like: torch.Tensor) -> None:
+        super().__init__()
+        mixer: SepConv = block.token_mixer
+        scale, shift = _norm_affine(block.norm1, like)
+        layer_scale = _layer_scale(block.layer_scale1, like)
+        w1, w2 = mixer.pwconv1.weight.flatten(1), mixer.pwconv2.weight.flatten(1)
+        c1 = mixer.pwconv1.bias if mixer.pwconv1.bias is not None else torch.zeros_like(w1[:, 0])
+        c2 = mixer.pwconv2.bias if mixer.pwconv2.bias is not None else torch.zeros_like(like)
+        self.normalize = _Normalize(block.norm1)
+        self.pw1_weight = nn.Parameter((w1 * scale).view_as(mixer.pwconv1.weight), requires_grad=False)
+        self.pw1_bias = nn.Parameter(w1 @ shift + c1, requires_grad=False)
+        self.star_scale = float(mixer.act1.scale)
+        self.register_buffer("star_bias", mixer.act1.bias.detach().clone(), persistent=False)  # moves with the model
+        self.dwconv = mixer.dwconv
+        self.pw2_weight = nn.Parameter((w2 * layer_scale[:, None]).view_as(mixer.pwconv2.weight), requires_grad=False)
+        self.pw2_bias = nn.Parameter(c2 * layer_scale, requires_grad=False)
+        self.res_scale = _res_scale(block.res_scale1)
+        self.pw1_packed = OneDnnWeight([0, 0], [1, 1])
+        self.pw2_packed = OneDnnWeight([0, 0], [1, 1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.normalize(x)
+        onednn = use_onednn(n)
+        h = conv_pointwise(n, self.pw1_weight, self.pw1_bias, self.pw1_packed, "relu") if onednn else F.relu(
+            F.conv2d(n, self.pw1_weight, self.pw1_bias))  # fmt: skip
+        h = self.dwconv(torch.addcmul(self.star_bias, h, h, value=self.star_scale))
+        out = conv_pointwise(h, self.pw2_weight, self.pw2_bias, self.pw2_packed) if onednn else F.conv2d(
+            h, self.pw2_weight, self.pw2_bias)  # fmt: skip
+        return out.add_(x) if self.res_scale is None else out.addcmul_(x, self.res_scale)
 
 
 class FusedPooling(nn.Module):
@@ -260,7 +209,7 @@ class PlainMixer(nn.Module):
         return branch + x if self.res_scale is None else torch.addcmul(branch, x, self.res_scale)
 
 
-class FusedConvEmbed(_Packing):
+class FusedConvEmbed(Packing):
     """The stem or a downsampling convolution, with its weight packed for oneDNN (same parameter names), and the
     Baselines' norm before or after it."""
 
@@ -277,12 +226,7 @@ class FusedConvEmbed(_Packing):
         return self.norm(x) if self.norm is not None and not self.norm_first else x
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
-        if not _use_onednn(x):
-            return self.proj(x)
-        packed = self.packed
-        weight = packed(self.proj.weight, x)
-        return torch.ops.mkldnn._convolution_pointwise(x, weight, self.proj.bias, packed.padding, packed.stride, [1, 1],
-                                                       1, "none", [], "")  # fmt: skip
+        return conv_pointwise(x, self.proj.weight, self.proj.bias, self.packed) if use_onednn(x) else self.proj(x)
 
 
 class FusedBlock(nn.Module):
@@ -293,6 +237,8 @@ class FusedBlock(nn.Module):
             self.mix: nn.Module = FusedPooling(block, like)
         elif isinstance(block.token_mixer, IdentityMixer) and foldable_norm:
             self.mix = FusedIdentity(block, like)
+        elif isinstance(block.token_mixer, SepConv):
+            self.mix = FusedSepConv(block, like)
         else:
             self.mix = PlainMixer(block)
         self.mlp = FusedMlp(block) if block.mlp is not None else None

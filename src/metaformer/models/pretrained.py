@@ -1,5 +1,6 @@
-"""The released weights of the MetaFormer Baselines, one tag per file, spelled as timm spells them
-(``caformer_s18.sail_in22k_ft_in1k_384``): where each file lives, how it was evaluated, and what the paper reports.
+"""The released weights of the PoolFormers and the MetaFormer Baselines, one tag per file, spelled as timm spells
+them (``caformer_s18.sail_in22k_ft_in1k_384``): where each file lives, how it was evaluated, and what the papers
+report.
 
 The official files (sail-sg/metaformer) are plain state_dicts on Hugging Face (``huggingface.co/sail/dl``); timm's
 copies (``timm/<arch>.<tag>``) are safetensors. Every tag is evaluated at its input size with crop_pct 1.0,
@@ -10,6 +11,8 @@ own terms are for non-commercial research).
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ..errors import ConfigError
 
 OFFICIAL_HOST = "https://huggingface.co/sail/dl/resolve/main/"
 
@@ -52,6 +55,17 @@ PAPER = {
 }
 
 
+# PoolFormer (v1), released by sail-sg/poolformer: the paper's top-1 and MACs, and the evaluation crop.
+POOLFORMER_HOST = "https://github.com/sail-sg/poolformer/releases/download/v1.0/"
+POOLFORMER = {
+    "poolformer_s12": (77.2, 1.8, 0.9),
+    "poolformer_s24": (80.3, 3.4, 0.9),
+    "poolformer_s36": (81.4, 5.0, 0.9),
+    "poolformer_m36": (82.1, 8.8, 0.95),
+    "poolformer_m48": (82.5, 11.6, 0.95),
+}
+
+
 @dataclass(frozen=True)
 class Pretrained:
     """One released set of weights of an architecture."""
@@ -75,6 +89,10 @@ class Pretrained:
 
 def _releases() -> dict[str, Pretrained]:
     releases = {}
+    for arch, (top1, macs, crop_pct) in POOLFORMER.items():
+        release = Pretrained(arch, "sail_in1k", f"{POOLFORMER_HOST}{arch}.pth.tar", f"timm/{arch}.sail_in1k", 224, 1000,
+                             top1, macs, crop_pct)  # fmt: skip
+        releases[release.name] = release
     for arch, (top1s, (macs_224, macs_384)) in PAPER.items():
         family = arch.split("_")[0]
         for (tag, (suffix, size, classes)), top1 in zip(TAG_KINDS.items(), top1s, strict=False):
@@ -91,3 +109,14 @@ RELEASES = _releases()
 def releases_of(arch: str) -> list[Pretrained]:
     """The released weights of ``arch``, the default (ImageNet-1k at 224) first."""
     return [r for r in RELEASES.values() if r.arch == arch]
+
+
+def split_tag(name: str) -> tuple[str, Pretrained | None]:
+    """The architecture of ``name`` and the release its tag names (``caformer_s18.sail_in1k_384``), if any."""
+    arch, _, tag = name.partition(".")
+    if not tag:
+        return arch, None
+    if name not in RELEASES:
+        known = ", ".join(r.tag for r in releases_of(arch)) or "none tagged"
+        raise ConfigError(f"{arch} has no release {tag!r}; its releases: {known}")
+    return arch, RELEASES[name]

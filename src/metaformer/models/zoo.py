@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from .config import MetaFormerConfig
+from .pretrained import split_tag
 
 RELEASE = "https://github.com/sail-sg/poolformer/releases/download/v1.0/"
 
@@ -25,6 +26,9 @@ class TrainDefaults:
     base_lr: float = 1e-3  # per 1024 images of global batch: PoolFormer's 1e-3, the Baselines' 4e-3 at 4096
     warmup_epochs: float = 5
     head_dropout: float = 0.0  # the MLP head's (ConvFormer, CAFormer)
+    # The official fine-tuning at 384 from the 224 weights (30 epochs, constant lr): lr per 1024 images, drop path,
+    # head dropout; None where none was published.
+    finetune_384: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -133,16 +137,24 @@ _BASELINES_TRAINING = {  # family: optimizer, lr per 1024 images, warm-up, drop 
     "convformer": ("adamw", 1e-3, 20, (0.2, 0.3, 0.4, 0.6), (0.0,) * 4),
     "caformer": ("lamb", 2e-3, 20, (0.15, 0.3, 0.4, 0.6), (0.0, 0.4, 0.4, 0.5)),
 }
+_FINETUNE_384 = {  # family: lr at 1024 images, drop path per size, head dropout per size (scripts/*/finetune_*_384.sh)
+    "convformer": (5e-5, (0.3, 0.5, 0.8, 0.8), (0.4, 0.4, 0.5, 0.5)),
+    "caformer": (1e-4, (0.3, 0.5, 0.7, 0.8), (0.4, 0.4, 0.4, 0.5)),
+}
 for _family, (_title, _sizes, _mixers, _norm, _head, _in_timm) in _BASELINES.items():
     _optimizer, _lr, _warmup, _drops, _head_drops = _BASELINES_TRAINING[_family]
-    for (_size, (_depths, _widths)), _drop, _head_drop in zip(_sizes.items(), _drops, _head_drops, strict=True):
+    _ft_lr, _ft_drops, _ft_heads = _FINETUNE_384.get(_family, (None, (None,) * 5, (None,) * 5))
+    for _i, ((_size, (_depths, _widths)), _drop, _head_drop) in enumerate(
+        zip(_sizes.items(), _drops, _head_drops, strict=True)
+    ):
         _name = f"{_family}_{_size}"
+        _finetune = (_ft_lr, _ft_drops[_i], _ft_heads[_i]) if _ft_lr else None
         _REGISTRY[_name] = ModelSpec(
             _name,
             MetaFormerConfig(**_V2, depths=_depths, widths=_widths, mixers=_mixers, norm=_norm, head=_head),
             f"{_title}-{_size.upper()} (MetaFormer Baselines)",
             timm_name=_name if _in_timm else None,
-            training=TrainDefaults(_drop, _optimizer, _lr, _warmup, _head_drop),
+            training=TrainDefaults(_drop, _optimizer, _lr, _warmup, _head_drop, _finetune),
         )
 
 # Dense prediction (Table 3/4 of the paper): Semantic FPN on ADE20K (150 classes), RetinaNet and Mask R-CNN on
@@ -179,6 +191,9 @@ def list_models(pattern: str | None = None, task: str | None = None) -> list[str
 
 
 def get_spec(name: str) -> ModelSpec:
+    """The registered model ``name``; a release tag (``caformer_s18.sail_in1k_384``) names its architecture."""
+    if isinstance(name, str) and "." in name:
+        name = split_tag(name)[0]
     if not isinstance(name, str) or name not in _REGISTRY:
         close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `metaformer list`"

@@ -39,12 +39,15 @@ class Recipe:
     ema_decay: float | None = None  # the paper's optional model EMA: 0.9998
     clip_grad: float | None = None
     image_size: int = 224
+    schedule: str = "cosine"  # or constant (the 384 fine-tuning)
 
     def __post_init__(self) -> None:
         low, high = self.crop_scale
         if not 0 < low <= high <= 1:
             raise ConfigError(f"--crop-scale takes 0 < MIN <= MAX <= 1 (areas of the image), got {low} {high}")
 
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"schedule must be cosine or constant, got {self.schedule!r}")
         if self.optimizer not in (None, *OPTIMIZERS):
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
 
@@ -55,6 +58,13 @@ class Recipe:
             raise ConfigError(f"--head-dropout applies to an MLP head (ConvFormer, CAFormer); {model_name} has a "
                               f"{spec.config.head} head")  # fmt: skip
         official = spec.training
+        if self.name == "finetune_384":
+            if official.finetune_384 is None:
+                raise ConfigError(f"the official 384 fine-tuning recipe exists for ConvFormer and CAFormer only, not "
+                                  f"{model_name}; use --recipe finetune --image-size 384")  # fmt: skip
+            lr, drop_path, head_dropout = official.finetune_384
+            official = dataclasses.replace(official, base_lr=lr, drop_path=drop_path, head_dropout=head_dropout,
+                                           warmup_epochs=0)  # fmt: skip
         chosen = {name: getattr(self, name) for name in ("optimizer", "base_lr", "warmup_epochs", "drop_path",
                                                            "head_dropout")}  # fmt: skip
         return dataclasses.replace(self, **{k: getattr(official, k) if v is None else v for k, v in chosen.items()})
@@ -86,7 +96,14 @@ FINETUNE = dataclasses.replace(
     drop_path=0.05,
 )
 
-RECIPES = {"paper": PAPER, "finetune": FINETUNE}
+# The official fine-tuning of ConvFormer and CAFormer at 384 from their 224 weights: 30 epochs at a constant lr
+# (batch 1024, 8 x 128), no MixUp or CutMix, EMA 0.9999; lr, drop path and head dropout per model.
+FINETUNE_384 = dataclasses.replace(
+    PAPER, name="finetune_384", epochs=30, image_size=384, schedule="constant", mixup=0.0, cutmix=0.0,
+    ema_decay=0.9999,
+)  # fmt: skip
+
+RECIPES = {"paper": PAPER, "finetune": FINETUNE, "finetune_384": FINETUNE_384}
 
 
 def get_recipe(name: str = "paper", **overrides: object) -> Recipe:

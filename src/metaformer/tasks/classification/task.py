@@ -27,6 +27,8 @@ class ClassificationTask(LibraryTask):
 
     def __init__(self, settings: RunSettings, recipe: Recipe, context: DistributedContext) -> None:
         super().__init__(settings, recipe.resolved(settings.model), context)  # config.json records what was used
+        if self.recipe.optimizer == "lamb":
+            _lamb_class()  # before any data is read: a missing dependency is said at once
 
     @functools.cached_property
     def folders(self):  # noqa: ANN201
@@ -71,8 +73,10 @@ class ClassificationTask(LibraryTask):
 
     def lr_at(self, step: int, steps_per_epoch: int) -> float:
         recipe = self.recipe
-        return cosine(step / steps_per_epoch, recipe.resolved_lr(self.global_batch), recipe.epochs,
-                      recipe.warmup_epochs, recipe.warmup_lr, recipe.min_lr)  # fmt: skip
+        lr = recipe.resolved_lr(self.global_batch)
+        if recipe.schedule == "constant":
+            return lr
+        return cosine(step / steps_per_epoch, lr, recipe.epochs, recipe.warmup_epochs, recipe.warmup_lr, recipe.min_lr)
 
     @property
     def ema_decay(self) -> float | None:
@@ -110,10 +114,14 @@ class ClassificationTask(LibraryTask):
 
 
 def lamb(groups: list[dict], lr: float) -> torch.optim.Optimizer:
-    """CAFormer's optimizer, timm's LAMB (the one the official scripts ran), a dependency only for this."""
+    """CAFormer's optimizer, timm's LAMB (the one the official scripts ran)."""
+    return _lamb_class()(groups, lr=lr)
+
+
+def _lamb_class() -> type[torch.optim.Optimizer]:
     try:
         from timm.optim import Lamb
     except ImportError as error:
-        raise ConfigError("this recipe trains with LAMB, which comes from timm: `pip install timm`, or pass "
-                          "--optimizer adamw") from error  # fmt: skip
-    return Lamb(groups, lr=lr)
+        raise ConfigError("this recipe trains with LAMB, which comes from timm: `pip install metaformer[train]` (or "
+                          "timm), or pass --optimizer adamw") from error  # fmt: skip
+    return Lamb

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import statistics
@@ -126,18 +127,24 @@ def build_models(name: str, device: torch.device) -> dict[str, torch.nn.Module]:
     return {key: model.to(device, memory_format=CL) for key, model in models.items()}
 
 
+def inference_step(model: torch.nn.Module, x: torch.Tensor, autocast: torch.dtype | None = None, *,
+                   device: torch.device) -> Callable[[], object]:  # fmt: skip
+    """One timed call: ``model(x)`` without autograd, under autocast to ``autocast`` if given."""
+
+    def step() -> object:
+        context = torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext()
+        with torch.inference_mode(), context:
+            return model(x)
+
+    return step
+
+
 def inference_rows(models: dict, batch: int, device: torch.device, dtype: torch.dtype, compile_rows: bool) -> list:
     images = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=CL)
     ours, theirs, hf = models["ours"], models["timm"], models["hf"]
     fused = metaformer.fuse(ours)
 
-    def call(model: torch.nn.Module, x: torch.Tensor, autocast: torch.dtype | None = None) -> Callable[[], object]:
-        def step() -> object:
-            context = torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext()
-            with torch.inference_mode(), context:
-                return model(x)
-
-        return step
+    call = functools.partial(inference_step, device=device)
 
     low = images.to(dtype)
     if device.type == "cuda":  # AMP on CUDA: the peers under autocast, ours fused in half precision
@@ -267,13 +274,7 @@ def baselines_rows(name: str, batch: int, device: torch.device, dtype: torch.dty
     fused = metaformer.fuse(ours)
     images = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=CL)
 
-    def call(model: torch.nn.Module, x: torch.Tensor, autocast: torch.dtype | None = None) -> Callable[[], object]:
-        def step() -> object:
-            context = torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext()
-            with torch.inference_mode(), context:
-                return model(x)
-
-        return step
+    call = functools.partial(inference_step, device=device)
 
     rows = [Row(f"{name} timm eager fp32", call(theirs, images), batch)]
     if dtype == torch.float32:

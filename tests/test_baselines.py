@@ -3,6 +3,7 @@ models and the official code's structure computing what ours computes, every fil
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
 import json
@@ -21,7 +22,7 @@ import metaformer
 from metaformer.checkpoints import open_checkpoint
 from metaformer.checkpoints.formats import convert_state_dict
 from metaformer.models.metaformer import MetaFormer
-from metaformer.models.pretrained import RELEASES
+from metaformer.models.pretrained import PAPER, RELEASES
 from metaformer.models.zoo import get_spec
 
 # Trainable parameters with 1000 classes, as the official code gives them; RandFormer adds its frozen matrices.
@@ -47,14 +48,16 @@ def test_exact_parameter_counts(name):
     assert frozen == (FROZEN[size] if family == "randformer" else 0)
 
 
-# The paper's (and the official README's) MACs at 224x224, in G.
-MACS = {"identityformer_s12": 1.8, "randformer_s12": 1.9, "poolformerv2_s12": 1.8, "convformer_s18": 3.9,
-        "caformer_s18": 4.1}  # fmt: skip
-
-
-@pytest.mark.parametrize("name", SMALLEST)
-def test_macs_as_the_paper(name):
-    assert round(metaformer.count_macs(metaformer.create_model(name)) / 1e9, 1) == MACS[name]
+@pytest.mark.parametrize("name", list(PAPER))
+def test_macs_as_the_paper_at_224_and_384(name):
+    """fvcore's count, as the paper's table: the official norms are elementwise operations, which it skips."""
+    config = get_spec(name).config
+    macs_224, macs_384 = PAPER[name][1]
+    with torch.device("meta"):  # shapes only: nothing is computed
+        assert round(metaformer.count_macs(MetaFormer(config)) / 1e9, 1) == macs_224
+        if macs_384:
+            model = MetaFormer(dataclasses.replace(config, image_size=384))
+            assert round(metaformer.count_macs(model, 384) / 1e9, 1) == macs_384
 
 
 def test_every_release_is_spelled_and_evaluated_as_timm_has_it():
@@ -72,12 +75,6 @@ def test_every_release_is_spelled_and_evaluated_as_timm_has_it():
     assert len(RELEASES) == 60 and RELEASES["caformer_b36.sail_in22k_ft_in1k_384"].top1 == 88.1  # 55 + 5 PoolFormers
     assert RELEASES["caformer_m36.sail_in22k"].url.endswith("/caformer/caformer_m36_in21k.pth")  # not "m364"
     assert RELEASES["convformer_b36.sail_in22k_ft_in1k_384"].url.endswith("convformer_b36_384_in21ft1k.pth")
-
-
-def test_macs_at_384_as_the_paper():
-    release = RELEASES["caformer_s18.sail_in1k_384"]
-    model = metaformer.create_model("caformer_s18", image_size=384)
-    assert round(metaformer.count_macs(model, 384) / 1e9, 1) == release.macs_g
 
 
 def perturbed(name: str, seed: int = 0) -> MetaFormer:
@@ -167,8 +164,6 @@ def test_formats_without_the_baselines_are_refused(tmp_path):
 
 def test_the_readme_table_is_the_metadata():
     from pathlib import Path
-
-    from metaformer.models.pretrained import PAPER
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     rows = readme.split("<!-- baselines-table -->")[1].strip().split("\n\n")[0].splitlines()[2:]
@@ -310,3 +305,19 @@ def test_an_in22k_head_becomes_an_in1k_head_as_the_official_script_makes_it():
     assert torch.equal(in1k.head.fc1.weight, model.head.fc1.weight)
     with pytest.raises(metaformer.ConfigError, match="expected a model with the 21841 ImageNet-21k classes"):
         metaformer.in1k_head_from_in22k(in1k)
+
+
+def test_a_timm_hub_folder_loads_with_its_name_and_evaluation_size(tmp_path):
+    timm = pytest.importorskip("timm")
+    from timm.models._hub import save_for_hf  # what timm's push_to_hf_hub uploads, written locally
+
+    theirs = timm.create_model("caformer_s18", pretrained_cfg_overlay={"input_size": (3, 384, 384)}).eval()
+    save_for_hf(theirs, tmp_path / "folder")
+    checkpoint = open_checkpoint(tmp_path / "folder")
+    assert metaformer.api.infer_model_name(checkpoint) == "caformer_s18"
+    ours = metaformer.create_model("caformer_s18", checkpoint=tmp_path / "folder", strict=True).eval()
+    assert (ours.config.image_size, ours.config.crop_pct) == (384, 1.0)
+    theirs.head.fc.norm.eps = 1e-5  # see test_equal_to_timm_both_ways
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), theirs(x), atol=1e-4, rtol=0)

@@ -144,7 +144,8 @@ def _pickled_globals(path: Path) -> list[str]:
 def _read_hf_folder(path: Path) -> tuple[StateDict, dict]:
     config_file = path / "config.json"
     if not config_file.exists():
-        raise CheckpointError(f"{path} is a folder but has no config.json; expected a Hugging Face model folder")
+        raise CheckpointError(f"{path} is a folder but has no config.json; expected a Hugging Face or timm model "
+                              "folder")  # fmt: skip
     try:
         config = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -152,5 +153,24 @@ def _read_hf_folder(path: Path) -> tuple[StateDict, dict]:
     for weights in ("model.safetensors", "pytorch_model.bin"):
         if (path / weights).exists():
             state_dict, _ = read_state_dict(path / weights)
+            if "architecture" in config:  # timm's hub folder: the model's name and its evaluation settings
+                return state_dict, _timm_folder_metadata(config)
             return state_dict, {"hf_config": config}
     raise CheckpointError(f"{path}: found config.json but neither model.safetensors nor pytorch_model.bin")
+
+
+def _timm_folder_metadata(config: dict) -> dict:
+    """What a timm hub folder's ``config.json`` says, in the metadata keys our own files use."""
+    metadata = {"model": str(config["architecture"])}
+    pretrained = config.get("pretrained_cfg") or {}
+    evaluation = {}
+    if isinstance(pretrained.get("input_size"), list) and len(pretrained["input_size"]) == 3:
+        evaluation["image_size"] = pretrained["input_size"][-1]
+    if isinstance(pretrained.get("crop_pct"), (int, float)):
+        evaluation["crop_pct"] = float(pretrained["crop_pct"])
+    if evaluation:
+        metadata["config"] = json.dumps(evaluation)
+    names = config.get("label_names")
+    if isinstance(names, list) and names:
+        metadata["labels"] = json.dumps([str(name) for name in names])
+    return metadata

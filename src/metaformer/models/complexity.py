@@ -21,8 +21,8 @@ def count_macs(model: nn.Module, image_size: int | None = None) -> int:
 
     As fvcore (which the paper used): convolutions, linear layers and matrix products, plus normalisation layers
     at 5 operations per element with an affine transform (4 without; 2 and 1 for BatchNorm, counted in eval mode).
-    The channel LayerNorm is not counted either: the official one is built of elementwise operations, which
-    fvcore skips. Pooling, activations and elementwise sums are not counted.
+    The channel LayerNorm is not counted either, nor the Baselines' norms: the official ones are built of
+    elementwise operations, which fvcore skips. Pooling, activations and elementwise sums are not counted.
     """
     norm_ops = 0
 
@@ -34,7 +34,11 @@ def count_macs(model: nn.Module, image_size: int | None = None) -> int:
         else:
             norm_ops += output.numel() * (5 if affine else 4)
 
-    hooks = [m.register_forward_hook(count_norm) for m in model.modules() if isinstance(m, _NORMS)]
+    # The Baselines' bias-free one-group norm is the official LayerNormGeneral, elementwise operations too.
+    counted = [
+        m for m in model.modules() if isinstance(m, _NORMS) and not (isinstance(m, nn.GroupNorm) and m.bias is None)
+    ]
+    hooks = [m.register_forward_hook(count_norm) for m in counted]
     config = model.config
     size = image_size or config.image_size
     parameter = next(model.parameters())

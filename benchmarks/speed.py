@@ -10,7 +10,8 @@ float32 on CPU).
 Groups: inference latency at batch 1, throughput at batch 32 (float32 and bfloat16), a training step (forward,
 backward, AdamW) at batch 32 (float32, and bfloat16 autocast on CPU), and the whole ``predict`` pipeline (decode,
 resize, crop, model) over the real photos in ``../shared/data/imagenet-samples``; and the Baselines' ConvFormer-S18
-and CAFormer-S18 at batch 32 against timm's (float32 and bfloat16). Peak memory: CUDA's allocator
+and CAFormer-S18 at batch 32 against timm's (float32 and bfloat16), with the floor row (the model's convolutions and
+linear layers alone, same run) and each row's fraction of it. Peak memory: CUDA's allocator
 peak; for CPU training, the activations kept for the backward (bytes saved by autograd), which is what grows with
 the batch. Writes everything to ``--json``. Needs the dev extra (timm, transformers).
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
+import copy
 import json
 import os
 import statistics
@@ -127,12 +128,11 @@ def build_models(name: str, device: torch.device) -> dict[str, torch.nn.Module]:
     return {key: model.to(device, memory_format=CL) for key, model in models.items()}
 
 
-def inference_step(model: torch.nn.Module, x: torch.Tensor, autocast: torch.dtype | None = None, *,
-                   device: torch.device) -> Callable[[], object]:  # fmt: skip
+def call(model: torch.nn.Module, x: torch.Tensor, autocast: torch.dtype | None = None) -> Callable[[], object]:
     """One timed call: ``model(x)`` without autograd, under autocast to ``autocast`` if given."""
 
     def step() -> object:
-        context = torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext()
+        context = torch.autocast(x.device.type, dtype=autocast) if autocast else contextlib.nullcontext()
         with torch.inference_mode(), context:
             return model(x)
 
@@ -143,8 +143,6 @@ def inference_rows(models: dict, batch: int, device: torch.device, dtype: torch.
     images = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=CL)
     ours, theirs, hf = models["ours"], models["timm"], models["hf"]
     fused = metaformer.fuse(ours)
-
-    call = functools.partial(inference_step, device=device)
 
     low = images.to(dtype)
     if device.type == "cuda":  # AMP on CUDA: the peers under autocast, ours fused in half precision
@@ -274,14 +272,45 @@ def baselines_rows(name: str, batch: int, device: torch.device, dtype: torch.dty
     fused = metaformer.fuse(ours)
     images = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=CL)
 
-    call = functools.partial(inference_step, device=device)
-
-    rows = [Row(f"{name} timm eager fp32", call(theirs, images), batch)]
+    suffix = "fp32" if dtype == torch.float32 else "bf16"
+    rows = [Row(f"{name} timm eager fp32", call(theirs, images), batch),
+            Row(f"{name} floor {suffix}", floor_step(ours, images, dtype), batch)]  # fmt: skip
     if dtype == torch.float32:
         return [*rows, Row(f"{name} ours plain fp32", call(ours, images), batch),
                 Row(f"{name} ours fused fp32", call(fused, images), batch)]  # fmt: skip
     return [*rows, Row(f"{name} timm eager bf16 (autocast)", call(theirs, images, dtype), batch),
             Row(f"{name} ours fused bf16", call(fused.to(dtype), images.to(dtype)), batch)]  # fmt: skip
+
+
+def floor_step(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype) -> Callable[[], object]:
+    """The model's convolutions and linear layers alone, in ``dtype``, each on the input it gets in a forward pass:
+    what no implementation on these kernels can beat. Attention's two matrix products are left out, so for CAFormer
+    it is a lower bound."""
+    model = copy.deepcopy(model).to(dtype)
+    calls: list[tuple[torch.nn.Module, torch.Tensor]] = []
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = [m.register_forward_hook(lambda module, inputs, _: calls.append((module, inputs[0].clone())))
+             for m in layers]  # fmt: skip
+    with torch.inference_mode():
+        model(images.to(dtype))
+    for hook in hooks:
+        hook.remove()
+
+    def step() -> None:
+        with torch.inference_mode():
+            for module, x in calls:
+                module(x)
+
+    return step
+
+
+def print_floor_fractions(group: dict) -> None:
+    """Each row's fraction of the floor row (floor time / row time): 1.0 is the floor itself."""
+    floor = next(r["median_ms"] for r in group["rows"] if " floor " in r["name"])
+    for row in group["rows"]:
+        row["floor_fraction"] = floor / row["median_ms"]
+    print("   of the floor: " + ", ".join(f"{r['name'].split(' ', 1)[1]} {r['floor_fraction']:.2f}"
+                                           for r in group["rows"]))  # fmt: skip
 
 
 GROUPS = ["b1", "b32", "bf16", "train", "train_bf16", "pipeline", "baselines", "baselines_bf16"]
@@ -318,8 +347,8 @@ def main() -> None:
     rounds, compile_rows = (3, False) if args.quick else (args.rounds, True)
     inductor_config.freezing = True  # inference graphs: constant weights folded and prepacked, for every peer alike
     torch.manual_seed(0)
-    models = build_models(args.model, device)
     wanted = set(args.only)
+    models = build_models(args.model, device) if wanted & {"b1", "b32", "bf16", "pipeline"} else {}
     amp = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
     report: dict = {"model": args.model, "device": str(device), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "timm": timm.__version__, "groups": []}  # fmt: skip
@@ -354,6 +383,7 @@ def main() -> None:
                 rows = baselines_rows(name, 32, device, dtype)
                 title = f"{name}, batch 32{', bfloat16' if dtype == torch.bfloat16 else ''}"
                 report["groups"].append(run_group(title, rows, rounds, device))
+                print_floor_fractions(report["groups"][-1])
     Path(args.json).write_text(json.dumps(report, indent=1))
     print(f"\nwrote {args.json}")
 

@@ -322,3 +322,11 @@ def test_caformer_trains_with_its_official_lamb_and_head_dropout(tiny, tmp_path)
     assert run_train(tiny, "--model", "poolformer_s12", "--head-dropout", "0.2", "--output", tmp_path / "no",
                      "--batch-size", "16", *FAST) == 2  # fmt: skip
     assert not (tmp_path / "no").exists()
+
+
+def test_lamb_without_timm_is_said_before_any_data_is_read(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "timm.optim", None)  # as on an install without timm: the import fails
+    run = tmp_path / "run"
+    assert run_train(tiny, "--model", "caformer_s18", "--output", run, "--batch-size", "16", *FAST) == 2
+    assert 'pip install "metaformer[train]"' in capsys.readouterr().err and not run.exists()
+    assert get_recipe("paper", optimizer="adamw").resolved("caformer_s18").optimizer == "adamw"  # --optimizer

@@ -4,6 +4,7 @@ model a checkpoint file belongs to."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,11 +13,11 @@ import torch
 from torch import nn
 
 from .checkpoints import Checkpoint, load_checkpoint, open_checkpoint, pretrained_file, save_checkpoint
-from .checkpoints.formats import CLASSIFIER_FORMATS, POOLFORMER_ONLY, convert_state_dict, is_baseline
+from .checkpoints.formats import CLASSIFIER_FORMATS, POOLFORMER_ONLY, convert_state_dict
 from .checkpoints.saving import CHECKPOINT_SUFFIXES, check_destination
 from .errors import CheckpointError, ConfigError
 from .models.dense import INPUT_OPTIONS, DenseModel, build_dense_model
-from .models.metaformer import MetaFormer, MetaFormerFeatures
+from .models.metaformer import MetaFormer, MetaFormerConfig, MetaFormerFeatures
 from .models.pretrained import RELEASES, split_tag
 from .models.zoo import ModelSpec, get_spec, list_models, resolve_config
 
@@ -135,14 +136,11 @@ def infer_model_name(checkpoint: Checkpoint) -> str:
         config = dataclasses.replace(spec.config, num_classes=num_classes)
         if checkpoint.format == "timm" and not spec.timm_name:
             continue  # a model timm does not have
-        if checkpoint.format in POOLFORMER_ONLY and is_baseline(config):
+        if checkpoint.format in POOLFORMER_ONLY and config.is_baseline:
             continue
         if any(getattr(config, k) != v for k, v in stored.items()):
             continue
-        with torch.device("meta"):
-            in_format = convert_state_dict(MetaFormer(config).state_dict(), config, checkpoint.format)
-        layout = {k: tuple(v.shape) for k, v in in_format.items()}
-        if layout == shapes:
+        if _layout(config, checkpoint.format) == shapes:
             candidates.append(name)
     hint = _name_hint(checkpoint.source)
     if hint in candidates:
@@ -154,6 +152,14 @@ def infer_model_name(checkpoint: Checkpoint) -> str:
     raise CheckpointError(
         f"{checkpoint.source}: the layout fits several models ({', '.join(candidates)}); name one (--model NAME)"
     )
+
+
+@functools.cache
+def _layout(config: MetaFormerConfig, format: str) -> dict[str, tuple[int, ...]]:
+    """The key and shape of every tensor of a classifier of ``config`` in ``format`` (built on the meta device)."""
+    with torch.device("meta"):
+        in_format = convert_state_dict(MetaFormer(config).state_dict(), config, format)
+    return {k: tuple(v.shape) for k, v in in_format.items()}
 
 
 def _name_hint(source: str) -> str:

@@ -47,11 +47,9 @@ class ImageProcessor:
     def for_model(cls, model: str | torch.nn.Module, *, exif_transpose: bool = True) -> ImageProcessor:
         """The processor a model is evaluated with: a registered name, or a model (its own size and crop_pct)."""
         if isinstance(model, str):
-            release = split_tag(model)[1]
-            config = get_spec(model).config
-            if release is not None:  # a tagged release is evaluated at its own size and crop
-                return cls(size=release.image_size, crop_pct=release.crop_pct, exif_transpose=exif_transpose)
-            return cls(size=config.image_size, crop_pct=config.crop_pct, exif_transpose=exif_transpose)
+            arch, release = split_tag(model)  # a tagged release is evaluated at its own size and crop
+            settings = release if release is not None else get_spec(arch).config
+            return cls(size=settings.image_size, crop_pct=settings.crop_pct, exif_transpose=exif_transpose)
         return cls(size=model.config.image_size, crop_pct=model.config.crop_pct, exif_transpose=exif_transpose)
 
     def __repr__(self) -> str:

@@ -47,7 +47,7 @@ def official_indices(config: MetaFormerConfig) -> tuple[dict[int, int], dict[int
 
 
 def _to_official(key: str, config: MetaFormerConfig) -> str:
-    if is_baseline(config):
+    if config.is_baseline:
         return _to_official_baselines(key)
     blocks, downsample, pos_embed = official_indices(config)
     key = re.sub(r"^stem\.proj\.", "patch_embed.proj.", key)
@@ -66,11 +66,6 @@ def _to_official_baselines(key: str) -> str:
     key = re.sub(r"^stages\.(\d+)\.downsample\.norm\.", r"downsample_layers.\1.pre_norm.", key)
     key = re.sub(r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2.", key)
     return re.sub(r"\.(layer|res)_scale(\d)$", r".\1_scale\2.scale", key)
-
-
-def is_baseline(config: MetaFormerConfig) -> bool:
-    """A model of the Baselines' code (sail-sg/metaformer) rather than PoolFormer's (sail-sg/poolformer)."""
-    return config.head != "poolformer"
 
 
 def _to_mmcls(key: str, config: MetaFormerConfig) -> str:
@@ -136,7 +131,7 @@ def stored_as_linear(format: str, key: str, config: MetaFormerConfig) -> bool:
     """Whether ``format`` keeps our 1x1 convolution ``key`` as an ``nn.Linear`` weight ``[out, in]``: the
     Baselines' official code runs channels-last throughout, timm only in CAFormer's attention stages."""
     match = _POINTWISE.match(key)
-    if not match or not is_baseline(config):
+    if not match or not config.is_baseline:
         return False
     if format == "official":
         return True
@@ -148,7 +143,7 @@ def convert_state_dict(state_dict: StateDict, config: MetaFormerConfig, to: str)
     them (values are shared, not copied)."""
     if to not in CLASSIFIER_KEYS:
         raise CheckpointError(f"unknown format {to!r}; choose one of {CLASSIFIER_FORMATS}")
-    if to in POOLFORMER_ONLY and is_baseline(config):
+    if to in POOLFORMER_ONLY and config.is_baseline:
         raise CheckpointError(f"the {to} format has PoolFormer v1 only, not the MetaFormer Baselines; write ours "
                               "(safetensors), the official one or timm's")  # fmt: skip
     return {

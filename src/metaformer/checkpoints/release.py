@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, ConfigError
-from ..models.metaformer import MetaFormer, class_layer
+from ..models.config import class_layer
+from ..models.metaformer import MetaFormer
 from ..models.pretrained import releases_of, split_tag
 from ..models.zoo import get_spec
 
@@ -43,16 +44,17 @@ def pretrained_file(name: str, tag: str | None = None, progress: bool = True) ->
     releases = releases_of(name)
     if releases:
         release = split_tag(f"{name}.{tag}")[1] if tag else releases[0]
-        return _download(release.name, release.url, release.hf_hub_id, "model.safetensors", progress)
+        return _download(release.name, release.url, release.hf_hub_id, progress)
     spec = get_spec(name)
     if tag is not None:
         raise CheckpointError(f"{name} has one release, without tags; pass pretrained=True")
     if spec.url is None:
         raise CheckpointError(f"{name} has no released weights; train it or pass checkpoint=PATH")
-    return _download(name, spec.url, spec.hf_hub_id, "pytorch_model.bin", progress)
+    return _download(name, spec.url, None, progress)
 
 
-def _download(name: str, url: str, hub_id: str | None, hub_file: str, progress: bool) -> Path:
+def _download(name: str, url: str, hub_id: str | None, progress: bool) -> Path:
+    """The file from timm's copy on the Hub (``hub_id``), else from ``url`` or the mirror into the torch hub cache."""
     filename = url.rsplit("/", 1)[1]
     cache = Path(torch.hub.get_dir()) / "checkpoints" / filename
     sidecar = cache.with_name(cache.name + ".sha256")
@@ -64,31 +66,27 @@ def _download(name: str, url: str, hub_id: str | None, hub_file: str, progress: 
 
     base = os.environ.get(WEIGHTS_URL_ENV)
     errors = []
-    if hub_id and not base and hub_file == "model.safetensors":
+    if hub_id and not base:
         try:
-            return _from_hub(hub_id, hub_file)
+            return _from_hub(hub_id, "model.safetensors")
         except Exception as error:  # offline, not found, a proxy's refusal: each library raises its own type
             errors.append(f"Hugging Face Hub {hub_id}: {error}".splitlines()[0])
-    urls = [base.rstrip("/") + "/" + filename] if base else [url]
-    if hub_id and not base and hub_file != "model.safetensors":
-        urls.append(f"https://huggingface.co/{hub_id}/resolve/main/{hub_file}")
+    source = base.rstrip("/") + "/" + filename if base else url
     cache.parent.mkdir(parents=True, exist_ok=True)
-    for source in urls:
-        tmp = cache.with_name(cache.name + ".partial")
-        try:
-            torch.hub.download_url_to_file(source, str(tmp), progress=progress)
-        except Exception as error:  # urllib raises several unrelated types for an unreachable host
-            errors.append(f"{source}: {error}")
-            tmp.unlink(missing_ok=True)
-            continue
+    tmp = cache.with_name(cache.name + ".partial")
+    try:
+        torch.hub.download_url_to_file(source, str(tmp), progress=progress)
+    except Exception as error:  # urllib raises several unrelated types for an unreachable host
+        errors.append(f"{source}: {error}")
+        tmp.unlink(missing_ok=True)
+    else:
         digest = _sha256(tmp)
-        if name in KNOWN_SHA256 and digest != KNOWN_SHA256[name]:
-            tmp.unlink()
-            errors.append(f"{source}: SHA-256 {digest} differs from the published {KNOWN_SHA256[name]}")
-            continue
-        shutil.move(tmp, cache)
-        sidecar.write_text(digest + "\n")
-        return cache
+        if name not in KNOWN_SHA256 or digest == KNOWN_SHA256[name]:
+            shutil.move(tmp, cache)
+            sidecar.write_text(digest + "\n")
+            return cache
+        tmp.unlink()
+        errors.append(f"{source}: SHA-256 {digest} differs from the published {KNOWN_SHA256[name]}")
     raise CheckpointError(
         f"could not download the weights of {name}:\n  " + "\n  ".join(errors) + "\n"
         f"Offline? Download {url} on another machine and pass it with checkpoint=PATH "

@@ -17,7 +17,7 @@ from ..files import atomic_write, write_json
 from ..models.dense import is_dense
 from ..models.metaformer import MetaFormer, MetaFormerConfig, MetaFormerFeatures
 from ..models.zoo import get_spec
-from .formats import StateDict, convert_state_dict, is_baseline
+from .formats import StateDict, convert_state_dict
 
 SAVE_FORMATS = ("metaformer", "official", "timm", "hf")
 # The file names each format is written to; Hugging Face's format is a folder.
@@ -69,7 +69,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, to: str = "metafo
         raise TypeError(f"save_checkpoint takes a model of this library, got {type(model).__name__}")
     config: MetaFormerConfig = model.config
     name = getattr(model, "name", None)
-    if to == "timm" and is_baseline(config) and name and not get_spec(name).timm_name:
+    if to == "timm" and config.is_baseline and name and not get_spec(name).timm_name:
         raise ConfigError(f"timm has no {name.split('_')[0]}: a timm-format file of it could not be loaded as what it "
                           "is; write ours (.safetensors) or the official format")  # fmt: skip
     if to == "hf":
@@ -108,7 +108,7 @@ def _dense_metadata(model: nn.Module) -> dict[str, str]:
 
 def hf_config(config: MetaFormerConfig) -> dict:
     """The ``config.json`` of Hugging Face's ``PoolFormerForImageClassification`` for this architecture."""
-    if is_baseline(config):
+    if config.is_baseline:
         raise ConfigError("Hugging Face transformers has PoolFormer v1 only, not the MetaFormer Baselines; write "
                           "ours (safetensors), the official format or timm's")  # fmt: skip
     unsupported = []

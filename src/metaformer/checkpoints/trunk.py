@@ -5,20 +5,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..models.config import class_layer, head_keys
 from ..models.layers import make_norm, resize_pos_embed
-from ..models.metaformer import MetaFormer, MetaFormerConfig, MetaFormerFeatures, class_layer, head_keys
+from ..models.metaformer import MetaFormer, MetaFormerConfig, MetaFormerFeatures, final_norm
 from .checkpoint import Checkpoint, LoadReport, copy_into, misfit, model_name
 from .formats import StateDict, as_pointwise, classifier_key
 
 
 def _classifier_keys(config: MetaFormerConfig) -> list[str]:
-    with torch.device("meta"):
-        final_norm = MetaFormer(dataclasses.replace(config, num_classes=0)).norm
-    return [f"norm.{k}" for k in final_norm.state_dict()] + head_keys(config)
+    return [f"norm.{k}" for k in final_norm(config).state_dict()] + head_keys(config)
 
 
 def _check_architecture(checkpoint: Checkpoint, config: MetaFormerConfig, name: str) -> None:

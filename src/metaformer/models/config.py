@@ -86,6 +86,12 @@ class MetaFormerConfig:
             grids.append((side, side))
         return grids
 
+    @property
+    def is_baseline(self) -> bool:
+        """A model of the Baselines' code (sail-sg/metaformer) rather than PoolFormer's (sail-sg/poolformer): the
+        head that pools before its norm is theirs alone."""
+        return self.head != "poolformer"
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -66,6 +66,25 @@ class _Normalize(nn.Module):
         return x
 
 
+def _fold_pair(norm: nn.Module, first: nn.Conv2d, second: nn.Conv2d, layer_scale: torch.Tensor | None,
+               star: StarReLU | None = None) -> tuple[nn.Parameter, ...]:  # fmt: skip
+    """Weights and biases of ``ls * second(act(first(norm(x))))`` with the norm's affine folded into ``first`` and the
+    layer scale into ``second``; with ``star``, StarReLU's scale and bias too (``second(s q + b)`` is
+    ``(s W2) q + (b W2 1 + c2)``), leaving a squared ReLU."""
+    like = second.weight[:, 0, 0, 0]
+    scale, shift = _norm_affine(norm, first.weight[0, :, 0, 0])
+    layer_scale = _layer_scale(layer_scale, like)
+    w1, w2 = first.weight.flatten(1), second.weight.flatten(1)
+    c1 = first.bias if first.bias is not None else torch.zeros_like(w1[:, 0])
+    c2 = second.bias if second.bias is not None else torch.zeros_like(like)
+    if star is not None:
+        c2 = c2 + star.bias * w2.sum(1)
+        w2 = w2 * star.scale
+    folded = ((w1 * scale).view_as(first.weight), w1 @ shift + c1, (w2 * layer_scale[:, None]).view_as(second.weight),
+              c2 * layer_scale)  # fmt: skip
+    return tuple(nn.Parameter(t, requires_grad=False) for t in folded)  # fuse() runs without autograd
+
+
 class FusedMlp(Packing):
     """``r2 * y + ls2 * fc2(act(fc1(norm(y))))`` with the norm's affine in ``fc1`` and ``ls2`` in ``fc2``. StarReLU's
     scale and bias fold into ``fc2`` too (``fc2(s q + b) = (s W2) q + (b W2 1 + c2)``), leaving a squared ReLU: on
@@ -74,22 +93,13 @@ class FusedMlp(Packing):
     def __init__(self, block: MetaFormerBlock) -> None:
         super().__init__()
         mlp = block.mlp
-        like = mlp.fc2.weight[:, 0, 0, 0]
-        scale, shift = _norm_affine(block.norm2, like)
-        layer_scale = _layer_scale(block.layer_scale2, like)
-        w1, w2 = mlp.fc1.weight.flatten(1), mlp.fc2.weight.flatten(1)
-        c1 = mlp.fc1.bias if mlp.fc1.bias is not None else torch.zeros_like(w1[:, 0])
-        c2 = mlp.fc2.bias if mlp.fc2.bias is not None else torch.zeros_like(like)
-        self.act, self.square = mlp.act, False
-        if isinstance(mlp.act, StarReLU):
-            c2 = c2 + mlp.act.bias * w2.sum(1)
-            w2 = w2 * mlp.act.scale
-            self.act, self.square = SquaredReLU(), True
+        self.square = isinstance(mlp.act, StarReLU)
+        self.act = SquaredReLU() if self.square else mlp.act
         self.normalize = _Normalize(block.norm2)
-        self.fc1_weight = nn.Parameter((w1 * scale).view_as(mlp.fc1.weight), requires_grad=False)
-        self.fc1_bias = nn.Parameter(w1 @ shift + c1, requires_grad=False)
-        self.fc2_weight = nn.Parameter((w2 * layer_scale[:, None]).view_as(mlp.fc2.weight), requires_grad=False)
-        self.fc2_bias = nn.Parameter(c2 * layer_scale, requires_grad=False)
+        star = mlp.act if self.square else None
+        self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias = _fold_pair(
+            block.norm2, mlp.fc1, mlp.fc2, block.layer_scale2, star
+        )
         self.res_scale = _res_scale(block.res_scale2)
         self.onednn_act = ("relu", "") if self.square else ONEDNN_ACT.get(type(self.act))
         self.fc1_packed = OneDnnWeight([0, 0], [1, 1])
@@ -115,22 +125,16 @@ class FusedSepConv(Packing):
     the layer scale in ``pw2``, and StarReLU as a ReLU epilogue and one ``b + s q * q`` pass. The block's input may
     be needed elsewhere, so the residual is added out of place."""
 
-    def __init__(self, block: MetaFormerBlock, like: torch.Tensor) -> None:
+    def __init__(self, block: MetaFormerBlock) -> None:
         super().__init__()
         mixer: SepConv = block.token_mixer
-        scale, shift = _norm_affine(block.norm1, like)
-        layer_scale = _layer_scale(block.layer_scale1, like)
-        w1, w2 = mixer.pwconv1.weight.flatten(1), mixer.pwconv2.weight.flatten(1)
-        c1 = mixer.pwconv1.bias if mixer.pwconv1.bias is not None else torch.zeros_like(w1[:, 0])
-        c2 = mixer.pwconv2.bias if mixer.pwconv2.bias is not None else torch.zeros_like(like)
         self.normalize = _Normalize(block.norm1)
-        self.pw1_weight = nn.Parameter((w1 * scale).view_as(mixer.pwconv1.weight), requires_grad=False)
-        self.pw1_bias = nn.Parameter(w1 @ shift + c1, requires_grad=False)
+        self.pw1_weight, self.pw1_bias, self.pw2_weight, self.pw2_bias = _fold_pair(
+            block.norm1, mixer.pwconv1, mixer.pwconv2, block.layer_scale1
+        )
         self.star_scale = float(mixer.act1.scale)
         self.register_buffer("star_bias", mixer.act1.bias.detach().clone(), persistent=False)  # moves with the model
         self.dwconv = mixer.dwconv
-        self.pw2_weight = nn.Parameter((w2 * layer_scale[:, None]).view_as(mixer.pwconv2.weight), requires_grad=False)
-        self.pw2_bias = nn.Parameter(c2 * layer_scale, requires_grad=False)
         self.res_scale = _res_scale(block.res_scale1)
         self.pw1_packed = OneDnnWeight([0, 0], [1, 1])
         self.pw2_packed = OneDnnWeight([0, 0], [1, 1])
@@ -238,7 +242,7 @@ class FusedBlock(nn.Module):
         elif isinstance(block.token_mixer, IdentityMixer) and foldable_norm:
             self.mix = FusedIdentity(block, like)
         elif isinstance(block.token_mixer, SepConv):
-            self.mix = FusedSepConv(block, like)
+            self.mix = FusedSepConv(block)
         else:
             self.mix = PlainMixer(block)
         self.mlp = FusedMlp(block) if block.mlp is not None else None

@@ -12,7 +12,7 @@ from torchvision.ops import stochastic_depth
 
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError
-from .config import DOWNSAMPLE, MIN_INPUT_SIDE, STEM, MetaFormerConfig, class_layer, head_keys
+from .config import DOWNSAMPLE, MIN_INPUT_SIDE, STEM, MetaFormerConfig
 from .custom_backward import pooling_branch_with_custom_backward
 from .layers import (
     ConvEmbed,
@@ -25,7 +25,7 @@ from .layers import (
 )
 from .mixers import Pooling, make_mixer
 
-__all__ = ["MetaFormer", "MetaFormerConfig", "MetaFormerFeatures", "class_layer", "head_keys"]
+__all__ = ["MetaFormer", "MetaFormerConfig", "MetaFormerFeatures", "final_norm"]
 
 
 class MetaFormerBlock(nn.Module):
@@ -66,15 +66,15 @@ class MetaFormerBlock(nn.Module):
 
     def _add(self, x: torch.Tensor, branch: torch.Tensor, scale: nn.Parameter | None,
              res_scale: nn.Parameter | None) -> torch.Tensor:  # fmt: skip
-        if res_scale is not None:
-            x = x * res_scale[:, None, None]
         dropping = self.training and self.drop_path > 0
-        if scale is not None and self.residual and not dropping:
+        if scale is not None and self.residual and not dropping and res_scale is None:
             return torch.addcmul(x, branch, scale[:, None, None])  # scale and residual add in one pass
         if scale is not None:
             branch = branch * scale[:, None, None]
         branch = stochastic_depth(branch, self.drop_path, "row", self.training)
-        return x + branch if self.residual else branch
+        if not self.residual:
+            return branch
+        return x + branch if res_scale is None else torch.addcmul(branch, x, res_scale[:, None, None])
 
     def _sample_scale(self, x: torch.Tensor) -> torch.Tensor | None:
         """Stochastic depth's per-sample factor, drawn exactly as torchvision's ``stochastic_depth`` draws it."""
@@ -100,6 +100,13 @@ class MetaFormerBlock(nn.Module):
         if self.mlp is not None:
             x = self._add(x, self.mlp(self.norm2(x)), self.layer_scale2, self.res_scale2)
         return x
+
+
+def final_norm(config: MetaFormerConfig) -> nn.Module:
+    """The norm before the head: PoolFormer normalises the last map, then pools; the Baselines pool, then apply a
+    LayerNorm."""
+    width = config.widths[-1]
+    return nn.LayerNorm(width, eps=1e-6) if config.is_baseline else make_norm(config.norm, width)
 
 
 def _scale(init: float | None, dim: int) -> nn.Parameter | None:
@@ -181,11 +188,11 @@ class _Trunk(nn.Module):
                                                                        "res_scale2", "pos_embed"))}  # fmt: skip
         return scalars | scales
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, root: nn.Module | None = None) -> None:
         # As the official code: truncated normal for every linear map and the MLP's 1x1 convolutions (PoolFormer),
         # or every convolution (the Baselines).
         every_conv = self.config.init == "baselines"
-        for module in self.modules():
+        for module in (root or self).modules():
             conv = isinstance(module, nn.Conv2d) and (every_conv or module.kernel_size == (1, 1))
             if isinstance(module, nn.Linear) or conv:
                 nn.init.trunc_normal_(module.weight, std=0.02)
@@ -218,8 +225,7 @@ class MetaFormer(_Trunk):
         super().__init__(config)
         self.num_features = config.widths[-1]
         # PoolFormer normalises the last map, then pools; the Baselines pool, then apply a LayerNorm.
-        poolformer = config.head == "poolformer"
-        self.norm = make_norm(config.norm, self.num_features) if poolformer else nn.LayerNorm(self.num_features, 1e-6)
+        self.norm = final_norm(config)
         self.head = self._new_head(config.num_classes)
         self._init_weights()
 
@@ -243,7 +249,7 @@ class MetaFormer(_Trunk):
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.norm(x).mean((-2, -1)) if self.config.head == "poolformer" else self.norm(x.mean((-2, -1)))
+        x = self.norm(x.mean((-2, -1))) if self.config.is_baseline else self.norm(x).mean((-2, -1))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -264,10 +270,7 @@ class MetaFormer(_Trunk):
         else:
             self.head = fresh = self._new_head(num_classes)
         fresh.to(reference.device, reference.dtype)
-        for module in fresh.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
+        self._init_weights(fresh)
 
 
 class MetaFormerFeatures(_Trunk):

@@ -9,9 +9,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from .config import MetaFormerConfig
-from .pretrained import split_tag
-
-RELEASE = "https://github.com/sail-sg/poolformer/releases/download/v1.0/"
+from .pretrained import IN_TIMM, POOLFORMER_HOST, split_tag
 
 S_WIDTHS = (64, 128, 320, 512)
 M_WIDTHS = (96, 192, 384, 768)
@@ -56,7 +54,7 @@ def _register_official(name: str, description: str, *, hf_and_timm: bool, drop_p
         name=name,
         config=MetaFormerConfig(**config),
         description=description,
-        url=RELEASE + name + ".pth.tar",
+        url=POOLFORMER_HOST + name + ".pth.tar",
         hf_hub_id="sail/" + name if hf_and_timm else None,
         timm_name=name if hf_and_timm else None,
         training=TrainDefaults(drop_path=drop_path),
@@ -112,21 +110,19 @@ for _name, (_description, _change) in _ABLATIONS.items():
 
 # The Baselines (Yu et al., "MetaFormer Baselines for Vision", TPAMI 2024; sail-sg/metaformer): StarReLU, no biases,
 # normed stem and downsampling, residual scales in the last two stages, pooled-then-normed heads.
-BASELINES_RELEASE = "https://huggingface.co/sail/dl/resolve/main/"
 _V2 = dict(layer_scale_init=None, res_scale_init=(None, None, 1.0, 1.0), bias=False, act="starrelu", crop_pct=1.0,
            stem_norm="layernorm_nobias", downsample_norm="layernorm_nobias", init="baselines")  # fmt: skip
 _V2_SIZES = {"s12": ((2, 2, 6, 2), S_WIDTHS), "s24": ((4, 4, 12, 4), S_WIDTHS), "s36": ((6, 6, 18, 6), S_WIDTHS),
              "m36": ((6, 6, 18, 6), M_WIDTHS), "m48": ((8, 8, 24, 8), M_WIDTHS)}  # fmt: skip
 _CONV_SIZES = {"s18": ((3, 3, 9, 3), S_WIDTHS), "s36": ((3, 12, 18, 3), S_WIDTHS),
                "m36": ((3, 12, 18, 3), (96, 192, 384, 576)), "b36": ((3, 12, 18, 3), (128, 256, 512, 768))}  # fmt: skip
-_BASELINES = {  # family: title, sizes, mixers, norm, head, in timm
-    "identityformer": ("IdentityFormer", _V2_SIZES, ("identity",) * 4, "groupnorm_nobias", "linear", False),
+_BASELINES = {  # family: title, sizes, mixers, norm, head
+    "identityformer": ("IdentityFormer", _V2_SIZES, ("identity",) * 4, "groupnorm_nobias", "linear"),
     "randformer": ("RandFormer", _V2_SIZES, ("identity", "identity", "random", "random"), "groupnorm_nobias",
-                   "linear", False),
-    "poolformerv2": ("PoolFormerV2", _V2_SIZES, ("pooling",) * 4, "groupnorm_nobias", "linear", True),
-    "convformer": ("ConvFormer", _CONV_SIZES, ("sepconv",) * 4, "layernorm_nobias", "mlp", True),
-    "caformer": ("CAFormer", _CONV_SIZES, ("sepconv", "sepconv", "attention", "attention"), "layernorm_nobias", "mlp",
-                 True),
+                   "linear"),
+    "poolformerv2": ("PoolFormerV2", _V2_SIZES, ("pooling",) * 4, "groupnorm_nobias", "linear"),
+    "convformer": ("ConvFormer", _CONV_SIZES, ("sepconv",) * 4, "layernorm_nobias", "mlp"),
+    "caformer": ("CAFormer", _CONV_SIZES, ("sepconv", "sepconv", "attention", "attention"), "layernorm_nobias", "mlp"),
 }  # fmt: skip
 # The official scripts (scripts/*.sh): AdamW at 4e-3 for 4096 images (LAMB at 8e-3 for CAFormer), warm-up of 5
 # epochs (20 for ConvFormer and CAFormer), and per model a drop path (and CAFormer a head dropout).
@@ -141,7 +137,7 @@ _FINETUNE_384 = {  # family: lr at 1024 images, drop path per size, head dropout
     "convformer": (5e-5, (0.3, 0.5, 0.8, 0.8), (0.4, 0.4, 0.5, 0.5)),
     "caformer": (1e-4, (0.3, 0.5, 0.7, 0.8), (0.4, 0.4, 0.4, 0.5)),
 }
-for _family, (_title, _sizes, _mixers, _norm, _head, _in_timm) in _BASELINES.items():
+for _family, (_title, _sizes, _mixers, _norm, _head) in _BASELINES.items():
     _optimizer, _lr, _warmup, _drops, _head_drops = _BASELINES_TRAINING[_family]
     _ft_lr, _ft_drops, _ft_heads = _FINETUNE_384.get(_family, (None, (None,) * 5, (None,) * 5))
     for _i, ((_size, (_depths, _widths)), _drop, _head_drop) in enumerate(
@@ -153,7 +149,7 @@ for _family, (_title, _sizes, _mixers, _norm, _head, _in_timm) in _BASELINES.ite
             _name,
             MetaFormerConfig(**_V2, depths=_depths, widths=_widths, mixers=_mixers, norm=_norm, head=_head),
             f"{_title}-{_size.upper()} (MetaFormer Baselines)",
-            timm_name=_name if _in_timm else None,
+            timm_name=_name if _family in IN_TIMM else None,
             training=TrainDefaults(_drop, _optimizer, _lr, _warmup, _head_drop, _finetune),
         )
 

@@ -1,14 +1,19 @@
-"""What the three tasks' training share: creating the model from --init, saving it, AdamW parameter groups."""
+"""What the three tasks share: saving the model, AdamW parameter groups, reading evaluation batches."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from ..checkpoints import save_checkpoint
+from ..data.guarded import Batch
+from ..engine.distributed import DistributedContext
 from ..engine.task import TrainingTask
+from ..errors import DatasetError
 
 
 class LibraryTask(TrainingTask):
@@ -36,3 +41,20 @@ def to_device(value: object, device: torch.device) -> object:
     if isinstance(value, (list, tuple)):
         return type(value)(to_device(v, device) for v in value)
     return value
+
+
+def readable_batches(batches: Iterable[Batch], context: DistributedContext, errors: list[str],
+                     progress: bool) -> Iterator[object]:  # fmt: skip
+    """The collated data of each batch of a ``Guarded`` loader to evaluate, behind a progress bar on the main
+    process; unreadable images' messages go to ``errors``. A dataset error ends the loop and stops every process once
+    all have left theirs: one that went on alone would wait forever in the next collective."""
+    fatal = None
+    shown = progress and context.is_main
+    for batch in tqdm(batches, desc="evaluating", unit="batch", leave=False, disable=not shown):
+        if batch.fatal:
+            fatal = DatasetError(batch.fatal[0])
+            break
+        errors += batch.skipped
+        if batch.data is not None:
+            yield batch.data
+    context.raise_together(fatal, "on a dataset error")

@@ -8,12 +8,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, default_collate
-from tqdm import tqdm
 
 from ...data.guarded import Guarded, GuardedCollate
 from ...data.samplers import ShardSampler
 from ...engine.distributed import DistributedContext
-from ...errors import DatasetError
+from ..common import readable_batches
 from .data import ImageFolder
 
 
@@ -69,15 +68,7 @@ def evaluate(model: torch.nn.Module, dataset: ImageFolder, outputs: list[int], c
     loader = DataLoader(Guarded(dataset), batch_size=batch_size, collate_fn=GuardedCollate(default_collate),
                         sampler=ShardSampler(len(dataset), context.rank, context.world_size),
                         num_workers=num_workers, pin_memory=device.type == "cuda")  # fmt: skip
-    fatal = None
-    for batch in tqdm(loader, desc="evaluating", unit="batch", leave=False, disable=not (progress and context.is_main)):
-        if batch.fatal:
-            fatal = DatasetError(batch.fatal[0])
-            break
-        errors += batch.skipped
-        if batch.data is None:
-            continue
-        images, labels = batch.data
+    for images, labels in readable_batches(loader, context, errors, progress):
         images = images.to(device, dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
         labels = labels.to(device)
         logits = model(images).float()
@@ -87,7 +78,6 @@ def evaluate(model: torch.nn.Module, dataset: ImageFolder, outputs: list[int], c
         hits = (logits.topk(max(k, 1), dim=-1).indices == targets[:, None]).any(-1).sum()
         loss = F.cross_entropy(logits, targets, reduction="sum")
         totals += torch.stack([loss.double(), hits.double()])
-    context.raise_together(fatal, "on a dataset error")
     confusion = context.all_reduce_sum(confusion).cpu()
     loss_sum, topk_hits = context.all_reduce_sum(totals).tolist()
     errors = context.gather_lists(errors)

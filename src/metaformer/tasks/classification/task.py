@@ -49,7 +49,7 @@ class ClassificationTask(LibraryTask):
             num_classes=len(self.classes),
             checkpoint=self.settings.init,
             drop_path_rate=recipe.drop_path,
-            **({"head_dropout": recipe.head_dropout} if recipe.head_dropout else {}),
+            head_dropout=recipe.head_dropout,
             labels=tuple(self.classes),
             image_size=recipe.image_size,  # the recipe's, not the size an --init checkpoint was trained at
         )
@@ -122,6 +122,6 @@ def _lamb_class() -> type[torch.optim.Optimizer]:
     try:
         from timm.optim import Lamb
     except ImportError as error:
-        raise ConfigError("this recipe trains with LAMB, which comes from timm: `pip install metaformer[train]` (or "
-                          "timm), or pass --optimizer adamw") from error  # fmt: skip
+        raise ConfigError('this recipe trains with LAMB, which comes from timm: `pip install "metaformer[train]"` '
+                          "(or timm), or pass --optimizer adamw") from error  # fmt: skip
     return Lamb

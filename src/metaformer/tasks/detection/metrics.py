@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ...data.guarded import Guarded, GuardedCollate
 from ...data.samplers import ShardSampler
 from ...engine.distributed import DistributedContext
-from ...errors import DatasetError
+from ..common import readable_batches
 from .data import CocoDetection, collate
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -48,21 +47,11 @@ def coco_results(model: torch.nn.Module, dataset: CocoDetection, context: Distri
     loader = DataLoader(Guarded(dataset), batch_size, sampler=ShardSampler(len(dataset), context.rank,
                         context.world_size), collate_fn=GuardedCollate(collate), num_workers=num_workers)  # fmt: skip
     found = Detections()
-    fatal = None
-    for batch in tqdm(loader, desc="evaluating", unit="batch", leave=False,
-                      disable=not (progress and context.is_main)):  # fmt: skip
-        if batch.fatal:
-            fatal = DatasetError(batch.fatal[0])
-            break
-        found.errors += batch.skipped
-        if batch.data is None:
-            continue
-        images, targets = batch.data
+    for images, targets in readable_batches(loader, context, found.errors, progress):
         outputs = model([image.to(context.device) for image in images])
         for output, target in zip(outputs, targets, strict=True):
             found.image_ids.append(target["image_id"])
             found.results += _to_coco(output, target["image_id"], dataset)
-    context.raise_together(fatal, "on a dataset error")
     return found
 
 
@@ -97,8 +86,9 @@ def coco_evaluate(model: torch.nn.Module, dataset: CocoDetection, context: Distr
     process. Figures are undefined (None) when no image could be read."""
     from pycocotools.cocoeval import COCOeval
 
-    found = coco_results(model, dataset, context, batch_size, num_workers, progress)
-    results, image_ids = context.gather_lists(found.results), sorted(context.gather_lists(found.image_ids))
+    parts = context.gather_lists([coco_results(model, dataset, context, batch_size, num_workers, progress)])
+    results = [result for part in parts for result in part.results]
+    image_ids = sorted(image for part in parts for image in part.image_ids)
     metrics: dict = {"per_class": {}}
     if context.is_main:
         for kind in ("bbox", "segm") if is_instance(model) else ("bbox",):
@@ -120,7 +110,7 @@ def coco_evaluate(model: torch.nn.Module, dataset: CocoDetection, context: Distr
             metrics.update({prefix + name: _defined(v) for name, v in zip(STAT_NAMES, evaluation.stats, strict=True)})
             metrics["per_class"][kind] = _per_class_ap(evaluation, dataset)
     metrics = context.broadcast_object(metrics)
-    errors = context.gather_lists(found.errors)
+    errors = [error for part in parts for error in part.errors]
     return {**metrics, "detections": len(results), "images": len(image_ids), "errors": errors}
 
 

@@ -5,6 +5,7 @@ from .checkpoints import CheckpointWarning, LoadReport, load_checkpoint, save_ch
 from .checkpoints.release import in1k_head_from_in22k
 from .data import imagenet_labels, load_image
 from .errors import CheckpointError, ConfigError, DatasetError, ImageLoadError, MetaformerError
+from .explain import grad_cam
 from .models.complexity import count_macs, count_params
 from .models.fused import fuse, is_fused
 from .models.metaformer import MetaFormer, MetaFormerConfig, MetaFormerFeatures
@@ -30,6 +31,7 @@ __all__ = [
     "count_params",
     "create_model",
     "fuse",
+    "grad_cam",
     "imagenet_labels",
     "in1k_head_from_in22k",
     "infer_model_name",

@@ -171,6 +171,9 @@ def _timm_folder_metadata(config: dict) -> dict:
     if evaluation:
         metadata["config"] = json.dumps(evaluation)
     names = config.get("label_names")
+    descriptions = config.get("label_descriptions")
     if isinstance(names, list) and names:
+        if isinstance(descriptions, dict):  # ImageNet's: WordNet ids as names, what people call them as descriptions
+            names = [descriptions.get(name, name) for name in names]
         metadata["labels"] = json.dumps([str(name) for name in names])
     return metadata

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD, class_names, imagenet_classes
 from ..errors import ConfigError
 from ..files import atomic_write, write_json
 from ..models.dense import is_dense
@@ -23,7 +24,7 @@ SAVE_FORMATS = ("metaformer", "official", "timm", "hf")
 # The file names each format is written to; Hugging Face's format is a folder.
 SUFFIXES = {
     "metaformer": (".safetensors",),
-    "timm": (".safetensors", ".pth", ".bin", ".pt"),
+    "timm": (".safetensors", ".pth", ".bin", ".pt"),  # or a folder, which timm's create_model reads
     "official": (".pth.tar", ".pth", ".tar", ".pt", ".bin"),
 }
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth.tar", ".pth", ".tar", ".pt", ".bin")
@@ -40,7 +41,9 @@ def check_destination(path: str | os.PathLike, to: str, *, overwrite: bool) -> P
     if to not in SAVE_FORMATS:
         raise ConfigError(f"unknown format {to!r}; choose one of {SAVE_FORMATS}")
     suffix = suffix_of(path)
-    if to == "hf":
+    if to == "timm" and not suffix and not path.is_file():
+        pass  # a folder: timm's hub layout (model.safetensors and config.json)
+    elif to == "hf":
         if suffix in CHECKPOINT_SUFFIXES or path.is_file():
             raise ConfigError(f"{path}: Hugging Face's format is a folder (config.json, model.safetensors); "
                               "name a folder, not a file")  # fmt: skip
@@ -56,7 +59,8 @@ def check_destination(path: str | os.PathLike, to: str, *, overwrite: bool) -> P
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, to: str = "metaformer", *,
                     overwrite: bool = True) -> Path:  # fmt: skip
     """Write ``model``'s weights in format ``to``: ours as ``.safetensors`` (any model of this library, dense ones
-    included), timm's as ``.safetensors`` or ``.pth``, the official release's as ``.pth.tar``, Hugging Face's as
+    included), timm's as ``.safetensors`` or ``.pth`` (or a folder that ``timm.create_model("local-dir:...")``
+    builds and preprocesses from), the official release's as ``.pth.tar``, Hugging Face's as
     a ``save_pretrained``-style folder. Written atomically; a name that contradicts the format is refused."""
     path = check_destination(path, to, overwrite=overwrite)
     state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -75,6 +79,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, to: str = "metafo
     if to == "hf":
         return _save_hf_folder(model, state_dict, path)
     converted = convert_state_dict(state_dict, config, to)
+    if to == "timm" and not suffix_of(path):
+        return _save_timm_folder(model, converted, path)
     if path.suffix == ".safetensors":
         metadata = {"format": to}
         if to == "metaformer":
@@ -118,7 +124,7 @@ def hf_config(config: MetaFormerConfig) -> dict:
         unsupported.append("residuals, channel MLP and layer scale")
     if unsupported:
         raise ConfigError(f"Hugging Face's PoolFormer supports {' and '.join(unsupported)}; this model differs")
-    labels = config.labels or tuple(f"LABEL_{i}" for i in range(config.num_classes))
+    labels = class_names(config.num_classes, config.labels)
     return {
         "architectures": ["PoolFormerForImageClassification"],
         "model_type": "poolformer",
@@ -143,11 +149,73 @@ def hf_config(config: MetaFormerConfig) -> dict:
     }
 
 
+def hf_preprocessor_config(config: MetaFormerConfig) -> dict:
+    """The ``preprocessor_config.json`` of ``PoolFormerImageProcessor`` that equals our evaluation transform: the
+    short side to ``size / crop_pct`` (bicubic), the centre crop, the ImageNet normalisation."""
+    return {
+        "image_processor_type": "PoolFormerImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": config.image_size},
+        "crop_pct": config.crop_pct,
+        "resample": 3,  # PIL's BICUBIC
+        "do_center_crop": True,
+        "crop_size": {"height": config.image_size, "width": config.image_size},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(IMAGENET_MEAN),
+        "image_std": list(IMAGENET_STD),
+    }
+
+
 def _save_hf_folder(model: nn.Module, state_dict: StateDict, path: Path) -> Path:
     if not isinstance(model, MetaFormer):
         raise ConfigError("Hugging Face's format holds classifiers; create the model without features_only")
     config_json = hf_config(model.config)
     converted = convert_state_dict(state_dict, model.config, "hf")
     _write_safetensors(path / "model.safetensors", converted, {"format": "pt"})
-    write_json(path / "config.json", config_json)
+    write_json(path / "preprocessor_config.json", hf_preprocessor_config(model.config))
+    write_json(path / "config.json", config_json)  # last: a folder with a config.json is complete
+    return path
+
+
+def timm_config(model: MetaFormer) -> dict:
+    """The ``config.json`` of a timm hub folder: the architecture, the classes and the evaluation transform, which
+    ``timm.create_model("local-dir:FOLDER", pretrained=True)`` and ``timm.data.resolve_data_config`` read."""
+    name = getattr(model, "name", None)
+    timm_name = get_spec(name).timm_name if name else None
+    if not timm_name:
+        raise ConfigError(f"timm has no architecture equal to {name or 'this model'}: a timm folder could not be "
+                          "built by timm; write ours (.safetensors) or the official format")  # fmt: skip
+    config: MetaFormerConfig = model.config
+    size = config.image_size
+    pretrained_cfg = {
+        "input_size": [config.in_chans, size, size],
+        "fixed_input_size": False,
+        "interpolation": "bicubic",
+        "crop_pct": config.crop_pct,
+        "crop_mode": "center",
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "num_classes": config.num_classes,
+        "pool_size": [size // 32, size // 32],
+        "first_conv": "stem.conv",
+        "classifier": "head.fc.fc2" if config.head == "mlp" else "head.fc",
+    }
+    result = {"architecture": timm_name, "num_classes": config.num_classes, "num_features": config.widths[-1],
+              "global_pool": "avg", "pretrained_cfg": pretrained_cfg}  # fmt: skip
+    if config.labels:
+        result["label_names"] = list(config.labels)
+    elif config.num_classes == 1000:  # timm's convention: WordNet ids as names, the English names as descriptions
+        result["label_names"] = [wnid for wnid, _ in imagenet_classes()]
+        result["label_descriptions"] = dict(imagenet_classes())
+    return result
+
+
+def _save_timm_folder(model: nn.Module, converted: StateDict, path: Path) -> Path:
+    if not isinstance(model, MetaFormer):
+        raise ConfigError("a timm folder holds a classifier; create the model without features_only")
+    config_json = timm_config(model)
+    _write_safetensors(path / "model.safetensors", converted, {"format": "pt"})
+    write_json(path / "config.json", config_json)  # last: a folder with a config.json is complete
     return path

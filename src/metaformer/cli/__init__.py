@@ -1,4 +1,5 @@
-"""The ``metaformer`` command: train, eval, predict, segment, detect, list, info, convert, benchmark.
+"""The ``metaformer`` command: train, eval, predict, segment, detect, cam, list, info, convert, benchmark, export,
+serve.
 
 Errors of the user's making (a bad flag, file or dataset; ``MetaformerError`` and ``OSError``) end the command
 with one ``error:`` line: exit status 2 for a command line that is wrong, 1 for anything else that failed. Any
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 
 from ..checkpoints import CheckpointWarning
 from ..errors import ConfigError, MetaformerError
-from . import evaluate, infer, models, train
+from . import evaluate, explain, export, infer, models, serve, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_parser(sub)
     infer.add_parsers(sub)
     models.add_parsers(sub)
+    explain.add_parser(sub)
+    export.add_parser(sub)
+    serve.add_parser(sub)
     return parser
 
 

@@ -102,7 +102,7 @@ def predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _pictures(args: argparse.Namespace, suffixes: tuple[str, ...]) -> Iterator[tuple[Path, Path]]:
+def pictures(args: argparse.Namespace, suffixes: tuple[str, ...]) -> Iterator[tuple[Path, Path]]:
     """Each image with the stem of its pictures in --output (unique, even for files of the same name); pictures
     that would overwrite files are refused, all before the first is drawn, unless --force."""
     files = find_images(args.paths)
@@ -125,7 +125,7 @@ def _pictures(args: argparse.Namespace, suffixes: tuple[str, ...]) -> Iterator[t
 def _each_image(args: argparse.Namespace, suffixes: tuple[str, ...],
                 handle: Callable[[Path, torch.Tensor, Path], dict]) -> int:  # fmt: skip
     failed = 0
-    for path, stem in _pictures(args, suffixes):
+    for path, stem in pictures(args, suffixes):
         try:
             image = TF.pil_to_tensor(load_image(path))  # photos upright, as a viewer shows them
         except ImageLoadError as error:

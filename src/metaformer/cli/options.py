@@ -159,9 +159,9 @@ def expect_task(model: str, tasks: Iterable[str], command: str, instead: str) ->
     return kind
 
 
-def load_trained(args: argparse.Namespace, kind: str, **overrides: object) -> torch.nn.Module:
-    """The model ``args`` name with every layer trained (refused otherwise), folded unless --no-fuse, on
-    --device."""
+def load_trained(args: argparse.Namespace, kind: str, *, fused: bool = True, **overrides: object) -> torch.nn.Module:
+    """The model ``args`` name with every layer trained (refused otherwise), on --device; folded when ``fused`` and
+    not --no-fuse (Grad-CAM and export need the plain modules)."""
     from ..api import create_model
     from ..models.fused import fuse
 
@@ -169,7 +169,7 @@ def load_trained(args: argparse.Namespace, kind: str, **overrides: object) -> to
     given = {k: v for k, v in overrides.items() if v is not None}
     model = create_model(args.model, pretrained=getattr(args, "pretrained", False), checkpoint=args.checkpoint,
                          strict=True, **given).eval()  # fmt: skip
-    model = model if args.no_fuse else fuse(model)
+    model = fuse(model) if fused and not args.no_fuse else model
     return model.to(device(args.device))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from importlib.resources import files
 
@@ -18,3 +19,13 @@ def imagenet_classes() -> tuple[tuple[str, str], ...]:
 
 def imagenet_labels() -> tuple[str, ...]:
     return tuple(name for _, name in imagenet_classes())
+
+
+def class_names(num_classes: int, labels: Sequence[str] | None = None) -> tuple[str, ...]:
+    """A classifier's class names: its own (from its checkpoint), else ImageNet-1k's for 1000 classes, else
+    ``class_<i>``."""
+    if labels:
+        return tuple(labels)
+    if num_classes == 1000:
+        return imagenet_labels()
+    return tuple(f"class_{i}" for i in range(num_classes))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import colorsys
+import contextlib
+import functools
 import io
 from collections.abc import Sequence
 
@@ -26,6 +28,28 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+@functools.cache
+def caption_font() -> str | None:
+    """A scalable font for readable captions: matplotlib's bundled DejaVu Sans (PIL's default is 11 px, fixed)."""
+    from matplotlib import font_manager
+
+    with contextlib.suppress(ValueError, RuntimeError):
+        return font_manager.findfont("DejaVu Sans", fallback_to_default=False)
+    return None
+
+
+def with_caption(pixels: np.ndarray, text: str) -> np.ndarray:
+    """The ``[H, W, 3]`` uint8 picture with ``text`` on a white band above it."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    width = pixels.shape[1]
+    size = max(12, width // 20)
+    font = ImageFont.truetype(path, size) if (path := caption_font()) else ImageFont.load_default()
+    band = Image.new("RGB", (width, int(size * 1.6)), "white")
+    ImageDraw.Draw(band).text((size // 3, size // 4), text, fill="black", font=font)
+    return np.concatenate([np.asarray(band), pixels], axis=0)
 
 
 def confusion_png(matrix: torch.Tensor, rows: Sequence[str], columns: Sequence[str], title: str) -> bytes:

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ...data import ImageLoadError, find_images, imagenet_labels
+from ...data import ImageLoadError, class_names, find_images
 from ...errors import ConfigError
 from ...models.metaformer import MetaFormer
 from ...processor import ImageProcessor
@@ -51,11 +51,7 @@ def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> list:
 
 def class_labels(model: MetaFormer) -> Sequence[str]:
     """The model's class names: from its checkpoint, else ImageNet-1k's for 1000 classes, else ``class_<i>``."""
-    if model.config.labels:
-        return model.config.labels
-    if model.num_classes == 1000:
-        return imagenet_labels()
-    return [f"class_{i}" for i in range(model.num_classes)]
+    return class_names(model.num_classes, model.config.labels)
 
 
 @torch.inference_mode()

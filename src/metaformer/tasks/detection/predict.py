@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,7 +9,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from ...files import atomic_write
-from ..drawing import palette, png_bytes
+from ..drawing import caption_font, palette, png_bytes
 from .metrics import is_instance
 
 
@@ -22,16 +20,6 @@ def detect(model: torch.nn.Module, image: torch.Tensor) -> dict[str, torch.Tenso
     parameter = next(model.parameters())
     result = model([TF.to_dtype(image, torch.float32, scale=True).to(parameter.device)])[0]
     return {k: v.cpu() for k, v in result.items()}
-
-
-@functools.cache
-def _caption_font() -> str | None:
-    """A scalable font for readable captions: matplotlib's bundled DejaVu Sans (PIL's default is 11 px, fixed)."""
-    from matplotlib import font_manager
-
-    with contextlib.suppress(ValueError, RuntimeError):
-        return font_manager.findfont("DejaVu Sans", fallback_to_default=False)
-    return None
 
 
 def draw(image: torch.Tensor, output: dict, model: torch.nn.Module, threshold: float, path: Path) -> list[dict]:
@@ -51,7 +39,7 @@ def draw(image: torch.Tensor, output: dict, model: torch.nn.Module, threshold: f
         if "masks" in output:
             image = draw_segmentation_masks(image, output["masks"][keep, 0] > 0.5, alpha=0.45, colors=colours)
         image = draw_bounding_boxes(image, output["boxes"][keep], captions, colours,
-                                    width=max(2, side // 160), font=_caption_font(), font_size=max(12, side // 28),
+                                    width=max(2, side // 160), font=caption_font(), font_size=max(12, side // 28),
                                     label_colors="black", fill_labels=True)  # fmt: skip
     atomic_write(path, png_bytes(image.permute(1, 2, 0).numpy()))
     return [{"label": n, "score": round(s, 4), "box": [round(v, 1) for v in b]}

@@ -1,0 +1,81 @@
+"""``metaformer cam``: Grad-CAM heat maps over the images a classifier sees, captioned with its decision."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from ..errors import ImageLoadError, UsageError
+from ..files import atomic_write
+from .infer import pictures
+from .options import add_device, add_weights, expect_task, load_trained
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cam", help="Grad-CAM: heat maps of where a classifier's evidence lies (captioned PNGs)")
+    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("--model", required=True, help="a classifier's name (see `metaformer list`)")
+    add_weights(p)
+    p.add_argument("--output", default="cams", help="folder for the <image>_cam.png pictures (default cams/)")
+    p.add_argument("--target", help="explain this class (index or name) in every image, not each image's top class")
+    p.add_argument("--force", action="store_true", help="overwrite pictures already in --output")
+    p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    add_device(p)
+    p.set_defaults(run=cam)
+
+
+def target_index(target: str | None, labels: Sequence[str]) -> int | None:
+    """``--target`` as a class index: a number, or a class name."""
+    if target is None:
+        return None
+    if target.isdigit():
+        if int(target) >= len(labels):
+            raise UsageError(f"--target {target}: the model has {len(labels)} classes (0..{len(labels) - 1})")
+        return int(target)
+    if target not in labels:
+        close = [name for name in labels if target.lower() in name.lower()][:5]
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else "; pass a class index or exact name"
+        raise UsageError(f"--target {target!r} is not one of the model's class names{hint}")
+    return list(labels).index(target)
+
+
+def cam(args: argparse.Namespace) -> int:
+    from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+    from ..explain import cam_overlay, grad_cam
+    from ..processor import ImageProcessor
+    from ..tasks.classification.predict import class_labels
+    from ..tasks.drawing import png_bytes, with_caption
+
+    expect_task(args.model, ("classification",), "cam", "Grad-CAM here explains classifiers")
+    model = load_trained(args, "classification", fused=False)  # gradients need the plain modules
+    labels = class_labels(model)
+    target = target_index(args.target, labels)
+    processor = ImageProcessor.for_model(model)
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    failed = 0
+    for path, stem in pictures(args, ("_cam.png",)):
+        try:
+            pixels = processor.transform(path)[None].to(args.device)
+        except ImageLoadError as error:
+            failed += 1
+            print(json.dumps({"path": str(path), "error": error.reason}) if args.json
+                  else f"{path}: error: {error.reason}")  # fmt: skip
+            continue
+        with torch.no_grad():
+            probs = model(pixels).float().softmax(-1)[0].cpu()
+        index = int(probs.argmax()) if target is None else target
+        heat = grad_cam(model, pixels, None if target is None else [target])[0]
+        seen = ((pixels[0].cpu() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)  # the crop the model saw
+        caption = f"{labels[index]} ({index}): {probs[index]:.1%}"
+        picture = stem.with_name(stem.name + "_cam.png")
+        atomic_write(picture, png_bytes(with_caption(cam_overlay(seen, heat), caption)))
+        result = {"path": str(path), "picture": str(picture), "index": index, "label": labels[index],
+                  "prob": round(float(probs[index]), 6)}  # fmt: skip
+        print(json.dumps(result) if args.json else f"{path}: {caption}  ->  {picture}", flush=True)
+    if failed:
+        print(f"{failed} file(s) could not be read", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,93 @@
+"""Grad-CAM: equal to the ``grad-cam`` package on real photos, and the ``cam`` command's captioned pictures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import randomize
+from PIL import Image
+
+import metaformer
+from metaformer.cli import main
+from metaformer.errors import ConfigError
+
+pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam")
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+
+
+@pytest.mark.parametrize("name", ["poolformer_s12", "convformer_s18", "caformer_s18"])
+def test_grad_cam_equals_the_grad_cam_package(name, imagenet_samples):
+    model = randomize(metaformer.create_model(name), seed=31).eval()
+    pixels = metaformer.ImageProcessor.for_model(model)(imagenet_samples[:3])
+    ours = metaformer.grad_cam(model, pixels)
+    with pytorch_grad_cam.GradCAM(model=model, target_layers=[model.stages[-1]]) as cam:
+        theirs = cam(input_tensor=pixels, targets=None)
+    assert ours.shape == (3, 224, 224) and ours.min() >= 0 and ours.max() <= 1
+    assert np.abs(ours.numpy() - theirs).max() <= 1e-5
+    # Chosen classes and an earlier layer.
+    targets = [7, 70, 700]
+    ours = metaformer.grad_cam(model, pixels, targets=targets, layer=model.stages[2])
+    with pytorch_grad_cam.GradCAM(model=model, target_layers=[model.stages[2]]) as cam:
+        theirs = cam(input_tensor=pixels, targets=[ClassifierOutputTarget(t) for t in targets])
+    assert np.abs(ours.numpy() - theirs).max() <= 1e-5
+
+
+def test_grad_cam_depends_on_the_class_and_leaves_the_model_untouched(imagenet_samples):
+    model = randomize(metaformer.create_model("poolformer_s12"), seed=32).eval().requires_grad_(False)
+    pixels = metaformer.ImageProcessor.for_model(model)(imagenet_samples[:1])
+    first, second = (metaformer.grad_cam(model, pixels, targets=[t]) for t in (1, 500))
+    assert (first - second).abs().max() > 0.1  # frozen parameters still give gradients at the layer
+    assert all(p.grad is None for p in model.parameters()) and not model._forward_hooks
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_grad_cam_refuses_what_it_cannot_explain(imagenet_samples):
+    model = metaformer.create_model("poolformer_s12").eval()
+    pixels = torch.randn(2, 3, 224, 224)
+    with pytest.raises(ConfigError, match="fused model is inference-only"):
+        metaformer.grad_cam(metaformer.fuse(model), pixels)
+    with torch.inference_mode(), pytest.raises(ConfigError, match="outside torch.inference_mode"):
+        metaformer.grad_cam(model, pixels)
+    with pytest.raises(ConfigError, match="one class index per image"):
+        metaformer.grad_cam(model, pixels, targets=[1])
+    with pytest.raises(ConfigError, match="must be in 0..999"):
+        metaformer.grad_cam(model, pixels, targets=[1, 1000])
+
+
+def test_cam_command_writes_captioned_overlays(imagenet_samples, tmp_path, capsys):
+    model = randomize(metaformer.create_model("poolformer_s12"), seed=33)
+    checkpoint = metaformer.save_checkpoint(model, tmp_path / "s12.safetensors")
+    output = tmp_path / "cams"
+    photos = [str(p) for p in imagenet_samples[:2]]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a picture")
+    args = ["cam", *photos, str(broken), "--model", "poolformer_s12", "--checkpoint", str(checkpoint), "--output",
+            str(output), "--json"]  # fmt: skip
+    assert main(args) == 1  # the broken file is reported; the photos are still explained
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[-1] == {"path": str(broken), "error": lines[-1]["error"]}
+    with torch.no_grad():
+        probs = model.eval()(metaformer.ImageProcessor.for_model(model)(photos)).softmax(-1)
+    for line, row in zip(lines[:2], probs, strict=True):
+        assert line["index"] == int(row.argmax()) and line["prob"] == pytest.approx(float(row.max()), abs=1e-5)
+        picture = np.asarray(Image.open(line["picture"]))
+        assert picture.shape[1] == 224 and picture.shape[0] > 224  # the crop the model saw, under a caption band
+        band, heat = picture[: picture.shape[0] - 224], picture[-224:]
+        assert (band == 255).mean() > 0.5 and (band < 128).any()  # white, with dark text
+        assert heat.std() > 10
+    # Pictures are not overwritten without --force; a class by name.
+    assert main(args) == 1 and "--force" in capsys.readouterr().err
+    assert main([*args, "--force", "--target", "tabby"]) == 1
+    assert all(json.loads(line).get("index", 281) == 281 for line in capsys.readouterr().out.splitlines())
+
+
+def test_cam_target_must_be_a_class_of_the_model(tmp_path, capsys):
+    checkpoint = metaformer.save_checkpoint(metaformer.create_model("poolformer_s12"), tmp_path / "s.safetensors")
+    base = ["cam", str(tmp_path), "--model", "poolformer_s12", "--checkpoint", str(checkpoint)]
+    assert main([*base, "--target", "cat"]) == 2
+    assert "did you mean 'oystercatcher', 'tiger cat'" in capsys.readouterr().err
+    assert main([*base, "--target", "1000"]) == 2 and "0..999" in capsys.readouterr().err
+    assert main(["cam", str(tmp_path), "--model", "fpn_poolformer_s12", "--checkpoint", str(checkpoint)]) == 2

@@ -1,0 +1,150 @@
+"""Export: ONNX files equal to PyTorch in ONNX Runtime, ``torch.export`` programs that run without this library,
+and the ``export`` command's checks and refusals."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+import torch
+from conftest import DATA_DIR, randomize
+
+import metaformer
+from metaformer.cli import main
+from metaformer.export import check_onnx, export_onnx, export_program
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+@pytest.fixture(scope="module")
+def photos(imagenet_samples):
+    return imagenet_samples[:4]
+
+
+@pytest.mark.parametrize("name", ["poolformer_s12", "caformer_s18", "randformer_s12"])
+def test_onnx_equals_pytorch_at_two_batch_sizes_and_two_image_sizes(name, photos, tmp_path):
+    model = randomize(metaformer.create_model(name), seed=2).eval()
+    processor = metaformer.ImageProcessor.for_model(model)
+    pixels = processor(photos)
+    path = export_onnx(model, tmp_path / f"{name}.onnx", pixels[:1])
+    larger = metaformer.ImageProcessor(size=288)(photos[:2])
+    sizes = [pixels[:1], pixels] + ([] if name == "randformer_s12" else [larger])  # RandFormer: a fixed grid
+    for batch in sizes:
+        check = check_onnx(path, model, batch)
+        assert check.shape == (batch.shape[0], 1000)
+        assert check.passed, check.max_abs_diff
+    if name == "randformer_s12":
+        with pytest.raises(Exception, match="(?i)dimension|shape|index"):
+            check_onnx(path, model, larger)
+
+
+def test_onnx_writes_one_group_norm_as_reductions_and_the_pooling_as_average_pool(tmp_path):
+    model = metaformer.create_model("poolformer_s12").eval()
+    path = export_onnx(model, tmp_path / "s12.onnx", torch.randn(1, 3, 224, 224))
+    graph = onnx.load(path).graph
+    ops = Counter(node.op_type for node in graph.node)
+    assert not {"GroupNormalization", "InstanceNormalization"} & set(ops)
+    assert ops["ReduceMean"] >= 2 * 24  # mean and variance of each of the 24 block norms
+    pools = [node for node in graph.node if node.op_type == "AveragePool"]
+    assert len(pools) == 12
+    for node in pools:
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attributes["count_include_pad"] == 0 and list(attributes["kernel_shape"]) == [3, 3]
+
+
+def test_semantic_fpn_exports_to_onnx_with_dynamic_size(tmp_path):
+    model = randomize(metaformer.create_model("fpn_poolformer_s12", num_classes=11), seed=1).eval()
+    path = export_onnx(model, tmp_path / "fpn.onnx", torch.randn(1, 3, 256, 256))
+    for shape in ((1, 3, 256, 256), (2, 3, 224, 320)):
+        check = check_onnx(path, model, torch.randn(*shape))
+        assert check.shape == (shape[0], 11, *shape[2:]) and check.passed, check.max_abs_diff
+
+
+def test_the_exported_program_runs_without_this_library(photos, tmp_path):
+    model = randomize(metaformer.create_model("poolformer_s12"), seed=3).eval()
+    pixels = metaformer.ImageProcessor.for_model(model)(photos)
+    path = export_program(model, tmp_path / "s12.pt2", pixels[:1])
+    with torch.no_grad():
+        torch.save({"pixels": pixels, "logits": model(pixels)}, tmp_path / "expected.pt")
+    script = (
+        "import sys, torch\n"
+        f"program = torch.export.load({str(path)!r}).module()\n"
+        f"expected = torch.load({str(tmp_path / 'expected.pt')!r})\n"
+        "assert 'metaformer' not in sys.modules\n"
+        "print(float((program(expected['pixels']) - expected['logits']).abs().max()))\n"
+        "print(tuple(program(torch.randn(3, 3, 256, 192)).shape))\n"
+    )
+    lines = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert float(lines[0]) <= 1e-4 and lines[1:] == ["(3,", "1000)"]
+
+
+def test_an_aot_inductor_package_equals_the_model(tmp_path):
+    model = randomize(metaformer.create_model("identityformer_s12"), seed=4).eval()
+    pixels = torch.randn(1, 3, 224, 224)
+    path = export_program(model, tmp_path / "model.pt2", pixels, static=True, aot=True)
+    package = torch._inductor.aoti_load_package(str(path))
+    with torch.no_grad():
+        assert (package(pixels) - model(pixels)).abs().max() <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("weights") / "s12.safetensors"
+    return metaformer.save_checkpoint(randomize(metaformer.create_model("poolformer_s12"), seed=5), path)
+
+
+def test_export_command_checks_the_file_on_a_photo(checkpoint, photos, tmp_path, capsys):
+    output = tmp_path / "s12.onnx"
+    args = ["export", "poolformer_s12", "--checkpoint", str(checkpoint), "--format", "onnx", "--output", str(output)]
+    assert main([*args, "--check-image", str(photos[0]), "--batch-size", "2"]) == 0
+    said = capsys.readouterr().out
+    assert f"wrote {output}" in said and "ONNX Runtime on" in said and str(photos[0]) in said
+    difference = float(said.split("largest logit difference ")[1].split()[0])
+    assert difference <= 1e-4
+    # Never overwritten without --force; then a static pt2 program, checked the same way.
+    assert main(args) == 1 and "--force" in capsys.readouterr().err
+    program = tmp_path / "s12.pt2"
+    assert main([*args[:4], "--format", "pt2", "--output", str(program), "--static"]) == 0
+    assert "exported program on random pixels" in capsys.readouterr().out
+    assert program.is_file() and not list(tmp_path.glob(".*partial*"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--format", "pt2", "--output", "x.onnx"], "--format pt2 is written to a .pt2 file"),
+        (["--format", "pt2", "--output", "x.pt2", "--opset", "18"], "--opset is an ONNX setting"),
+        (["--format", "onnx", "--output", "x.onnx", "--aot"], "--aot compiles a torch.export program"),
+        (["--format", "onnx", "--output", "x.onnx", "--check-image", "missing.jpg"], "no such file"),
+    ],
+)
+def test_export_command_refuses_flags_that_do_not_fit(extra, message, checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "poolformer_s12", "--checkpoint", str(checkpoint), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_detectors_are_refused_with_what_works_instead(tmp_path, capsys):
+    model = metaformer.create_model("retinanet_poolformer_s12")
+    path = metaformer.save_checkpoint(model, tmp_path / "retinanet.safetensors")
+    code = main(["export", "retinanet_poolformer_s12", "--checkpoint", str(path), "--format", "onnx", "--output",
+                 str(tmp_path / "r.onnx")])  # fmt: skip
+    assert code == 2 and "dynamo=False" in capsys.readouterr().err
+    assert not (tmp_path / "r.onnx").exists()
+
+
+def test_segmentation_export_command_on_a_street_photo(tmp_path, capsys):
+    street = sorted((DATA_DIR / "camvid" / "images" / "val").glob("*.png"))
+    if not street:
+        pytest.skip(f"CamVid not found under {DATA_DIR}")
+    model = randomize(metaformer.create_model("fpn_poolformer_s12", num_classes=11), seed=6)
+    path = metaformer.save_checkpoint(model, tmp_path / "fpn.safetensors")
+    output = tmp_path / "fpn.onnx"
+    assert main(["export", "fpn_poolformer_s12", "--checkpoint", str(path), "--format", "onnx", "--output",
+                 str(output), "--check-image", str(street[0]), "--image-size", "256"]) == 0  # fmt: skip
+    assert "largest logit difference" in capsys.readouterr().out and output.is_file()

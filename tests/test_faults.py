@@ -64,7 +64,7 @@ def test_convert_never_overwrites_without_force(classifier, tmp_path, capsys):
         ("safetensors", "x.pth", "written to .safetensors files, not '.pth'"),
         ("official", "x.safetensors", "written to .pth.tar or .pth"),
         ("hf", "x.safetensors", "is a folder"),
-        ("timm", "x", "'no suffix'"),
+        ("timm", "x.txt", "files, not '.txt' (or a folder, named without a suffix)"),
     ],
 )
 def test_convert_writes_what_to_names_or_refuses(to, name, says, classifier, tmp_path, capsys):

@@ -49,8 +49,9 @@ def check_destination(path: str | os.PathLike, to: str, *, overwrite: bool) -> P
                               "name a folder, not a file")  # fmt: skip
     elif suffix not in SUFFIXES[to]:
         shown = "ours (--to safetensors)" if to == "metaformer" else f"the {to} format"
+        folder = " (or a folder, named without a suffix)" if to == "timm" else ""
         raise ConfigError(f"{path}: {shown} is written to {' or '.join(SUFFIXES[to])} files, not "
-                          f"'{suffix or 'no suffix'}'; name the file {path.stem}{SUFFIXES[to][0]}")  # fmt: skip
+                          f"'{suffix or 'no suffix'}'{folder}; name the file {path.stem}{SUFFIXES[to][0]}")  # fmt: skip
     if not overwrite and (path.is_file() or (path.is_dir() and any(path.iterdir()))):
         raise FileExistsError(f"{path} exists; pass --force (overwrite=True) to replace it")
     return path

@@ -76,7 +76,7 @@ def build_app(args: argparse.Namespace) -> FastAPI:
     from ..serve import create_app
 
     kind = task_of(args.model)
-    plain = load_trained(argparse.Namespace(**{**vars(args), "no_fuse": True}), kind)
+    plain = load_trained(args, kind, fused=False)
     model = plain if args.no_fuse else fuse(plain)
     # Grad-CAM needs gradients, which the fused model does not carry: classifiers keep the plain one for it.
     return create_app(model, name=args.model, explain_model=plain if kind == "classification" else None,

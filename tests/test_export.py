@@ -148,3 +148,32 @@ def test_segmentation_export_command_on_a_street_photo(tmp_path, capsys):
     assert main(["export", "fpn_poolformer_s12", "--checkpoint", str(path), "--format", "onnx", "--output",
                  str(output), "--check-image", str(street[0]), "--image-size", "256"]) == 0  # fmt: skip
     assert "largest logit difference" in capsys.readouterr().out and output.is_file()
+
+
+@pytest.mark.filterwarnings("ignore")  # the deprecated exporter warns at every Python branch it traces
+@pytest.mark.parametrize("name", ["retinanet_poolformer_s12", "mask_rcnn_poolformer_s12"])
+def test_detectors_export_through_the_torchscript_exporter_as_the_readme_shows(name, tmp_path):
+    import onnxruntime
+    from torchvision.io import decode_image
+
+    photos = sorted((DATA_DIR / "coco-mini").rglob("*.jpg"))
+    if not photos:
+        pytest.skip(f"COCO-mini not found under {DATA_DIR}")
+    model = randomize(metaformer.create_model(name), seed=7).eval()
+    if hasattr(model, "roi_heads"):
+        model.roi_heads.score_thresh = 0.0  # random weights score low: keep detections to compare
+    image = decode_image(str(photos[0])).float() / 255
+    path = tmp_path / "detector.onnx"
+    with torch.no_grad():
+        torch.onnx.export(model, ([image],), str(path), dynamo=False, opset_version=17, input_names=["image"],
+                          dynamic_axes={"image": [1, 2]})  # fmt: skip
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for pixels in (image, torch.nn.functional.interpolate(image[None], size=(320, 416))[0]):
+        outputs = session.run(None, {"image": pixels.numpy()})
+        with torch.no_grad():
+            expected = model([pixels])[0]
+        scores = torch.from_numpy(next(o for o in outputs if o.ndim == 1 and o.dtype.kind == "f"))
+        assert len(scores) == len(expected["scores"]) > 0
+        # Tied scores may come in another order: compare them sorted.
+        difference = scores.sort().values - expected["scores"].sort().values
+        assert difference.abs().max() <= 1e-4

@@ -21,7 +21,7 @@ from . import evaluate, explain, export, infer, models, serve, train
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metaformer", description="MetaFormer / PoolFormer models: classification, "
-                                     "segmentation and detection.")  # fmt: skip
+                                     "segmentation and detection; export, Grad-CAM and a web service.")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     train.add_parser(sub)
     evaluate.add_parser(sub)

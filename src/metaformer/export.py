@@ -166,3 +166,11 @@ def export_program(model: nn.Module, path: str | os.PathLike, example: torch.Ten
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def check_program(path: str | os.PathLike, model: nn.Module, pixel_values: torch.Tensor, *, aot: bool = False) -> float:
+    """The largest output difference between the written program (or AOTInductor package) and ``model``."""
+    with torch.no_grad():
+        expected = model.eval()(pixel_values)
+        program = torch._inductor.aoti_load_package(str(path)) if aot else torch.export.load(path).module()
+        return float((program(pixel_values) - expected).abs().max())

@@ -72,3 +72,9 @@ class ImageProcessor:
         image = image.crop((left, top, left + self.size, top + self.size))
         tensor = TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)
         return TF.normalize(tensor, list(self.mean), list(self.std))
+
+    def to_uint8(self, pixels: torch.Tensor) -> torch.Tensor:
+        """A normalised ``[3, H, W]`` tensor back to the uint8 picture it came from (the crop the model sees)."""
+        mean = torch.tensor(self.mean, device=pixels.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=pixels.device).view(3, 1, 1)
+        return (pixels.float() * std + mean).mul(255).round().clamp(0, 255).to(torch.uint8).cpu()

@@ -41,13 +41,12 @@ def check_destination(path: str | os.PathLike, to: str, *, overwrite: bool) -> P
     if to not in SAVE_FORMATS:
         raise ConfigError(f"unknown format {to!r}; choose one of {SAVE_FORMATS}")
     suffix = suffix_of(path)
-    if to == "timm" and not suffix and not path.is_file():
-        pass  # a folder: timm's hub layout (model.safetensors and config.json)
-    elif to == "hf":
+    timm_folder = to == "timm" and not suffix and not path.is_file()  # timm's hub layout: weights and config.json
+    if to == "hf":
         if suffix in CHECKPOINT_SUFFIXES or path.is_file():
             raise ConfigError(f"{path}: Hugging Face's format is a folder (config.json, model.safetensors); "
                               "name a folder, not a file")  # fmt: skip
-    elif suffix not in SUFFIXES[to]:
+    elif suffix not in SUFFIXES[to] and not timm_folder:
         shown = "ours (--to safetensors)" if to == "metaformer" else f"the {to} format"
         folder = " (or a folder, named without a suffix)" if to == "timm" else ""
         raise ConfigError(f"{path}: {shown} is written to {' or '.join(SUFFIXES[to])} files, not "

@@ -44,7 +44,6 @@ def target_index(target: str | None, labels: Sequence[str]) -> int | None:
 
 
 def cam(args: argparse.Namespace) -> int:
-    from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
     from ..explain import cam_overlay, grad_cam
     from ..processor import ImageProcessor
     from ..tasks.classification.predict import class_labels
@@ -55,7 +54,6 @@ def cam(args: argparse.Namespace) -> int:
     labels = class_labels(model)
     target = target_index(args.target, labels)
     processor = ImageProcessor.for_model(model)
-    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
     failed = 0
     for path, stem in pictures(args, ("_cam.png",)):
         try:
@@ -69,10 +67,9 @@ def cam(args: argparse.Namespace) -> int:
             probs = model(pixels).float().softmax(-1)[0].cpu()
         index = int(probs.argmax()) if target is None else target
         heat = grad_cam(model, pixels, None if target is None else [target])[0]
-        seen = ((pixels[0].cpu() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)  # the crop the model saw
         caption = f"{labels[index]} ({index}): {probs[index]:.1%}"
         picture = stem.with_name(stem.name + "_cam.png")
-        atomic_write(picture, png_bytes(with_caption(cam_overlay(seen, heat), caption)))
+        atomic_write(picture, png_bytes(with_caption(cam_overlay(processor.to_uint8(pixels[0]), heat), caption)))
         result = {"path": str(path), "picture": str(picture), "index": index, "label": labels[index],
                   "prob": round(float(probs[index]), 6)}  # fmt: skip
         print(json.dumps(result) if args.json else f"{path}: {caption}  ->  {picture}", flush=True)

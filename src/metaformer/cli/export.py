@@ -59,7 +59,7 @@ def _example(args: argparse.Namespace, model: torch.nn.Module, kind: str) -> tup
 
 
 def export(args: argparse.Namespace) -> int:
-    from ..export import ONNX_TOLERANCE, check_onnx, export_onnx, export_program
+    from ..export import ONNX_TOLERANCE, check_onnx, check_program, export_onnx, export_program
 
     kind = expect_task(args.model, ("classification", *DENSE), "export", "")
     output = _refuse_mismatched(args)
@@ -72,7 +72,7 @@ def export(args: argparse.Namespace) -> int:
         runtime = "ONNX Runtime"
     else:
         export_program(model, output, example, static=args.static, aot=args.aot)
-        difference = _check_program(output, model, example, args.aot)
+        difference = check_program(output, model, example, aot=args.aot)
         runtime = "the AOTInductor package" if args.aot else "the exported program"
     if not difference <= ONNX_TOLERANCE:  # NaN fails too
         output.unlink(missing_ok=True)
@@ -81,10 +81,3 @@ def export(args: argparse.Namespace) -> int:
     print(f"wrote {output} ({args.format}, {shape}); {runtime} on {seen}: largest logit difference "
           f"{difference:.2e} (<= {ONNX_TOLERANCE:g})")  # fmt: skip
     return 0
-
-
-def _check_program(path: Path, model: torch.nn.Module, example: torch.Tensor, aot: bool) -> float:
-    with torch.no_grad():
-        expected = model(example)
-        program = torch._inductor.aoti_load_package(str(path)) if aot else torch.export.load(path).module()
-        return float((program(example) - expected).abs().max())

@@ -13,6 +13,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..data import find_images, load_image
 from ..errors import ImageLoadError, UsageError
+from ..files import atomic_write
 from .options import (
     COMPILE_HELP,
     DETECTION,
@@ -166,13 +167,15 @@ def segment(args: argparse.Namespace) -> int:
 def detect(args: argparse.Namespace) -> int:
     from ..tasks.detection.predict import detect as run_detector
     from ..tasks.detection.predict import draw
+    from ..tasks.drawing import png_bytes
 
     kind = expect_task(args.model, DETECTION, "detect", "use `metaformer predict` or `metaformer segment`")
     model = load_trained(args, kind, min_size=args.min_size, max_size=args.max_size)
 
     def handle(path: Path, image: torch.Tensor, stem: Path) -> dict:
         picture = stem.with_name(stem.name + "_detections.png")
-        found = draw(image, run_detector(model, image), model, args.score_threshold, picture)
+        pixels, found = draw(image, run_detector(model, image), model, args.score_threshold)
+        atomic_write(picture, png_bytes(pixels))
         return {"picture": str(picture), "detections": found}
 
     return _each_image(args, ("_detections.png",), handle)

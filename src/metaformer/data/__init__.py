@@ -2,7 +2,7 @@
 
 from ..errors import DatasetError, ImageLoadError
 from .imagenet import IMAGENET_MEAN, IMAGENET_STD, class_names, imagenet_classes, imagenet_labels
-from .images import IMAGE_EXTENSIONS, find_images, is_image_file, load_image, to_rgb
+from .images import IMAGE_EXTENSIONS, find_images, is_image_file, load_image, open_image, to_rgb
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -16,5 +16,6 @@ __all__ = [
     "imagenet_labels",
     "is_image_file",
     "load_image",
+    "open_image",
     "to_rgb",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -26,12 +27,25 @@ def load_image(path: str | os.PathLike, *, exif_transpose: bool = True) -> Image
     problem = file_problem(path)
     if problem:
         raise ImageLoadError(path, problem)
+    return open_image(path, path, exif_transpose=exif_transpose)
+
+
+def open_image(source: str | os.PathLike | IO[bytes], name: str | os.PathLike, *,
+               exif_transpose: bool = True) -> Image.Image:  # fmt: skip
+    """A file or a stream of bytes (an upload) as 8-bit RGB, as ``load_image``; a specific ``ImageLoadError``
+    naming ``name`` otherwise."""
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             image.load()
             return to_rgb(ImageOps.exif_transpose(image) if exif_transpose else image)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageLoadError(path, f"cannot read as an image ({error})") from error
+    except Image.DecompressionBombError as error:
+        reason = f"cannot read as an image: refused as a possible decompression bomb ({error})"
+        raise ImageLoadError(name, reason) from error
+    except UnidentifiedImageError as error:
+        raise ImageLoadError(name, "cannot read as an image: not an image in a format Pillow reads (JPEG, PNG, WebP, "
+                             "TIFF, ...)") from error  # fmt: skip
+    except (OSError, ValueError, SyntaxError) as error:  # truncated data, bad chunks, broken headers
+        raise ImageLoadError(name, f"cannot read as an image: corrupt or truncated ({error})") from error
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

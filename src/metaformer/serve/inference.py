@@ -6,21 +6,18 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
-import tempfile
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from ..data import to_rgb
+from ..data import open_image
 from ..errors import ConfigError, ImageLoadError
 from ..processor import ImageProcessor
 from ..tasks.classification.predict import class_labels
-from ..tasks.drawing import palette, png_bytes
+from ..tasks.drawing import png_bytes
 
 # A classifier resizes the short side to ~256 px keeping the aspect: a 1 x 100000 px strip (a few hundred bytes as a
 # PNG) would grow to gigabytes. Dense models keep their inputs bounded themselves, but paste their outputs back at
@@ -33,16 +30,7 @@ def decode(data: bytes, name: str) -> Image.Image:
     """Upload bytes as upright 8-bit RGB, as ``load_image`` reads a file; a specific ``ImageLoadError`` otherwise."""
     if not data:
         raise ImageLoadError(name, "the upload is empty: send the image file's bytes")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return to_rgb(ImageOps.exif_transpose(image))
-    except Image.DecompressionBombError as error:
-        raise ImageLoadError(name, f"refused as a possible decompression bomb ({error})") from error
-    except UnidentifiedImageError as error:
-        raise ImageLoadError(name, "not an image in a format Pillow reads (JPEG, PNG, WebP, TIFF, ...)") from error
-    except (OSError, ValueError, SyntaxError) as error:  # truncated data, bad chunks, broken headers
-        raise ImageLoadError(name, f"a corrupt or truncated image ({error})") from error
+    return open_image(io.BytesIO(data), name)
 
 
 def to_base64(png: bytes) -> str:
@@ -101,10 +89,7 @@ class Classifier:
         x = pixels[None].to(self.device, next(self.explain_model.parameters()).dtype)
         with self._shared:
             cam = grad_cam(self.explain_model, x, targets=[index])[0]
-        mean = torch.tensor(self.processor.mean).view(3, 1, 1)
-        std = torch.tensor(self.processor.std).view(3, 1, 1)
-        crop = (pixels * std + mean).mul(255).round().clamp(0, 255).to(torch.uint8)
-        return png_bytes(cam_overlay(crop, cam))
+        return png_bytes(cam_overlay(self.processor.to_uint8(pixels), cam))
 
 
 def _scaled_down(image: Image.Image) -> tuple[torch.Tensor, float]:
@@ -128,15 +113,13 @@ class Segmenter:
         self.labels = list(model.labels or [f"class_{i}" for i in range(model.num_classes)])
 
     def run(self, image: Image.Image, want_png: bool) -> dict:
-        from ..tasks.segmentation.predict import class_shares, predict_probs
+        from ..tasks.segmentation.predict import class_shares, colour_pictures, predict_probs
 
         tensor, _ = _scaled_down(image)
         prediction = predict_probs(self.model, tensor).argmax(0).cpu()
         result: dict = {"classes": class_shares(prediction, self.labels)}
-        if want_png:  # the overlay `segment` writes: the class colours blended half over the photo
-            colours = palette(self.model.num_classes)[prediction.numpy()]
-            photo = tensor.permute(1, 2, 0).numpy().astype(np.float32)
-            result["png"] = to_base64(png_bytes((0.5 * photo + 0.5 * colours).astype(np.uint8)))
+        if want_png:  # the overlay `segment` writes
+            result["png"] = to_base64(png_bytes(colour_pictures(tensor, prediction, self.model.num_classes)[1]))
         return result
 
 
@@ -154,13 +137,10 @@ class Detector:
         from ..tasks.detection.predict import detect, draw
 
         tensor, factor = _scaled_down(image)
-        with tempfile.TemporaryDirectory() as folder:  # `draw` writes its picture to a file
-            picture = Path(folder) / "detections.png"
-            found = draw(tensor, detect(self.model, tensor), self.model, threshold, picture)
-            png = picture.read_bytes() if want_png else None
+        pixels, found = draw(tensor, detect(self.model, tensor), self.model, threshold)
         if factor < 1.0:  # boxes in the uploaded photo's pixels
             found = [{**d, "box": [round(v / factor, 1) for v in d["box"]]} for d in found]
         result: dict = {"detections": found}
-        if png is not None:
-            result["png"] = to_base64(png)
+        if want_png:
+            result["png"] = to_base64(png_bytes(pixels))
         return result

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
+import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from ...files import atomic_write
-from ..drawing import caption_font, palette, png_bytes
+from ..drawing import caption_font, palette
 from .metrics import is_instance
 
 
@@ -22,9 +21,9 @@ def detect(model: torch.nn.Module, image: torch.Tensor) -> dict[str, torch.Tenso
     return {k: v.cpu() for k, v in result.items()}
 
 
-def draw(image: torch.Tensor, output: dict, model: torch.nn.Module, threshold: float, path: Path) -> list[dict]:
-    """Boxes (and masks) scoring at least ``threshold`` drawn with their labels on the uint8 image, saved as PNG;
-    returns them as ``{"label", "score", "box"}``."""
+def draw(image: torch.Tensor, output: dict, model: torch.nn.Module, threshold: float) -> tuple[np.ndarray, list[dict]]:
+    """Boxes (and masks) scoring at least ``threshold`` drawn with their labels on the uint8 image (``[H, W, 3]``),
+    and those detections as ``{"label", "score", "box"}``."""
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
     keep = output["scores"] >= threshold
@@ -41,9 +40,9 @@ def draw(image: torch.Tensor, output: dict, model: torch.nn.Module, threshold: f
         image = draw_bounding_boxes(image, output["boxes"][keep], captions, colours,
                                     width=max(2, side // 160), font=caption_font(), font_size=max(12, side // 28),
                                     label_colors="black", fill_labels=True)  # fmt: skip
-    atomic_write(path, png_bytes(image.permute(1, 2, 0).numpy()))
-    return [{"label": n, "score": round(s, 4), "box": [round(v, 1) for v in b]}
-            for n, s, b in zip(names, scores, output["boxes"][keep].tolist(), strict=True)]  # fmt: skip
+    found = [{"label": n, "score": round(s, 4), "box": [round(v, 1) for v in b]}
+             for n, s, b in zip(names, scores, output["boxes"][keep].tolist(), strict=True)]  # fmt: skip
+    return image.permute(1, 2, 0).numpy(), found
 
 
 def _names(indices: list[int], labels: Sequence[str] | None) -> list[str]:

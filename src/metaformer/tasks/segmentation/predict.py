@@ -39,13 +39,19 @@ def predict_probs(model: torch.nn.Module, image: torch.Tensor, scale: tuple[int,
     return total
 
 
-def write_pictures(image: torch.Tensor, prediction: torch.Tensor, num_classes: int, stem: Path) -> tuple[Path, Path]:
-    """``<stem>_mask.png`` (a colour per class) and ``<stem>_overlay.png`` (the mask blended over the photo)."""
+def colour_pictures(image: torch.Tensor, prediction: torch.Tensor, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The mask (a colour per class) and the overlay (the mask blended half over the uint8 photo), ``[H, W, 3]``."""
     colours = palette(num_classes)[prediction.numpy()]
-    mask_path, overlay_path = stem.with_name(stem.name + "_mask.png"), stem.with_name(stem.name + "_overlay.png")
     photo = image.permute(1, 2, 0).numpy().astype(np.float32)
-    atomic_write(mask_path, png_bytes(colours))
-    atomic_write(overlay_path, png_bytes((0.5 * photo + 0.5 * colours).astype(np.uint8)))
+    return colours, (0.5 * photo + 0.5 * colours).astype(np.uint8)
+
+
+def write_pictures(image: torch.Tensor, prediction: torch.Tensor, num_classes: int, stem: Path) -> tuple[Path, Path]:
+    """``<stem>_mask.png`` and ``<stem>_overlay.png`` (see ``colour_pictures``)."""
+    mask, overlay = colour_pictures(image, prediction, num_classes)
+    mask_path, overlay_path = stem.with_name(stem.name + "_mask.png"), stem.with_name(stem.name + "_overlay.png")
+    atomic_write(mask_path, png_bytes(mask))
+    atomic_write(overlay_path, png_bytes(overlay))
     return mask_path, overlay_path
 
 

@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # confte
 import metaformer
 from metaformer import ImageProcessor, load_image
 from metaformer.checkpoints import save_checkpoint
+from metaformer.int8 import int8_unsupported_reason
 
 DATA = Path(os.environ.get("METAFORMER_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 CL = torch.channels_last
@@ -55,6 +56,7 @@ class Row:
     images: int
     saved_bytes: int | None = None
     times: list[float] = field(default_factory=list)
+    reports_time: bool = False  # the step returns its own time in seconds (a profiled part of a program)
 
 
 def sync(device: torch.device) -> None:
@@ -92,9 +94,9 @@ def run_group(title: str, rows: list[Row], rounds: int, device: torch.device, wa
                 torch.cuda.reset_peak_memory_stats(device)
             sync(device)
             start = time.perf_counter()
-            row.step()
+            reported = row.step()
             sync(device)
-            row.times.append(time.perf_counter() - start)
+            row.times.append(reported if row.reports_time else time.perf_counter() - start)
             if device.type == "cuda":
                 peaks[row.name] = torch.cuda.max_memory_allocated(device) / 2**20
     base = statistics.median(rows[0].times)
@@ -155,7 +157,9 @@ def inference_rows(models: dict, batch: int, device: torch.device, dtype: torch.
         if compile_rows:
             rows.append(Row("ours fused compiled", call(torch.compile(half), low), batch))
         return rows
-    rows = [Row("timm eager fp32", call(theirs, images), batch)]
+    suffix = "fp32" if dtype == torch.float32 else "bf16"
+    rows = [Row("timm eager fp32", call(theirs, images), batch),
+            Row(f"floor {suffix}", floor_step(ours, images, dtype), batch)]  # fmt: skip
     if dtype == torch.float32:
         if compile_rows:
             rows.append(Row("timm compiled fp32", call(torch.compile(theirs), images), batch))
@@ -172,6 +176,28 @@ def inference_rows(models: dict, batch: int, device: torch.device, dtype: torch.
     if compile_rows:
         rows.append(Row("ours fused compiled bf16", call(torch.compile(half), low), batch))
     return rows
+
+
+def int8_rows(models: dict, batch: int) -> list:
+    """int8 (``metaformer.quantize``, calibrated here on the random pixels: the time does not depend on the ranges)
+    against timm in float32 and our fused float32, with the int8 floor: the time the int8 program spends in
+    oneDNN's int8 convolutions and linear layers, profiled in each round."""
+    images = torch.randn(batch, 3, 224, 224).contiguous(memory_format=CL)
+    quantized = metaformer.quantize(models["ours"], [images])
+    return [Row("timm eager fp32", call(models["timm"], images), batch),
+            Row("floor int8", int8_floor_step(quantized, images), batch, reports_time=True),
+            Row("ours fused fp32", call(metaformer.fuse(models["ours"]), images), batch),
+            Row("ours int8", call(quantized, images), batch)]  # fmt: skip
+
+
+def int8_floor_step(program: torch.nn.Module, images: torch.Tensor) -> Callable[[], float]:
+    def step() -> float:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile, torch.no_grad():
+            program(images)
+        products = [e for e in profile.key_averages() if e.key.startswith("onednn::q")]
+        return sum(e.self_cpu_time_total for e in products) / 1e6
+
+    return step
 
 
 def training_rows(name: str, batch: int, device: torch.device, amp: torch.dtype | None, compile_rows: bool) -> list:
@@ -304,16 +330,17 @@ def floor_step(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype)
     return step
 
 
-def print_floor_fractions(group: dict) -> None:
-    """Each row's fraction of the floor row (floor time / row time): 1.0 is the floor itself."""
-    floor = next(r["median_ms"] for r in group["rows"] if " floor " in r["name"])
+def print_floor_fractions(group: dict, prefix: str = "") -> None:
+    """Each row's fraction of the floor row (floor time / row time): 1.0 is the floor itself. Rows of another
+    dtype than the floor's get it too (fp32 rows against the int8 floor: how far the precision takes them)."""
+    floor = next(r["median_ms"] for r in group["rows"] if "floor" in r["name"].split())
     for row in group["rows"]:
         row["floor_fraction"] = floor / row["median_ms"]
-    print("   of the floor: " + ", ".join(f"{r['name'].split(' ', 1)[1]} {r['floor_fraction']:.2f}"
+    print("   of the floor: " + ", ".join(f"{r['name'].removeprefix(prefix)} {r['floor_fraction']:.2f}"
                                            for r in group["rows"]))  # fmt: skip
 
 
-GROUPS = ["b1", "b32", "bf16", "train", "train_bf16", "pipeline", "baselines", "baselines_bf16"]
+GROUPS = ["b1", "b32", "bf16", "int8", "train", "train_bf16", "pipeline", "baselines", "baselines_bf16"]
 
 
 def run_groups_apart(argv: list[str], groups: list[str], output: Path) -> None:
@@ -348,21 +375,28 @@ def main() -> None:
     inductor_config.freezing = True  # inference graphs: constant weights folded and prepacked, for every peer alike
     torch.manual_seed(0)
     wanted = set(args.only)
-    models = build_models(args.model, device) if wanted & {"b1", "b32", "bf16", "pipeline"} else {}
+    models = build_models(args.model, device) if wanted & {"b1", "b32", "bf16", "int8", "pipeline"} else {}
     amp = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
     report: dict = {"model": args.model, "device": str(device), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "timm": timm.__version__, "groups": []}  # fmt: skip
     if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(device)
+    cpu = device.type == "cpu"
     if "b1" in wanted:
-        rows = inference_rows(models, 1, device, torch.float32 if device.type == "cpu" else amp, compile_rows)
+        rows = inference_rows(models, 1, device, torch.float32 if cpu else amp, compile_rows)
         report["groups"].append(run_group("inference, batch 1", rows, rounds * 4, device))
     if "b32" in wanted:
-        rows = inference_rows(models, 32, device, torch.float32 if device.type == "cpu" else amp, compile_rows)
+        rows = inference_rows(models, 32, device, torch.float32 if cpu else amp, compile_rows)
         report["groups"].append(run_group("inference, batch 32", rows, rounds, device))
-    if "bf16" in wanted and device.type == "cpu":
+    if "bf16" in wanted and cpu:
         rows = inference_rows(models, 32, device, torch.bfloat16, compile_rows)
         report["groups"].append(run_group("inference, batch 32, bfloat16", rows, rounds, device))
+    if "int8" in wanted and cpu and int8_unsupported_reason() is None:
+        report["groups"].append(run_group("inference, batch 32, int8", int8_rows(models, 32), rounds, device))
+    for group in report["groups"]:
+        if cpu and group["group"].startswith("inference"):
+            print(f"\n{group['group']}")
+            print_floor_fractions(group)
     if "train" in wanted:
         rows = training_rows(args.model, 32, device, None if device.type == "cpu" else amp, compile_rows)
         report["groups"].append(run_group("training step, batch 32", rows, args.train_rounds, device, warmup=1))
@@ -383,7 +417,7 @@ def main() -> None:
                 rows = baselines_rows(name, 32, device, dtype)
                 title = f"{name}, batch 32{', bfloat16' if dtype == torch.bfloat16 else ''}"
                 report["groups"].append(run_group(title, rows, rounds, device))
-                print_floor_fractions(report["groups"][-1])
+                print_floor_fractions(report["groups"][-1], f"{name} ")
     Path(args.json).write_text(json.dumps(report, indent=1))
     print(f"\nwrote {args.json}")
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import CLASSIFIERS, FIXED_GRID, randomize
 
 import metaformer
-from metaformer.models.custom_backward import pooling_branch_with_custom_backward
+from metaformer.models.custom_backward import mlp_branch_with_custom_backward, pooling_branch_with_custom_backward
 from metaformer.models.fused import FusedBlock, FusedIdentity, FusedMlp, FusedPooling, PlainMixer
 
 
@@ -174,6 +174,33 @@ def test_custom_backward_gradcheck_in_float64():
         scale = 1.0 if sample_scale is None else sample_scale.view(-1, 1, 1, 1)
         literal = x + scale * layer_scale.view(1, -1, 1, 1) * (pooled - norm)
         assert torch.allclose(branch(x, weight, bias, layer_scale), literal, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_mlp_custom_backward_gradcheck_in_float64(channels_last):
+    generator = torch.Generator().manual_seed(0)
+
+    def tensor(*shape: int, low: float | None = None) -> torch.Tensor:
+        t = torch.rand(*shape, dtype=torch.float64, generator=generator) + low if low is not None else torch.randn(
+            *shape, dtype=torch.float64, generator=generator)  # fmt: skip
+        return t.requires_grad_()
+
+    x = torch.randn(3, 4, 5, 6, dtype=torch.float64, generator=generator)
+    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format).requires_grad_()
+    fc1, fc2 = torch.nn.Conv2d(4, 12, 1).double(), torch.nn.Conv2d(12, 4, 1).double()
+    weight, bias, layer_scale = tensor(4, low=0.5), tensor(4), tensor(4, low=0.1)
+    params = (x, weight, bias, layer_scale, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+    for norm_bias, sample_scale in ((True, None), (False, torch.tensor([0.0, 1.25, 1.25], dtype=torch.float64))):
+
+        def branch(x, weight, bias, layer_scale, *_, norm_bias=norm_bias, sample_scale=sample_scale):
+            return mlp_branch_with_custom_backward(x, weight, bias if norm_bias else None, fc1, fc2, layer_scale,
+                                                   1e-5, sample_scale)  # fmt: skip
+
+        assert torch.autograd.gradcheck(branch, params)
+        norm = F.group_norm(x, 1, weight, bias if norm_bias else None, 1e-5)
+        scale = 1.0 if sample_scale is None else sample_scale.view(-1, 1, 1, 1)
+        literal = x + scale * layer_scale.view(1, -1, 1, 1) * fc2(F.gelu(fc1(norm)))
+        assert torch.allclose(branch(*params), literal, atol=1e-12)
 
 
 def test_training_with_the_custom_backward_equals_the_literal_modules():

@@ -21,6 +21,7 @@ ALLOWED = {
     "benchmark": {"models"},
     "explain": {"errors", "models"},
     "export": {"errors", "files", "models"},
+    "int8": {"errors", "models"},
     "tasks": {"errors", "files", "data", "models", "engine", "checkpoints", "processor", "api"},
     "serve": {"errors", "files", "data", "models", "checkpoints", "processor", "api", "tasks", "explain"},
 }

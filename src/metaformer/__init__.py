@@ -6,6 +6,7 @@ from .checkpoints.release import in1k_head_from_in22k
 from .data import imagenet_labels, load_image
 from .errors import CheckpointError, ConfigError, DatasetError, ImageLoadError, MetaformerError
 from .explain import grad_cam
+from .int8 import quantize
 from .models.complexity import count_macs, count_params
 from .models.fused import fuse, is_fused
 from .models.metaformer import MetaFormer, MetaFormerConfig, MetaFormerFeatures
@@ -39,5 +40,6 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "load_image",
+    "quantize",
     "save_checkpoint",
 ]

@@ -47,8 +47,9 @@ def time_forward(
     images = torch.randn(batch_size, 3, image_size, image_size, device=target).contiguous(memory_format=memory_format)
     if target.type == "cuda":
         torch.cuda.reset_peak_memory_stats(target)
-    autocast = torch.autocast(target.type, dtype=DTYPES[dtype]) if dtype != "float32" else contextlib.nullcontext()
-    if is_fused(model) and dtype != "float32":
+    half = dtype in ("bfloat16", "float16")  # int8 programs take float32 pixels, as float32 models do
+    autocast = torch.autocast(target.type, dtype=DTYPES[dtype]) if half else contextlib.nullcontext()
+    if is_fused(model) and half:
         # The folded model has no training to keep in float32: it runs in the low precision throughout.
         model, images, autocast = model.to(DTYPES[dtype]), images.to(DTYPES[dtype]), contextlib.nullcontext()
     times = []

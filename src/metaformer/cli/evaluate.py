@@ -13,15 +13,22 @@ from pathlib import Path
 import torch
 
 from ..engine.distributed import DistributedContext, init_distributed, shutdown_distributed
+from ..errors import UsageError
 from ..files import atomic_write, write_json
 from .options import (
+    CALIBRATION_IMAGES,
     DETECTION,
+    DTYPE_HELP,
+    DTYPES,
     TaskFlags,
     add_device,
     add_fuse,
     add_progress,
     add_scale,
     add_weights,
+    calibration_pixels,
+    check_int8,
+    int8_model,
     load_trained,
     non_negative,
     positive,
@@ -62,6 +69,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=non_negative,
         help="data-loading processes (default: up to 4, no more than the cores)",
     )
+    FLAGS.add(p, "--dtype", ("classification",), choices=DTYPES, help=f"float32 (default); {DTYPE_HELP}")
+    FLAGS.add(p, "--calibration", ("classification",), nargs="+", metavar="PATH",
+              help=f"--dtype int8: image files or folders whose first {CALIBRATION_IMAGES} images set the activation "
+              "ranges (default: DATA/train)")  # fmt: skip
     FLAGS.add(p, "--tta", ("segmentation",), action="store_true", help="multi-scale (0.5-1.75) + flip inference")
     FLAGS.add(p, "--num-classes", ("segmentation",), type=positive, help="classes of the dataset (the model's)")
     FLAGS.add(p, "--ignore-index", ("segmentation",), type=int, help="the masks' ignore value (255)")
@@ -106,14 +117,21 @@ def _classification(args: argparse.Namespace, output: Path | None) -> int:
     from ..tasks.classification.metrics import evaluate
     from ..tasks.drawing import confusion_png
 
-    model = load_trained(args, "classification").to(memory_format=torch.channels_last)
+    args.dtype = args.dtype or "float32"
+    check_int8(args)
+    model = load_trained(args, "classification", fused=args.dtype != "int8").to(memory_format=torch.channels_last)
+    processor = ImageProcessor.for_model(model, exif_transpose=False)  # the ImageNet protocol reads raw pixels
+    calibration = _calibration(args) if args.dtype == "int8" else []
+    if args.dtype != "int8":
+        model = model.to(getattr(torch, args.dtype))
     with _distributed(args, model) as context:
-        processor = ImageProcessor.for_model(model, exif_transpose=False)  # the ImageNet protocol reads raw pixels
         dataset = ImageFolder(eval_folder(args.data), processor.transform, exif_transpose=False)
         if len(dataset.classes) == 1:
             warnings.warn(f"{dataset.root} has a single class folder ({dataset.classes[0]}): top-1 counts how often "
                           "the model picks that class", stacklevel=1)  # fmt: skip
         outputs = class_to_output(dataset.classes, model.config.labels, model.num_classes)
+        if calibration:  # once the data is known to fit the model
+            model = int8_model(model, calibration_pixels(calibration, processor), " ".join(calibration))
         batch_size = args.batch_size or 64
         workers = args.num_workers if args.num_workers is not None else _workers(len(dataset), batch_size)
         result = evaluate(model, dataset, outputs, context, batch_size=batch_size, num_workers=workers,
@@ -141,6 +159,18 @@ def _classification(args: argparse.Namespace, output: Path | None) -> int:
         print(f"  {name:<24} {'n/a' if accuracy is None else f'{accuracy:6.2f}%'}")
     _print_skipped(result.errors)
     return 0
+
+
+def _calibration(args: argparse.Namespace) -> list[str]:
+    """int8's calibration images: --calibration, else the training split beside the evaluated one (never the
+    evaluated images themselves: their ranges would flatter the result)."""
+    if args.calibration:
+        return args.calibration
+    train = Path(args.data) / "train"
+    if not train.is_dir():
+        raise UsageError(f"--dtype int8 calibrates on training images, and {args.data} has no train/ folder: pass "
+                         "--calibration with a few hundred images like the ones evaluated")  # fmt: skip
+    return [str(train)]
 
 
 def _workers(images: int, batch_size: int) -> int:

@@ -19,12 +19,16 @@ from .options import (
     DETECTION,
     add_batch_size,
     add_device,
+    add_dtype,
     add_fuse,
     add_num_workers,
     add_progress,
     add_weights,
+    calibration_pixels,
+    check_int8,
     compiled_for_inference,
     expect_task,
+    int8_model,
     load_trained,
     positive,
     refuse_existing,
@@ -42,8 +46,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_num_workers(p)
     add_progress(p)
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="bfloat16: ~1.6x faster on CPUs with AVX-512 BF16 or AMX")  # fmt: skip
+    add_dtype(p, calibration="the images to classify")
     add_fuse(p)
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.set_defaults(run=predict)
@@ -77,11 +80,18 @@ def predict(args: argparse.Namespace) -> int:
     from ..tasks.classification.predict import predict as classify
 
     expect_task(args.model, ("classification",), "predict", "use `metaformer segment` or `metaformer detect`")
-    model = load_trained(args, "classification").to(dtype=getattr(torch, args.dtype))
-    processor = ImageProcessor.for_model(model)  # photos as a viewer shows them: EXIF rotation applied
+    check_int8(args)
+    int8 = args.dtype == "int8"
     files = find_images(args.paths)  # searched once, here
     if not files:
         raise UsageError("no image files found in " + " ".join(args.paths))
+    model = load_trained(args, "classification", fused=not int8)
+    processor = ImageProcessor.for_model(model)  # photos as a viewer shows them: EXIF rotation applied
+    if int8:
+        calibration = args.calibration or [str(f) for f in files]
+        model = int8_model(model, calibration_pixels(calibration, processor), " ".join(args.calibration or args.paths))
+    else:
+        model = model.to(dtype=getattr(torch, args.dtype))
     workers = args.num_workers if args.num_workers is not None else (
         default_num_workers() if len(files) > args.batch_size else 0)  # fmt: skip
     failed = 0

@@ -14,10 +14,13 @@ from .options import (
     COMPILE_HELP,
     add_batch_size,
     add_device,
+    add_dtype,
     add_fuse,
+    check_int8,
     compiled_for_inference,
     device,
     expect_task,
+    int8_model,
     positive,
 )
 
@@ -58,7 +61,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_batch_size(p, 32)
     p.add_argument("--image-size", type=positive, default=224)
     add_device(p)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_dtype(p, calibration=None)
     p.add_argument("--warmup", type=int, default=3, help="untimed passes first")
     p.add_argument("--iters", type=positive, default=10)
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW contiguous tensors")
@@ -170,15 +173,21 @@ def benchmark(args: argparse.Namespace) -> int:
     from ..models.fused import fuse
 
     expect_task(args.model, ("classification",), "benchmark", "it times classifiers on random images")
+    check_int8(args)
     target = device(args.device)
     model = create_model(args.model, image_size=args.image_size)
-    if not args.no_fuse:
+    if args.dtype == "int8":  # random weights and pixels: the timing does not depend on the ranges
+        import torch
+
+        pixels = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
+        model = int8_model(model.eval(), [pixels], "random pixels")
+    elif not args.no_fuse:
         model = fuse(model)
     if args.compile:
         model = compiled_for_inference(model.to(target))
     result = time_forward(model, args.batch_size, args.image_size, target, args.dtype, args.warmup, args.iters,
                           not args.no_channels_last)  # fmt: skip
-    result.update(model=args.model, fused=not args.no_fuse, compiled=args.compile)
+    result.update(model=args.model, fused=not args.no_fuse, compiled=args.compile or args.dtype == "int8")
     if args.json:
         print(json.dumps(result))
     else:

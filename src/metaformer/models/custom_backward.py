@@ -1,5 +1,7 @@
-"""Training only: PoolFormer's token-mixer branch ``x + ls * (P(n(x)) - n(x))`` as one autograd function with a
-custom backward that keeps less for it. (Inference folding is another thing: ``fused.py``.)
+"""Training only: PoolFormer's two branches, each as one autograd function with a custom backward that keeps less
+for it and makes fewer passes over memory. (Inference folding is another thing: ``fused.py``.)
+
+The token mixer ``x + ls * (P(n(x)) - n(x))``:
 
 ``n`` is the one-group GroupNorm ``g * (x - mu) * r + b`` (``r = 1 / sigma`` per sample) and ``P`` the average
 pooling without padded counts. Because ``P`` is linear and maps constants to themselves, the branch is
@@ -8,11 +10,18 @@ modules keeps the normalised map, the pooled map and their difference for the ba
 numbers per sample are kept; the backward recomputes ``P(x)``.
 
 Stochastic depth multiplies the branch by a per-sample factor ``m`` (0, or ``1 / keep``), folded into ``r``.
+
+The channel MLP ``x + m * ls * fc2(gelu(fc1(n(x))))``: the norm's affine folds into ``fc1`` and ``ls`` into ``fc2``
+(their gradients follow from the folded weights' by the chain rule), the 1x1 convolutions are matrix products over
+the channels-last tokens, and the residual add is the last product's epilogue. Autograd through the plain modules
+keeps the norm's input and output, GELU's input and output and fc2's output; here only the normalised map and
+GELU's input are kept, and the backward recomputes GELU's output from its input.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .layers import average_pool, group_statistics
 
@@ -64,3 +73,92 @@ def pooling_branch_with_custom_backward(
     if sample_scale is None:
         sample_scale = torch.ones(x.shape[0], device=x.device, dtype=torch.float32)
     return _PoolingBranchFunction.apply(x, weight, bias, layer_scale, sample_scale, pool_size, eps)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The products' dtype: autocast's where it is on (as the plain convolutions would run), else the input's."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, H, W]`` as ``[B*H*W, C]``: a view of a channels-last tensor."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def _feature_map(tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    batch, _, height, width = like.shape
+    return tokens.view(batch, height, width, -1).permute(0, 3, 1, 2)
+
+
+class _MlpBranchFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, norm_weight, norm_bias, w1, b1, w2, b2, layer_scale, sample_scale, eps: float):  # noqa: ANN001
+        dtype = _compute_dtype(x)
+        with torch.autocast(x.device.type, enabled=False):
+            batch, channels, height, width = x.shape
+            normalised, mean, rstd = torch.native_group_norm(x, None, None, batch, channels, height * width, 1, eps)
+            w1_2d, w2_2d = w1.flatten(1), w2.flatten(1)
+            w1_folded = (w1_2d * norm_weight).to(dtype)
+            b1_folded = (b1 if norm_bias is None else torch.addmv(b1, w1_2d, norm_bias)).to(dtype)
+            w2_folded, b2_folded = (w2_2d * layer_scale[:, None]).to(dtype), (b2 * layer_scale).to(dtype)
+            tokens = _tokens(normalised).to(dtype)
+            hidden = torch.addmm(b1_folded, tokens, w1_folded.t())
+            out = torch.addmm(b2_folded, F.gelu(hidden), w2_folded.t())
+            branch = _feature_map(out, x)
+            result = x + branch if sample_scale is None else torch.addcmul(x, branch, sample_scale.view(-1, 1, 1, 1))
+        # The folded weights are recomputed in the backward: at small batches they would outweigh the activations.
+        ctx.save_for_backward(tokens, hidden, rstd, norm_weight, norm_bias, w1, w2, b2, layer_scale, sample_scale)
+        ctx.shape, ctx.has_norm_bias, ctx.dtype = x.shape, norm_bias is not None, dtype
+        return result
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        tokens, hidden, rstd, norm_weight, norm_bias, w1, w2, b2, layer_scale, sample_scale = ctx.saved_tensors
+        batch, channels, height, width = ctx.shape
+        with torch.autocast(grad.device.type, enabled=False):
+            w1_2d, w2_2d = w1.flatten(1), w2.flatten(1)
+            w1_folded, w2_folded = (w1_2d * norm_weight).to(ctx.dtype), (w2_2d * layer_scale[:, None]).to(ctx.dtype)
+            grad_branch = grad if sample_scale is None else grad * sample_scale.view(-1, 1, 1, 1).to(grad.dtype)
+            grad_out = _tokens(grad_branch).to(ctx.dtype)
+            # fc2: its input, GELU's output, is recomputed rather than kept
+            grad_w2_folded = grad_out.t().mm(F.gelu(hidden)).to(w2.dtype)
+            grad_b2_folded = grad_out.sum(0, dtype=b2.dtype)
+            grad_hidden = torch.ops.aten.gelu_backward(grad_out.mm(w2_folded), hidden)
+            grad_w1_folded = grad_hidden.t().mm(tokens).to(w1.dtype)
+            grad_b1_folded = grad_hidden.sum(0, dtype=w1.dtype)
+            grad_tokens = grad_hidden.mm(w1_folded)
+            # Through the normalisation: the group-norm backward of the normalised map itself (mean 0, rstd 1)
+            # is the bracket of d/dx, which the true 1/sigma then scales.
+            normalised = _feature_map(tokens, grad).to(grad.dtype)
+            bracket = torch.ops.aten.native_group_norm_backward(
+                _feature_map(grad_tokens, grad).to(grad.dtype), normalised, torch.zeros_like(rstd),
+                torch.ones_like(rstd), None, batch, channels, height * width, 1, [True, False, False])[0]  # fmt: skip
+            grad_x = torch.addcmul(grad, bracket, rstd.view(-1, 1, 1, 1).to(grad.dtype))
+            grad_w2 = (grad_w2_folded * layer_scale[:, None]).view_as(w2)
+            grad_layer_scale = (grad_w2_folded * w2_2d).sum(1) + grad_b2_folded * b2
+            grad_b2 = grad_b2_folded * layer_scale
+            grad_w1 = grad_w1_folded * norm_weight
+            if ctx.has_norm_bias:  # fc1's folded bias is b1 + W1 beta
+                grad_w1 = grad_w1.addr(grad_b1_folded, norm_bias)
+            grad_w1 = grad_w1.view_as(w1)
+            grad_norm_weight = (grad_w1_folded * w1_2d).sum(0)
+            grad_norm_bias = w1_2d.t().mv(grad_b1_folded) if ctx.has_norm_bias else None
+        return (grad_x, grad_norm_weight, grad_norm_bias, grad_w1, grad_b1_folded, grad_w2, grad_b2,
+                grad_layer_scale, None, None)  # fmt: skip
+
+
+def mlp_branch_with_custom_backward(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor | None,
+    fc1: torch.nn.Conv2d,
+    fc2: torch.nn.Conv2d,
+    layer_scale: torch.Tensor,
+    eps: float,
+    sample_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``x + m * layer_scale * fc2(gelu(fc1(n(x))))`` with ``n`` the one-group GroupNorm ``(norm_weight, norm_bias,
+    eps)``, ``fc1``/``fc2`` 1x1 convolutions with biases and ``m`` a per-sample factor (stochastic depth)."""
+    return _MlpBranchFunction.apply(x, norm_weight, norm_bias, fc1.weight, fc1.bias, fc2.weight, fc2.bias,
+                                    layer_scale, sample_scale, eps)  # fmt: skip

@@ -273,7 +273,8 @@ class FusedMetaFormer(MetaFormer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         per_image = self.config.widths[0] * self.config.mlp_ratio * x[0, 0].numel() / 16 * x.element_size()
         slice_size = max(1, int(CPU_SLICE_BYTES // per_image))
-        if x.device.type != "cpu" or x.shape[0] <= slice_size or torch.compiler.is_compiling():
+        tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+        if x.device.type != "cpu" or tracing or x.shape[0] <= slice_size:
             return super().forward(x)
         slices = -(-x.shape[0] // slice_size)
         return torch.cat([super(FusedMetaFormer, self).forward(part) for part in x.tensor_split(slices)])

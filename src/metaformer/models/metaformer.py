@@ -13,7 +13,7 @@ from torchvision.ops import stochastic_depth
 from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError
 from .config import DOWNSAMPLE, MIN_INPUT_SIDE, STEM, MetaFormerConfig
-from .custom_backward import pooling_branch_with_custom_backward
+from .custom_backward import mlp_branch_with_custom_backward, pooling_branch_with_custom_backward
 from .layers import (
     ConvEmbed,
     ConvMlp,
@@ -50,8 +50,9 @@ class MetaFormerBlock(nn.Module):
             self.mlp = ConvMlp(dim, int(dim * config.mlp_ratio), config.act, config.drop_rate, config.bias)
             self.layer_scale2 = _scale(config.layer_scale_init, dim)
             self.res_scale2 = _scale(res_scale_init, dim)
-        # PoolFormer's own block trains its token-mixer branch through one function with a custom backward.
+        # PoolFormer's own block trains each branch through one function with a custom backward.
         self.custom_backward = self.has_custom_backward()
+        self.custom_mlp_backward = self.has_custom_mlp_backward()
 
     def has_custom_backward(self) -> bool:
         """PoolFormer's own block (one-group norm with bias, pooling, plain residual): the branch
@@ -62,6 +63,22 @@ class MetaFormerBlock(nn.Module):
             and self.norm1.bias is not None
             and self.residual
             and self.res_scale1 is None
+        )
+
+    def has_custom_mlp_backward(self) -> bool:
+        """An exact-GELU MLP with biases and no dropout after a one-group norm, plain residual: the branch
+        ``custom_backward.py`` computes."""
+        mlp = self.mlp
+        return (
+            isinstance(mlp, ConvMlp)
+            and isinstance(mlp.act, nn.GELU)
+            and mlp.act.approximate == "none"
+            and mlp.drop.p == 0
+            and mlp.fc1.bias is not None
+            and mlp.fc2.bias is not None
+            and isinstance(self.norm2, GroupNorm1)
+            and self.residual
+            and self.res_scale2 is None
         )
 
     def _add(self, x: torch.Tensor, branch: torch.Tensor, scale: nn.Parameter | None,
@@ -92,12 +109,21 @@ class MetaFormerBlock(nn.Module):
         return pooling_branch_with_custom_backward(x, norm.weight, norm.bias, layer_scale, pool_size, norm.eps,
                                                    sample_scale)  # fmt: skip
 
+    def _mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        norm = self.norm2
+        layer_scale = self.layer_scale2 if self.layer_scale2 is not None else torch.ones_like(norm.weight)
+        return mlp_branch_with_custom_backward(x, norm.weight, norm.bias, self.mlp.fc1, self.mlp.fc2, layer_scale,
+                                               norm.eps, self._sample_scale(x))  # fmt: skip
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.custom_backward and torch.is_grad_enabled():
+        training = torch.is_grad_enabled()
+        if self.custom_backward and training:
             x = self._pooling_branch(x)
         else:
             x = self._add(x, self.token_mixer(self.norm1(x)), self.layer_scale1, self.res_scale1)
-        if self.mlp is not None:
+        if self.mlp is not None and self.custom_mlp_backward and training:
+            x = self._mlp_branch(x)
+        elif self.mlp is not None:
             x = self._add(x, self.mlp(self.norm2(x)), self.layer_scale2, self.res_scale2)
         return x
 
@@ -205,6 +231,7 @@ class _Trunk(nn.Module):
         for module in self.modules():
             if isinstance(module, MetaFormerBlock):
                 module.custom_backward = enable and module.has_custom_backward()
+                module.custom_mlp_backward = enable and module.has_custom_mlp_backward()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass to save memory."""

@@ -25,13 +25,15 @@ _ONEDNN_DTYPES = (
 
 
 def use_onednn(x: torch.Tensor) -> bool:
-    # Under torch.compile the portable form is traced instead: inductor makes the same epilogue fusions itself.
+    # Under torch.compile or torch.export the portable form is traced instead: inductor makes the same epilogue
+    # fusions itself, and an exported graph must not hold this build's private operators.
     # The oneDNN calls have no backward: an input that wants gradients takes the portable form too.
     return (
         _ONEDNN
         and x.device.type == "cpu"
         and x.dtype in _ONEDNN_DTYPES
         and not torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
         and not (x.requires_grad and torch.is_grad_enabled())
     )
 

@@ -14,6 +14,7 @@ from ...data.samplers import ShardSampler
 from ...engine.distributed import DistributedContext
 from ..common import readable_batches
 from .data import ImageFolder
+from .predict import input_dtype
 
 
 def top_k(num_outputs: int) -> int:
@@ -64,7 +65,7 @@ def evaluate(model: torch.nn.Module, dataset: ImageFolder, outputs: list[int], c
     confusion = torch.zeros(classes, classes + 1, dtype=torch.float64, device=device)
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, top-k hits: summed on the device
     errors: list[str] = []
-    dtype = next(model.parameters()).dtype
+    dtype = input_dtype(model)
     loader = DataLoader(Guarded(dataset), batch_size=batch_size, collate_fn=GuardedCollate(default_collate),
                         sampler=ShardSampler(len(dataset), context.rank, context.world_size),
                         num_workers=num_workers, pin_memory=device.type == "cuda")  # fmt: skip

@@ -49,6 +49,11 @@ def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> list:
     return items
 
 
+def input_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype of the pixels a model takes: its weights' (an int8 program says float32 itself)."""
+    return getattr(model, "input_dtype", None) or next(model.parameters()).dtype
+
+
 def class_labels(model: MetaFormer) -> Sequence[str]:
     """The model's class names: from its checkpoint, else ImageNet-1k's for 1000 classes, else ``class_<i>``."""
     return class_names(model.num_classes, model.config.labels)
@@ -72,7 +77,7 @@ def predict(
     model = model.eval().to(device)
     if model.num_classes == 0:
         raise ConfigError("the model has no classifier head (num_classes=0); load a classification checkpoint")
-    dtype = next(model.parameters()).dtype
+    dtype = input_dtype(model)
     loader = DataLoader(
         _ImageFiles(files, processor),
         batch_size=batch_size,

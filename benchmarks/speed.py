@@ -59,6 +59,15 @@ class Row:
     reports_time: bool = False  # the step returns its own time in seconds (a profiled part of a program)
 
 
+def machine() -> str:
+    """The CPU's model name and the instruction sets that decide the low-precision rows."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    wanted = [f for f in ("avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8") if f in flags]
+    return f"{model or 'unknown CPU'} ({', '.join(wanted) or 'no AVX-512'})"
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -309,14 +318,27 @@ def baselines_rows(name: str, batch: int, device: torch.device, dtype: torch.dty
 
 
 def floor_step(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype) -> Callable[[], object]:
-    """The model's convolutions and linear layers alone, in ``dtype``, each on the input it gets in a forward pass:
-    what no implementation on these kernels can beat. Attention's two matrix products are left out, so for CAFormer
-    it is a lower bound."""
+    """The model's convolutions, linear layers and attention's two batched products (``q k^T``, ``a v``) alone, in
+    ``dtype``, each on an input of the shape it gets in a forward pass: what no implementation on these kernels can
+    beat."""
+    from metaformer.models.mixers import Attention
+
     model = copy.deepcopy(model).to(dtype)
-    calls: list[tuple[torch.nn.Module, torch.Tensor]] = []
-    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    hooks = [m.register_forward_hook(lambda module, inputs, _: calls.append((module, inputs[0].clone())))
-             for m in layers]  # fmt: skip
+    calls: list[tuple[Callable, tuple[torch.Tensor, ...]]] = []
+
+    def layer(module: torch.nn.Module, inputs: tuple, _: object) -> None:
+        calls.append((module, (inputs[0].clone(),)))
+
+    def attention(module: Attention, inputs: tuple, _: object) -> None:
+        batch, _, height, width = inputs[0].shape
+        q = torch.randn(batch, module.num_heads, height * width, module.head_dim, dtype=dtype)
+        calls.append((torch.matmul, (q, q.transpose(-2, -1).contiguous())))
+        calls.append((torch.matmul, (torch.randn(batch, module.num_heads, height * width, height * width,
+                                                 dtype=dtype), q)))  # fmt: skip
+
+    hooks = [m.register_forward_hook(layer) for m in model.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]  # fmt: skip
+    hooks += [m.register_forward_hook(attention) for m in model.modules() if isinstance(m, Attention)]
     with torch.inference_mode():
         model(images.to(dtype))
     for hook in hooks:
@@ -324,8 +346,8 @@ def floor_step(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype)
 
     def step() -> None:
         with torch.inference_mode():
-            for module, x in calls:
-                module(x)
+            for function, inputs in calls:
+                function(*inputs)
 
     return step
 
@@ -340,7 +362,8 @@ def print_floor_fractions(group: dict, prefix: str = "") -> None:
                                            for r in group["rows"]))  # fmt: skip
 
 
-GROUPS = ["b1", "b32", "bf16", "int8", "train", "train_bf16", "pipeline", "baselines", "baselines_bf16"]
+GROUPS = ["b1", "b32", "bf16", "int8", "train", "train_bf16", "pipeline", "baselines", "baselines_bf16",
+          "train_baselines"]  # fmt: skip
 
 
 def run_groups_apart(argv: list[str], groups: list[str], output: Path) -> None:
@@ -377,8 +400,9 @@ def main() -> None:
     wanted = set(args.only)
     models = build_models(args.model, device) if wanted & {"b1", "b32", "bf16", "int8", "pipeline"} else {}
     amp = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
-    report: dict = {"model": args.model, "device": str(device), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "timm": timm.__version__, "groups": []}  # fmt: skip
+    report: dict = {"model": args.model, "device": str(device), "machine": machine(),
+                    "threads": torch.get_num_threads(), "torch": torch.__version__, "timm": timm.__version__,
+                    "groups": []}  # fmt: skip
     if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(device)
     cpu = device.type == "cpu"
@@ -418,6 +442,13 @@ def main() -> None:
                 title = f"{name}, batch 32{', bfloat16' if dtype == torch.bfloat16 else ''}"
                 report["groups"].append(run_group(title, rows, rounds, device))
                 print_floor_fractions(report["groups"][-1], f"{name} ")
+    if "train_baselines" in wanted:
+        for name in ("convformer_s18", "caformer_s18"):
+            rows = training_rows(name, 32, device, None if cpu else amp, False)
+            for row in rows:
+                row.name = f"{name} {row.name}"
+            report["groups"].append(run_group(f"{name}, training step, batch 32", rows, args.train_rounds, device,
+                                              warmup=1))  # fmt: skip
     Path(args.json).write_text(json.dumps(report, indent=1))
     print(f"\nwrote {args.json}")
 

@@ -117,3 +117,23 @@ def test_no_assert_checks_inputs():
     found = [f"{module_name(p)}:{node.lineno}" for p in ROOT.rglob("*.py")
              for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, ast.Assert)]  # fmt: skip
     assert not found, f"assert statements: {found}"
+
+
+def test_the_readme_speed_table_is_made_from_the_committed_json():
+    """The README's speed figures are what ``benchmarks/speed_table.py`` writes from the results JSON it names, so
+    they cannot drift from a measurement by hand."""
+    import json
+    import re
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo / "benchmarks"))
+    try:
+        import speed_table
+    finally:
+        sys.path.remove(str(repo / "benchmarks"))
+    readme = (repo / "README.md").read_text()
+    source = re.search(r"speed_table\.py (benchmarks/results/\S+\.json) --readme", readme)
+    assert source, "the README names the JSON its speed table comes from"
+    expected = speed_table.readme_with(speed_table.table(json.loads((repo / source[1]).read_text())), readme)
+    assert readme == expected, f"regenerate: python benchmarks/speed_table.py {source[1]} --readme"

@@ -12,8 +12,11 @@ be a float32 pass over the widest tensor of the block.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import platform
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -36,10 +39,28 @@ def int8_unsupported_reason() -> str | None:
         return ("this CPU has no VNNI or AMX int8 instructions, where int8 would be emulated and slower than float32; "
                 "use --dtype bfloat16 or float32")  # fmt: skip
     try:
-        import torchao  # noqa: F401
+        with _quiet():
+            import torchao  # noqa: F401
     except ImportError:
         return "int8 inference needs torchao: pip install 'metaformer[int8]'"
     return None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence what torchao's import and inductor's int8 lowering print for their own developers (deprecations of
+    their internals, a CUDA probe on a CPU machine): a user can do nothing about them."""
+    loggers = [logging.getLogger(name) for name in ("torch.utils._pytree", "torch.utils.cpp_extension")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="To copy construct from a tensor")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 class LinearMlp(nn.Module):
@@ -132,7 +153,7 @@ class Int8MetaFormer(nn.Module):
             self._compiled = torch.compile(self.program)
         x = x.float().contiguous(memory_format=CL)
         torch._dynamo.mark_dynamic(x, 0)  # one program for every batch size, not one compile each
-        with torch.no_grad():
+        with torch.no_grad(), _quiet():
             return self._compiled(x)
 
 
@@ -160,8 +181,9 @@ def quantize(model: nn.Module, calibration_images: torch.Tensor | Iterable[torch
     reason = int8_unsupported_reason()
     if reason is not None:
         raise UsageError(reason)
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+    with _quiet():
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
 
     batches = _batches(calibration_images)
     form = quantization_form(model.float().cpu().eval())

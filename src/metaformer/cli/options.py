@@ -247,4 +247,7 @@ def int8_model(model: torch.nn.Module, batches: list[torch.Tensor], source: str)
     count = sum(len(b) for b in batches)
     print(f"int8: calibrating on {count} images of {source}; the first batch compiles (about a minute)",
           file=sys.stderr, flush=True)  # fmt: skip
+    if count < 32:
+        print(f"int8: {count} calibration image(s) give unsteady activation ranges; pass --calibration with a few "
+              "hundred images like the ones classified", file=sys.stderr, flush=True)  # fmt: skip
     return quantize(model, batches)

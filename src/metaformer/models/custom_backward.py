@@ -97,7 +97,8 @@ class _MlpBranchFunction(torch.autograd.Function):
         dtype = _compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             batch, channels, height, width = x.shape
-            normalised, mean, rstd = torch.native_group_norm(x, None, None, batch, channels, height * width, 1, eps)
+            normalised, _, rstd = torch.native_group_norm(x, None, None, batch, channels, height * width, 1, eps)
+            rstd = rstd.float()
             w1_2d, w2_2d = w1.flatten(1), w2.flatten(1)
             w1_folded = (w1_2d * norm_weight).to(dtype)
             b1_folded = (b1 if norm_bias is None else torch.addmv(b1, w1_2d, norm_bias)).to(dtype)
@@ -130,11 +131,12 @@ class _MlpBranchFunction(torch.autograd.Function):
             grad_tokens = grad_hidden.mm(w1_folded)
             # Through the normalisation: the group-norm backward of the normalised map itself (mean 0, rstd 1)
             # is the bracket of d/dx, which the true 1/sigma then scales.
-            normalised = _feature_map(tokens, grad).to(grad.dtype)
+            # (in float32: under autocast the block input may be bfloat16 while its statistics are float32)
+            normalised = _feature_map(tokens, grad).to(rstd.dtype)
             bracket = torch.ops.aten.native_group_norm_backward(
-                _feature_map(grad_tokens, grad).to(grad.dtype), normalised, torch.zeros_like(rstd),
+                _feature_map(grad_tokens, grad).to(rstd.dtype), normalised, torch.zeros_like(rstd),
                 torch.ones_like(rstd), None, batch, channels, height * width, 1, [True, False, False])[0]  # fmt: skip
-            grad_x = torch.addcmul(grad, bracket, rstd.view(-1, 1, 1, 1).to(grad.dtype))
+            grad_x = torch.addcmul(grad, bracket.to(grad.dtype), rstd.view(-1, 1, 1, 1).to(grad.dtype))
             grad_w2 = (grad_w2_folded * layer_scale[:, None]).view_as(w2)
             grad_layer_scale = (grad_w2_folded * w2_2d).sum(1) + grad_b2_folded * b2
             grad_b2 = grad_b2_folded * layer_scale

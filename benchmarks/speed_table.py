@@ -26,7 +26,7 @@ def table(report: dict) -> str:
     and, where the group has a floor row, the fraction of it; memory for training (activations kept)."""
     lines = [f"Machine: {report['machine']}; torch {report['torch']}, timm {report['timm']}, {report['threads']} "
              f"threads; {report['model']} unless named, 224x224, channels-last.", "",
-             "| group | row | images/s | ms | × timm fp32 | of floor | saved MiB |",
+             "| group | row | images/s | ms | × first row | of floor | saved MiB |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for group in report["groups"]:
         for index, row in enumerate(group["rows"]):

@@ -204,6 +204,8 @@ def int8_floor_step(program: torch.nn.Module, images: torch.Tensor) -> Callable[
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile, torch.no_grad():
             program(images)
         products = [e for e in profile.key_averages() if e.key.startswith("onednn::q")]
+        if not products:
+            raise RuntimeError("the int8 program ran no oneDNN int8 kernel (onednn::q*): nothing to call its floor")
         return sum(e.self_cpu_time_total for e in products) / 1e6
 
     return step

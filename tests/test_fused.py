@@ -239,6 +239,29 @@ def test_training_under_bfloat16_autocast_follows_the_literal_modules():
         assert (fast[name] - grad).norm() <= 0.05 * grad.norm(), name
 
 
+def test_bfloat16_autocast_keeps_the_residual_stream_as_the_literal_modules_do():
+    """With the initial layer scales (1e-5) a bfloat16 residual stream would drop every block's update: the custom
+    functions promote it to float32 as the literal modules' ``addcmul`` with the float32 layer scale does."""
+
+    def block_outputs(custom_backward: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = metaformer.create_model("poolformer_s12", num_classes=7).train()
+        model.set_custom_backward(custom_backward)
+        outputs: list[torch.Tensor] = []
+        for stage in model.stages:
+            for block in stage.blocks:
+                block.register_forward_hook(lambda _, __, out: outputs.append(out))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))).float().sum().backward()
+        return outputs
+
+    fast, literal = block_outputs(True), block_outputs(False)
+    assert [t.dtype for t in fast] == [t.dtype for t in literal]
+    assert all(t.dtype == torch.float32 for t in fast)
+    for ours, theirs in zip(fast, literal, strict=True):
+        assert torch.allclose(ours, theirs, atol=1e-2 * theirs.abs().max().item())
+
+
 def test_training_keeps_less_for_the_backward_than_timm():
     timm = pytest.importorskip("timm")
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import randomize
 
 import metaformer
+import metaformer.data
 from metaformer import ImageProcessor
 from metaformer.errors import ConfigError, UsageError
 from metaformer.int8 import LinearMlp, int8_unsupported_reason, quantization_form, quantize
@@ -73,6 +75,15 @@ def test_quantize_refuses_what_it_cannot_take(imagenet_samples):
             quantize(model, [photos(imagenet_samples[:2]), photos(imagenet_samples[:2], 96)])
 
 
+@needs_int8
+def test_quantize_leaves_the_callers_model_as_it_was(imagenet_samples):
+    model = metaformer.create_model("poolformer_s12", **SMALL).to(torch.bfloat16).train()
+    int8 = quantize(model, photos(imagenet_samples[:4]))  # compiles only on its first call: not here
+    assert model.training and next(model.parameters()).dtype == torch.bfloat16
+    assert not any(p.dtype == torch.int8 for p in model.parameters())
+    assert int8.num_classes == model.num_classes and int8.config is model.config
+
+
 def test_a_cpu_without_vnni_gets_a_clear_message(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False)
     reason = int8_unsupported_reason()
@@ -96,15 +107,18 @@ def small_checkpoint(tmp_path_factory) -> str:
 
 @needs_int8
 def test_predict_in_int8_agrees_with_float32(small_checkpoint, imagenet_samples):
-    folder = str(imagenet_samples[0].parent)
-    runs = [cli("predict", folder, "--model", "poolformer_s12", "--checkpoint", small_checkpoint, "--json",
-                "--topk", "1", *extra) for extra in ([], ["--dtype", "int8"])]  # fmt: skip
-    for run in runs:
-        assert run.returncode == 0, run.stderr
-    assert "int8: calibrating on" in runs[1].stderr
-    top = [[json.loads(line)["topk"][0]["index"] for line in run.stdout.splitlines()] for run in runs]
-    assert len(top[1]) == len(imagenet_samples)
-    agree = sum(a == b for a, b in zip(*top, strict=True)) / len(top[0])
+    folder = imagenet_samples[0].parent
+    run = cli("predict", str(folder), "--model", "poolformer_s12", "--checkpoint", small_checkpoint, "--json",
+              "--topk", "1", "--dtype", "int8")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "int8: calibrating on" in run.stderr
+    found = {Path(r["path"]).name: r["topk"][0]["index"] for r in map(json.loads, run.stdout.splitlines())}
+    model = metaformer.create_model("poolformer_s12", checkpoint=small_checkpoint).eval()
+    paths = metaformer.data.find_images([folder])
+    with torch.no_grad():  # the float32 model on the pixels predict gives it
+        expected = model(ImageProcessor.for_model(model)(paths)).argmax(1).tolist()
+    assert sorted(found) == sorted(p.name for p in paths)
+    agree = sum(found[p.name] == e for p, e in zip(paths, expected, strict=True)) / len(paths)
     assert agree >= 0.8, f"int8 agrees with float32 on {agree:.0%} of the photos"
 
 
@@ -120,6 +134,20 @@ def test_predict_in_int8_agrees_with_float32(small_checkpoint, imagenet_samples)
 def test_predict_refuses_what_int8_cannot_honour(extra, message, small_checkpoint, imagenet_samples):
     run = cli("predict", str(imagenet_samples[0]), "--model", "poolformer_s12", "--checkpoint", small_checkpoint,
               *extra)  # fmt: skip
+    assert run.returncode != 0 and message in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["eval", "data", "--model", "poolformer_s12", "--pretrained", "--calibration", "x"], "needs --dtype int8"),
+        (["benchmark", "--model", "poolformer_s12", "--dtype", "int8", "--no-channels-last"], "channels-last"),
+        (["benchmark", "--model", "poolformer_s12", "--dtype", "int8", "--device", "tpu"], "is not a device"),
+    ],
+)
+def test_eval_and_benchmark_refuse_what_int8_cannot_honour(command, message):
+    run = cli(*command)
     assert run.returncode != 0 and message in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
 

@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 
 import torch
+import torch._inductor.config as inductor_config
 from torch import nn
 
 from .errors import ConfigError, UsageError
@@ -147,13 +148,11 @@ class Int8MetaFormer(nn.Module):
                               f"{self.image_size[1]}; got images of {x.shape[-2]}x{x.shape[-1]}: quantize again at "
                               "that size")  # fmt: skip
         if self._compiled is None:
-            import torch._inductor.config as inductor_config
-
-            inductor_config.freezing = True  # int8 kernels need the weights folded in as constants and prepacked
             self._compiled = torch.compile(self.program)
         x = x.float().contiguous(memory_format=CL)
         torch._dynamo.mark_dynamic(x, 0)  # one program for every batch size, not one compile each
-        with torch.no_grad(), _quiet():
+        # int8 kernels need the weights folded in as constants and prepacked: freezing, for this program only
+        with torch.no_grad(), _quiet(), inductor_config.patch(freezing=True):
             return self._compiled(x)
 
 
@@ -186,7 +185,7 @@ def quantize(model: nn.Module, calibration_images: torch.Tensor | Iterable[torch
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
 
     batches = _batches(calibration_images)
-    form = quantization_form(model.float().cpu().eval())
+    form = quantization_form(model).float().cpu()  # a folded copy: the caller's model is left as it was
     quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
     for name in KEEP_FLOAT:
         quantizer.set_module_name_qconfig(name, None)

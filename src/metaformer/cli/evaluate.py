@@ -16,7 +16,6 @@ from ..engine.distributed import DistributedContext, init_distributed, shutdown_
 from ..errors import UsageError
 from ..files import atomic_write, write_json
 from .options import (
-    CALIBRATION_IMAGES,
     DETECTION,
     DTYPE_HELP,
     DTYPES,
@@ -26,6 +25,7 @@ from .options import (
     add_progress,
     add_scale,
     add_weights,
+    calibration_help,
     calibration_pixels,
     check_int8,
     int8_model,
@@ -70,9 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="data-loading processes (default: up to 4, no more than the cores)",
     )
     FLAGS.add(p, "--dtype", ("classification",), choices=DTYPES, help=f"float32 (default); {DTYPE_HELP}")
-    FLAGS.add(p, "--calibration", ("classification",), nargs="+", metavar="PATH",
-              help=f"--dtype int8: image files or folders whose first {CALIBRATION_IMAGES} images set the activation "
-              "ranges (default: DATA/train)")  # fmt: skip
+    FLAGS.add(p, "--calibration", ("classification",), nargs="+", metavar="PATH", help=calibration_help("DATA/train"))
     FLAGS.add(p, "--tta", ("segmentation",), action="store_true", help="multi-scale (0.5-1.75) + flip inference")
     FLAGS.add(p, "--num-classes", ("segmentation",), type=positive, help="classes of the dataset (the model's)")
     FLAGS.add(p, "--ignore-index", ("segmentation",), type=int, help="the masks' ignore value (255)")
@@ -119,9 +117,9 @@ def _classification(args: argparse.Namespace, output: Path | None) -> int:
 
     args.dtype = args.dtype or "float32"
     check_int8(args)
+    calibration = _calibration(args) if args.dtype == "int8" else []  # refused before any weights load
     model = load_trained(args, "classification", fused=args.dtype != "int8").to(memory_format=torch.channels_last)
     processor = ImageProcessor.for_model(model, exif_transpose=False)  # the ImageNet protocol reads raw pixels
-    calibration = _calibration(args) if args.dtype == "int8" else []
     if args.dtype != "int8":
         model = model.to(getattr(torch, args.dtype))
     with _distributed(args, model) as context:

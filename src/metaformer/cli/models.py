@@ -179,8 +179,11 @@ def benchmark(args: argparse.Namespace) -> int:
     if args.dtype == "int8":  # random weights and pixels: the timing does not depend on the ranges
         import torch
 
+        if args.no_channels_last:
+            raise UsageError("--dtype int8 runs on channels-last maps (its program was exported so); drop "
+                             "--no-channels-last")  # fmt: skip
         pixels = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
-        model = int8_model(model.eval(), [pixels], "random pixels")
+        model = int8_model(model.eval(), [pixels], "random pixels", advise=False)
     elif not args.no_fuse:
         model = fuse(model)
     if args.compile:

@@ -200,9 +200,14 @@ def add_dtype(parser: argparse.ArgumentParser, calibration: str | None) -> None:
     """--dtype, and where int8 takes its calibration images (``calibration`` says what the default is)."""
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
     if calibration is not None:
-        parser.add_argument("--calibration", nargs="+", metavar="PATH", help=f"--dtype int8: image files or folders "
-                            f"whose first {CALIBRATION_IMAGES} images set the activation ranges (default: "
-                            f"{calibration})")  # fmt: skip
+        parser.add_argument("--calibration", nargs="+", metavar="PATH", help=calibration_help(calibration))
+
+
+def calibration_help(default: str) -> str:
+    return (
+        f"--dtype int8: image files or folders; {CALIBRATION_IMAGES} of their images, spread over them, set the "
+        f"activation ranges (default: {default})"
+    )
 
 
 def check_int8(args: argparse.Namespace) -> None:
@@ -213,7 +218,11 @@ def check_int8(args: argparse.Namespace) -> None:
         raise UsageError("--calibration sets int8's activation ranges; it needs --dtype int8")
     if args.dtype != "int8":
         return
-    if torch.device(args.device).type != "cpu":
+    try:
+        kind = torch.device(args.device).type
+    except RuntimeError:
+        kind = device(args.device)  # raises the usual message for a name that is no device
+    if kind != "cpu":
         raise UsageError("--dtype int8 runs on x86 CPUs (oneDNN's int8 kernels); on a GPU use --dtype bfloat16")
     if getattr(args, "no_fuse", False):
         raise UsageError("--dtype int8 quantizes the folded model; --no-fuse cannot apply to it")
@@ -228,8 +237,10 @@ def calibration_pixels(paths: Iterable[str], processor: object, batch_size: int 
     """Processed batches of the first ``CALIBRATION_IMAGES`` readable images of ``paths``."""
     from ..data import ImageLoadError, find_images
 
+    files = find_images(list(paths))
+    step = max(1, len(files) // CALIBRATION_IMAGES)  # spread over the folders (classes), not the first ones
     pixels: list[torch.Tensor] = []
-    for path in find_images(list(paths)):
+    for path in files[::step] + [f for i, f in enumerate(files) if i % step]:  # the rest stand in for unreadables
         if len(pixels) == CALIBRATION_IMAGES:
             break
         try:
@@ -241,13 +252,14 @@ def calibration_pixels(paths: Iterable[str], processor: object, batch_size: int 
     return list(torch.stack(pixels).split(batch_size))
 
 
-def int8_model(model: torch.nn.Module, batches: list[torch.Tensor], source: str) -> torch.nn.Module:
+def int8_model(model: torch.nn.Module, batches: list[torch.Tensor], source: str, *, advise: bool = True
+               ) -> torch.nn.Module:  # fmt: skip
     from ..int8 import quantize
 
     count = sum(len(b) for b in batches)
     print(f"int8: calibrating on {count} images of {source}; the first batch compiles (about a minute)",
           file=sys.stderr, flush=True)  # fmt: skip
-    if count < 32:
+    if count < 32 and advise:
         print(f"int8: {count} calibration image(s) give unsteady activation ranges; pass --calibration with a few "
               "hundred images like the ones classified", file=sys.stderr, flush=True)  # fmt: skip
     return quantize(model, batches)

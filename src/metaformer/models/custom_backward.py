@@ -29,6 +29,7 @@ from .layers import average_pool, group_statistics
 class _PoolingBranchFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, layer_scale, sample_scale, pool_size: int, eps: float):  # noqa: ANN001
+        x = x.to(_residual_dtype(x, layer_scale))
         mean, rstd = group_statistics(x, eps)
         blend = (layer_scale * weight)[None, :, None, None] * (rstd * sample_scale)[:, None, None, None]
         ctx.save_for_backward(x, weight, layer_scale, sample_scale, mean, rstd)
@@ -75,6 +76,13 @@ def pooling_branch_with_custom_backward(
     return _PoolingBranchFunction.apply(x, weight, bias, layer_scale, sample_scale, pool_size, eps)
 
 
+def _residual_dtype(x: torch.Tensor, layer_scale: torch.Tensor) -> torch.dtype:
+    """The literal modules' ``addcmul(x, branch, layer_scale)`` promotes a bfloat16 block input (the stem's output
+    under autocast) to the float32 of the layer scale; so do these functions. In bfloat16, ``x + 1e-5 * branch``
+    would round back to ``x``."""
+    return torch.promote_types(x.dtype, layer_scale.dtype)
+
+
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The products' dtype: autocast's where it is on (as the plain convolutions would run), else the input's."""
     device = x.device.type
@@ -95,10 +103,10 @@ class _MlpBranchFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, norm_weight, norm_bias, w1, b1, w2, b2, layer_scale, sample_scale, eps: float):  # noqa: ANN001
         dtype = _compute_dtype(x)
+        x = x.to(_residual_dtype(x, layer_scale))
         with torch.autocast(x.device.type, enabled=False):
             batch, channels, height, width = x.shape
             normalised, _, rstd = torch.native_group_norm(x, None, None, batch, channels, height * width, 1, eps)
-            rstd = rstd.float()
             w1_2d, w2_2d = w1.flatten(1), w2.flatten(1)
             w1_folded = (w1_2d * norm_weight).to(dtype)
             b1_folded = (b1 if norm_bias is None else torch.addmv(b1, w1_2d, norm_bias)).to(dtype)

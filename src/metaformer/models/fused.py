@@ -25,7 +25,7 @@ from torch import nn
 from .layers import ConvEmbed, GroupNorm1, LayerNormChannel, SquaredReLU, StarReLU, average_pool, group_statistics
 from .metaformer import MetaFormer, MetaFormerBlock, _Trunk
 from .mixers import IdentityMixer, Pooling, SepConv
-from .onednn import ONEDNN_ACT, OneDnnWeight, Packing, conv_add_, conv_pointwise, use_onednn
+from .onednn import ONEDNN_ACT, OneDnnWeight, Packing, conv_add_, conv_pointwise, is_exporting, use_onednn
 
 
 def _norm_affine(norm: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,7 +273,7 @@ class FusedMetaFormer(MetaFormer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         per_image = self.config.widths[0] * self.config.mlp_ratio * x[0, 0].numel() / 16 * x.element_size()
         slice_size = max(1, int(CPU_SLICE_BYTES // per_image))
-        tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+        tracing = torch.compiler.is_compiling() or is_exporting()
         if x.device.type != "cpu" or tracing or x.shape[0] <= slice_size:
             return super().forward(x)
         slices = -(-x.shape[0] // slice_size)

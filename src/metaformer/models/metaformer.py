@@ -71,6 +71,8 @@ class MetaFormerBlock(nn.Module):
         mlp = self.mlp
         return (
             isinstance(mlp, ConvMlp)
+            and type(mlp.fc1) is nn.Conv2d  # not a subclass (fake quantization, adapters) with its own forward
+            and type(mlp.fc2) is nn.Conv2d
             and isinstance(mlp.act, nn.GELU)
             and mlp.act.approximate == "none"
             and mlp.drop.p == 0
@@ -121,7 +123,8 @@ class MetaFormerBlock(nn.Module):
             x = self._pooling_branch(x)
         else:
             x = self._add(x, self.token_mixer(self.norm1(x)), self.layer_scale1, self.res_scale1)
-        if self.mlp is not None and self.custom_mlp_backward and training:
+        # Training only: in eval mode with gradients (Grad-CAM, hooks on the MLP's modules) the modules run.
+        if self.mlp is not None and self.custom_mlp_backward and training and self.training:
             x = self._mlp_branch(x)
         elif self.mlp is not None:
             x = self._add(x, self.mlp(self.norm2(x)), self.layer_scale2, self.res_scale2)

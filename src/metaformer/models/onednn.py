@@ -24,6 +24,13 @@ _ONEDNN_DTYPES = (
 )
 
 
+def is_exporting() -> bool:
+    """Whether ``torch.export`` is tracing (torch 2.7 and later can tell; before, export traced through dynamo,
+    which ``is_compiling`` sees)."""
+    probe = getattr(torch.compiler, "is_exporting", None)
+    return probe() if probe is not None else False
+
+
 def use_onednn(x: torch.Tensor) -> bool:
     # Under torch.compile or torch.export the portable form is traced instead: inductor makes the same epilogue
     # fusions itself, and an exported graph must not hold this build's private operators.
@@ -33,7 +40,7 @@ def use_onednn(x: torch.Tensor) -> bool:
         and x.device.type == "cpu"
         and x.dtype in _ONEDNN_DTYPES
         and not torch.compiler.is_compiling()
-        and not torch.compiler.is_exporting()
+        and not is_exporting()
         and not (x.requires_grad and torch.is_grad_enabled())
     )
 

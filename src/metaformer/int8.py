@@ -110,8 +110,9 @@ def quantization_form(model: MetaFormer) -> nn.Module:
 
 class Int8MetaFormer(nn.Module):
     """What ``quantize`` returns: the int8 program of a classifier, compiled by inductor on the first call (about
-    half a minute on two cores, once per process and image size; the batch size may vary). Takes float32 pixels as
-    the float model does and returns float32 logits."""
+    half a minute on two cores, once per process and image size; the batch size may vary, though a batch of one
+    compiles once more, PyTorch specialising the size 1). Takes float32 pixels as the float model does and returns
+    float32 logits."""
 
     input_dtype = torch.float32
     is_quantized = True

@@ -99,6 +99,12 @@ def _feature_map(tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return tokens.view(batch, height, width, -1).permute(0, 3, 1, 2)
 
 
+def _folded_weights(w1: torch.Tensor, w2: torch.Tensor, norm_weight: torch.Tensor, layer_scale: torch.Tensor,
+                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """fc1's weight with the norm's scale folded in, fc2's with the layer scale, as ``[out, in]`` in ``dtype``."""
+    return (w1.flatten(1) * norm_weight).to(dtype), (w2.flatten(1) * layer_scale[:, None]).to(dtype)
+
+
 class _MlpBranchFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, norm_weight, norm_bias, w1, b1, w2, b2, layer_scale, sample_scale, eps: float):  # noqa: ANN001
@@ -107,10 +113,9 @@ class _MlpBranchFunction(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             batch, channels, height, width = x.shape
             normalised, _, rstd = torch.native_group_norm(x, None, None, batch, channels, height * width, 1, eps)
-            w1_2d, w2_2d = w1.flatten(1), w2.flatten(1)
-            w1_folded = (w1_2d * norm_weight).to(dtype)
-            b1_folded = (b1 if norm_bias is None else torch.addmv(b1, w1_2d, norm_bias)).to(dtype)
-            w2_folded, b2_folded = (w2_2d * layer_scale[:, None]).to(dtype), (b2 * layer_scale).to(dtype)
+            w1_folded, w2_folded = _folded_weights(w1, w2, norm_weight, layer_scale, dtype)
+            b1_folded = (b1 if norm_bias is None else torch.addmv(b1, w1.flatten(1), norm_bias)).to(dtype)
+            b2_folded = (b2 * layer_scale).to(dtype)
             tokens = _tokens(normalised).to(dtype)
             hidden = torch.addmm(b1_folded, tokens, w1_folded.t())
             out = torch.addmm(b2_folded, F.gelu(hidden), w2_folded.t())
@@ -127,7 +132,7 @@ class _MlpBranchFunction(torch.autograd.Function):
         batch, channels, height, width = ctx.shape
         with torch.autocast(grad.device.type, enabled=False):
             w1_2d, w2_2d = w1.flatten(1), w2.flatten(1)
-            w1_folded, w2_folded = (w1_2d * norm_weight).to(ctx.dtype), (w2_2d * layer_scale[:, None]).to(ctx.dtype)
+            w1_folded, w2_folded = _folded_weights(w1, w2, norm_weight, layer_scale, ctx.dtype)
             grad_branch = grad if sample_scale is None else grad * sample_scale.view(-1, 1, 1, 1).to(grad.dtype)
             grad_out = _tokens(grad_branch).to(ctx.dtype)
             # fc2: its input, GELU's output, is recomputed rather than kept

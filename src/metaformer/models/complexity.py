@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 _NORMS = (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d)
+
+
+def _sdpa_on_cpu(query: torch.Size, key: torch.Size, value: torch.Size, *args: object, **kwargs: object) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+# Attention on the CPU runs through this kernel, which torch's counter only knows from 2.15 on: without it the
+# attention products would be missing from the hybrids' and CAFormer's counts on older releases.
+_CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_on_cpu}
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
@@ -46,7 +55,7 @@ def count_macs(model: nn.Module, image_size: int | None = None) -> int:
     training = model.training
     model.eval()  # counting must not update BatchNorm statistics
     try:
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
+        with FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as counter, torch.no_grad():
             model(image)
     finally:
         model.train(training)

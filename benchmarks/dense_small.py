@@ -28,10 +28,15 @@ DATA = Path(os.environ.get("METAFORMER_DATA", Path(__file__).resolve().parents[1
 
 def summary(name: str, records: list[dict], metric: str) -> dict:
     speeds = sorted(r["images_per_s"] for r in records)
-    result = {"run": name, "rounds": len(records), "first_loss": records[0]["train_loss"],
-              "last_loss": records[-1]["train_loss"], metric: records[-1][metric],
-              "best_" + metric: max(r[metric] for r in records),
-              "train_images_per_s_median": speeds[len(speeds) // 2]}  # fmt: skip
+    result = {
+        "run": name,
+        "rounds": len(records),
+        "first_loss": records[0]["train_loss"],
+        "last_loss": records[-1]["train_loss"],
+        metric: records[-1][metric],
+        "best_" + metric: max(r[metric] for r in records),
+        "train_images_per_s_median": speeds[len(speeds) // 2],
+    }
     print(json.dumps(result), flush=True)
     return result
 
@@ -50,16 +55,34 @@ def main() -> None:
         root = Path(args.output or scratch)
         common = {"init": args.init, "device": args.device, "amp": args.amp, "num_workers": 2, "progress": False}
         if args.only != "detection":
-            settings = RunSettings(data=str(DATA / "camvid"), model="fpn_poolformer_s12", output=str(root / "fpn"),
-                                   eval_every=args.seg_iterations // 6, **common)  # fmt: skip
-            recipe = SegmentationRecipe(iterations=args.seg_iterations, batch_size=8, crop_size=256, scale=(1024, 256),
-                                        num_classes=11, ignore_index=11)  # fmt: skip
+            settings = RunSettings(
+                data=str(DATA / "camvid"),
+                model="fpn_poolformer_s12",
+                output=str(root / "fpn"),
+                eval_every=args.seg_iterations // 6,
+                **common,
+            )
+            recipe = SegmentationRecipe(
+                iterations=args.seg_iterations,
+                batch_size=8,
+                crop_size=256,
+                scale=(1024, 256),
+                num_classes=11,
+                ignore_index=11,
+            )
             summary("camvid fpn_poolformer_s12", train(settings, recipe, force=True), "mIoU")
         if args.only != "segmentation":
-            settings = RunSettings(data=str(DATA / "coco-mini"), model="retinanet_poolformer_s12",
-                                   output=str(root / "retinanet"), **common)  # fmt: skip
-            recipe = DetectionRecipe(epochs=args.det_epochs, batch_size=4, min_size=320, max_size=512, warmup_iters=20,
-                                     decay_epochs=(args.det_epochs,))  # fmt: skip
+            settings = RunSettings(
+                data=str(DATA / "coco-mini"), model="retinanet_poolformer_s12", output=str(root / "retinanet"), **common
+            )
+            recipe = DetectionRecipe(
+                epochs=args.det_epochs,
+                batch_size=4,
+                min_size=320,
+                max_size=512,
+                warmup_iters=20,
+                decay_epochs=(args.det_epochs,),
+            )
             summary("coco-mini retinanet_poolformer_s12", train(settings, recipe, force=True), "AP50")
 
 

@@ -30,8 +30,11 @@ IMAGE_IDS = (187334, 525891, 194322, 249346, 163497, 281789)
 
 def make_subset(root: Path, image_ids: tuple[int, ...]) -> Path:
     source = json.loads((DATA / "coco-mini" / "annotations" / "instances_train2017.json").read_text())
-    subset = {**source, "images": [i for i in source["images"] if i["id"] in image_ids],
-              "annotations": [a for a in source["annotations"] if a["image_id"] in image_ids]}  # fmt: skip
+    subset = {
+        **source,
+        "images": [i for i in source["images"] if i["id"] in image_ids],
+        "annotations": [a for a in source["annotations"] if a["image_id"] in image_ids],
+    }
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     for split in ("train2017", "val2017"):
         (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(subset))
@@ -55,19 +58,54 @@ def main() -> None:
     output = Path(args.output)
     data = make_subset(output / "data", IMAGE_IDS)
     run = output / args.model
-    settings = RunSettings(data=str(data), model=args.model, output=str(run), num_workers=0, device=args.device,
-                           progress=False)  # fmt: skip
-    recipe = DetectionRecipe(epochs=args.epochs, batch_size=2, lr=args.lr, min_size=320, max_size=480, warmup_iters=10,
-                             decay_epochs=(args.epochs * 4 // 5,))  # fmt: skip
+    settings = RunSettings(
+        data=str(data), model=args.model, output=str(run), num_workers=0, device=args.device, progress=False
+    )
+    recipe = DetectionRecipe(
+        epochs=args.epochs,
+        batch_size=2,
+        lr=args.lr,
+        min_size=320,
+        max_size=480,
+        warmup_iters=10,
+        decay_epochs=(args.epochs * 4 // 5,),
+    )
     records = train(settings, recipe, force=True)
     first, last = records[0], records[-1]
-    print(json.dumps({"model": args.model, "epochs": len(records), "first_loss": first["train_loss"],
-                      "last_loss": last["train_loss"], "AP": last["AP"], "AP50": last["AP50"],
-                      "train_images_per_s": last["images_per_s"]}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "epochs": len(records),
+                "first_loss": first["train_loss"],
+                "last_loss": last["train_loss"],
+                "AP": last["AP"],
+                "AP50": last["AP50"],
+                "train_images_per_s": last["images_per_s"],
+            }
+        )
+    )
     photos = sorted((data / "images" / "val2017").iterdir())
-    command = [sys.executable, "-m", "metaformer", "detect", *map(str, photos), "--model", args.model,
-               "--checkpoint", str(run / "last.safetensors"), "--output", str(output / f"{args.model}-pictures"),
-               "--min-size", "320", "--max-size", "480", "--device", args.device, "--force"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "metaformer",
+        "detect",
+        *map(str, photos),
+        "--model",
+        args.model,
+        "--checkpoint",
+        str(run / "last.safetensors"),
+        "--output",
+        str(output / f"{args.model}-pictures"),
+        "--min-size",
+        "320",
+        "--max-size",
+        "480",
+        "--device",
+        args.device,
+        "--force",
+    ]
     subprocess.run(command, check=True)
 
 

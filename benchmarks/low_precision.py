@@ -57,19 +57,31 @@ def main() -> None:
     }
     reference_val = logits(model, pixels, torch.float32).argmax(1)
     reference_photos = logits(model, photos, torch.float32).argmax(1)
-    report = {"model": name, "checkpoint": args.checkpoint, "data": args.data, "val_images": len(val),
-              "photos": len(photos), "calibration_images": sum(len(b) for b in calibration), "rows": []}  # fmt: skip
+    report = {
+        "model": name,
+        "checkpoint": args.checkpoint,
+        "data": args.data,
+        "val_images": len(val),
+        "photos": len(photos),
+        "calibration_images": sum(len(b) for b in calibration),
+        "rows": [],
+    }
     print(f"{'':10s} {'top-1':>7s} {'drop':>6s} {'agrees (val)':>13s} {'agrees (photos)':>16s}")
     for key, (variant, dtype) in variants.items():
         top_val = logits(variant, pixels, dtype).argmax(1)
         top_photos = logits(variant, photos, dtype).argmax(1)
-        row = {"dtype": key, "top1": (top_val == labels).float().mean().item() * 100,
-               "val_agreement": (top_val == reference_val).float().mean().item() * 100,
-               "photo_agreement": (top_photos == reference_photos).float().mean().item() * 100}  # fmt: skip
+        row = {
+            "dtype": key,
+            "top1": (top_val == labels).float().mean().item() * 100,
+            "val_agreement": (top_val == reference_val).float().mean().item() * 100,
+            "photo_agreement": (top_photos == reference_photos).float().mean().item() * 100,
+        }
         row["drop"] = report["rows"][0]["top1"] - row["top1"] if report["rows"] else 0.0
         report["rows"].append(row)
-        print(f"{key:10s} {row['top1']:6.2f}% {row['drop']:6.2f} {row['val_agreement']:12.2f}% "
-              f"{row['photo_agreement']:15.2f}%")  # fmt: skip
+        print(
+            f"{key:10s} {row['top1']:6.2f}% {row['drop']:6.2f} {row['val_agreement']:12.2f}% "
+            f"{row['photo_agreement']:15.2f}%"
+        )
     Path(args.json).write_text(json.dumps(report, indent=1))
     print(f"wrote {args.json}")
 

@@ -67,8 +67,22 @@ def free_port() -> int:
 def server(checkpoint: Path, max_batch: int, max_wait_ms: float, log: Path) -> Iterator[str]:
     """``metaformer serve`` in a subprocess; its URL once /health answers."""
     port = free_port()
-    command = [sys.executable, "-m", "metaformer", "serve", "--model", MODEL, "--checkpoint", str(checkpoint),
-               "--port", str(port), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "metaformer",
+        "serve",
+        "--model",
+        MODEL,
+        "--checkpoint",
+        str(checkpoint),
+        "--port",
+        str(port),
+        "--max-batch",
+        str(max_batch),
+        "--max-wait-ms",
+        str(max_wait_ms),
+    ]
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -102,8 +116,9 @@ async def load(url: str, photos: list[bytes], clients: int, seconds: float) -> t
             while time.perf_counter() < deadline:
                 sent = time.perf_counter()
                 try:
-                    answer = await http.post("/predict", content=photos[index % len(photos)],
-                                             headers={"Content-Type": "image/jpeg"})  # fmt: skip
+                    answer = await http.post(
+                        "/predict", content=photos[index % len(photos)], headers={"Content-Type": "image/jpeg"}
+                    )
                     ok = answer.status_code == 200
                 except httpx.HTTPError:
                     ok = False
@@ -200,38 +215,57 @@ def main() -> None:
 def summarize(rows: list[Row], baseline: list[float], args: argparse.Namespace) -> dict:
     results = []
     for row in rows:
-        results.append({
-            "name": row.name, "clients": row.clients, "max_batch": 1 if "one-by-one" in row.name else 16,
-            "images_per_s": statistics.median(row.throughputs), "throughputs": row.throughputs,
-            "p50_ms": percentile(row.latencies, 0.5) * 1e3, "p99_ms": percentile(row.latencies, 0.99) * 1e3,
-            "requests": len(row.latencies), "errors": row.errors,
-            "mean_batch": row.images / row.batches if row.batches else None,
-        })  # fmt: skip
+        results.append(
+            {
+                "name": row.name,
+                "clients": row.clients,
+                "max_batch": 1 if "one-by-one" in row.name else 16,
+                "images_per_s": statistics.median(row.throughputs),
+                "throughputs": row.throughputs,
+                "p50_ms": percentile(row.latencies, 0.5) * 1e3,
+                "p99_ms": percentile(row.latencies, 0.99) * 1e3,
+                "requests": len(row.latencies),
+                "errors": row.errors,
+                "mean_batch": row.images / row.batches if row.batches else None,
+            }
+        )
     top = max(args.clients)
     batched = next(r for r in results if r["clients"] == top and r["max_batch"] == 16)
     single = next(r for r in results if r["max_batch"] == 1)
     predict_speed = statistics.median(baseline)
     return {
-        "model": MODEL, "device": "cpu", "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-        "photos": len(list((DATA / "imagenet-samples").glob("*.JPEG"))), "seconds": args.seconds,
-        "rounds": args.rounds, "max_wait_ms": args.max_wait_ms, "rows": results,
-        "predict_images_per_s": predict_speed, "predict_throughputs": baseline,
+        "model": MODEL,
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "photos": len(list((DATA / "imagenet-samples").glob("*.JPEG"))),
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "max_wait_ms": args.max_wait_ms,
+        "rows": results,
+        "predict_images_per_s": predict_speed,
+        "predict_throughputs": baseline,
         f"serve_at_{top}_over_predict": batched["images_per_s"] / predict_speed,
         "batching_gain": batched["images_per_s"] / single["images_per_s"],
-    }  # fmt: skip
+    }
 
 
 def print_report(report: dict) -> None:
     print(f"\n{'':30s} {'images/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>7s} {'mean batch':>11s}")
     for row in report["rows"]:
         batch = f"{row['mean_batch']:11.1f}" if row["mean_batch"] else f"{'-':>11s}"
-        print(f"{row['name']:30s} {row['images_per_s']:9.1f} {row['p50_ms']:8.0f} {row['p99_ms']:8.0f} "
-              f"{row['errors']:7d} {batch}")  # fmt: skip
+        print(
+            f"{row['name']:30s} {row['images_per_s']:9.1f} {row['p50_ms']:8.0f} {row['p99_ms']:8.0f} "
+            f"{row['errors']:7d} {batch}"
+        )
     print(f"{'predict (batch 16, in-process)':30s} {report['predict_images_per_s']:9.1f}")
     top = max(r["clients"] for r in report["rows"])
-    print(f"serve at {top} clients / predict: {report[f'serve_at_{top}_over_predict']:.2f}; "
-          f"batching gain at {top} clients (max-batch 16 / 1): {report['batching_gain']:.2f}")  # fmt: skip
+    print(
+        f"serve at {top} clients / predict: {report[f'serve_at_{top}_over_predict']:.2f}; "
+        f"batching gain at {top} clients (max-batch 16 / 1): {report['batching_gain']:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # confte
 import metaformer
 from metaformer import ImageProcessor, load_image
 from metaformer.checkpoints import save_checkpoint
-from metaformer.int8 import int8_unsupported_reason
+from metaformer.fast.int8 import int8_unsupported_reason
 
 DATA = Path(os.environ.get("METAFORMER_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 CL = torch.channels_last
@@ -114,8 +114,14 @@ def run_group(title: str, rows: list[Row], rounds: int, device: torch.device, wa
     for row in rows:
         median = statistics.median(row.times)
         memory = peaks.get(row.name) if device.type == "cuda" else (row.saved_bytes or 0) / 2**20 or None
-        result = {"name": row.name, "images_per_s": row.images / median, "median_ms": median * 1e3,
-                  "ratio": base / median, "memory_mib": memory, "times_ms": [t * 1e3 for t in row.times]}  # fmt: skip
+        result = {
+            "name": row.name,
+            "images_per_s": row.images / median,
+            "median_ms": median * 1e3,
+            "ratio": base / median,
+            "memory_mib": memory,
+            "times_ms": [t * 1e3 for t in row.times],
+        }
         results.append(result)
         shown = f"{memory:11.0f}" if memory else f"{'-':>11s}"
         print(f"   {row.name:34s} {result['images_per_s']:9.1f} {median * 1e3:9.1f} {result['ratio']:6.2f} {shown}")
@@ -167,13 +173,18 @@ def inference_rows(models: dict, batch: int, device: torch.device, dtype: torch.
             rows.append(Row("ours fused compiled", call(torch.compile(half), low), batch))
         return rows
     suffix = "fp32" if dtype == torch.float32 else "bf16"
-    rows = [Row("timm eager fp32", call(theirs, images), batch),
-            Row(f"floor {suffix}", floor_step(ours, images, dtype), batch)]  # fmt: skip
+    rows = [
+        Row("timm eager fp32", call(theirs, images), batch),
+        Row(f"floor {suffix}", floor_step(ours, images, dtype), batch),
+    ]
     if dtype == torch.float32:
         if compile_rows:
             rows.append(Row("timm compiled fp32", call(torch.compile(theirs), images), batch))
-        rows += [Row("HF fp32", call(hf, images), batch), Row("ours plain fp32", call(ours, images), batch),
-                 Row("ours fused fp32", call(fused, images), batch)]  # fmt: skip
+        rows += [
+            Row("HF fp32", call(hf, images), batch),
+            Row("ours plain fp32", call(ours, images), batch),
+            Row("ours fused fp32", call(fused, images), batch),
+        ]
         if compile_rows:
             rows.append(Row("ours fused compiled fp32", call(torch.compile(fused), images), batch))
         return rows
@@ -193,10 +204,12 @@ def int8_rows(models: dict, batch: int) -> list:
     oneDNN's int8 convolutions and linear layers, profiled in each round."""
     images = torch.randn(batch, 3, 224, 224).contiguous(memory_format=CL)
     quantized = metaformer.quantize(models["ours"], [images])
-    return [Row("timm eager fp32", call(models["timm"], images), batch),
-            Row("floor int8", int8_floor_step(quantized, images), batch, reports_time=True),
-            Row("ours fused fp32", call(metaformer.fuse(models["ours"]), images), batch),
-            Row("ours int8", call(quantized, images), batch)]  # fmt: skip
+    return [
+        Row("timm eager fp32", call(models["timm"], images), batch),
+        Row("floor int8", int8_floor_step(quantized, images), batch, reports_time=True),
+        Row("ours fused fp32", call(metaformer.fuse(models["ours"]), images), batch),
+        Row("ours int8", call(quantized, images), batch),
+    ]
 
 
 def int8_floor_step(program: torch.nn.Module, images: torch.Tensor) -> Callable[[], float]:
@@ -232,7 +245,8 @@ def training_rows(name: str, batch: int, device: torch.device, amp: torch.dtype 
 
     def ours(custom_backward: bool) -> torch.nn.Module:
         model = metaformer.create_model(name, drop_path_rate=0.1)
-        model.set_custom_backward(custom_backward)
+        if custom_backward:  # `train --custom-backward`; by default training runs the literal modules
+            metaformer.use_custom_backward(model)
         return model
 
     def theirs() -> torch.nn.Module:
@@ -244,10 +258,12 @@ def training_rows(name: str, batch: int, device: torch.device, amp: torch.dtype 
         rows.insert(0, Row("timm eager fp32", trainer(theirs(), None), batch))
     if compile_rows:
         rows.append(Row("timm compiled" + suffix, trainer(torch.compile(theirs())), batch))
-    rows += [Row("ours literal modules" + suffix, trainer(ours(False)), batch),
-             Row("ours" + suffix, trainer(ours(True)), batch)]  # fmt: skip
+    rows += [
+        Row("ours literal modules" + suffix, trainer(ours(False)), batch),
+        Row("ours custom backward" + suffix, trainer(ours(True)), batch),
+    ]
     if compile_rows:
-        rows.append(Row("ours compiled" + suffix, trainer(torch.compile(ours(True))), batch))
+        rows.append(Row("ours compiled" + suffix, trainer(torch.compile(ours(False))), batch))
     if device.type == "cpu":
         for row in rows:
             row.saved_bytes = saved_activation_bytes(row.step)
@@ -283,9 +299,11 @@ def pipeline_rows(models: dict, batch: int, device: torch.device) -> tuple[list,
                 top += models["hf"](pixels.to(device).contiguous(memory_format=CL)).logits.argmax(1).tolist()
         return top
 
-    rows = [Row("HF processor + model fp32", run_hf, len(paths)),
-            Row("ours predict, plain fp32", run_ours(models["ours"]), len(paths)),
-            Row("ours predict, fused fp32", run_ours(fused), len(paths))]  # fmt: skip
+    rows = [
+        Row("HF processor + model fp32", run_hf, len(paths)),
+        Row("ours predict, plain fp32", run_ours(models["ours"]), len(paths)),
+        Row("ours predict, fused fp32", run_ours(fused), len(paths)),
+    ]
     agreement = {}
     if device.type == "cpu":
         low = metaformer.fuse(models["ours"]).to(torch.bfloat16)
@@ -310,13 +328,21 @@ def baselines_rows(name: str, batch: int, device: torch.device, dtype: torch.dty
     images = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=CL)
 
     suffix = "fp32" if dtype == torch.float32 else "bf16"
-    rows = [Row(f"{name} timm eager fp32", call(theirs, images), batch),
-            Row(f"{name} floor {suffix}", floor_step(ours, images, dtype), batch)]  # fmt: skip
+    rows = [
+        Row(f"{name} timm eager fp32", call(theirs, images), batch),
+        Row(f"{name} floor {suffix}", floor_step(ours, images, dtype), batch),
+    ]
     if dtype == torch.float32:
-        return [*rows, Row(f"{name} ours plain fp32", call(ours, images), batch),
-                Row(f"{name} ours fused fp32", call(fused, images), batch)]  # fmt: skip
-    return [*rows, Row(f"{name} timm eager bf16 (autocast)", call(theirs, images, dtype), batch),
-            Row(f"{name} ours fused bf16", call(fused.to(dtype), images.to(dtype)), batch)]  # fmt: skip
+        return [
+            *rows,
+            Row(f"{name} ours plain fp32", call(ours, images), batch),
+            Row(f"{name} ours fused fp32", call(fused, images), batch),
+        ]
+    return [
+        *rows,
+        Row(f"{name} timm eager bf16 (autocast)", call(theirs, images, dtype), batch),
+        Row(f"{name} ours fused bf16", call(fused.to(dtype), images.to(dtype)), batch),
+    ]
 
 
 def floor_step(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype) -> Callable[[], object]:
@@ -335,11 +361,13 @@ def floor_step(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype)
         batch, _, height, width = inputs[0].shape
         q = torch.randn(batch, module.num_heads, height * width, module.head_dim, dtype=dtype)
         calls.append((torch.matmul, (q, q.transpose(-2, -1).contiguous())))
-        calls.append((torch.matmul, (torch.randn(batch, module.num_heads, height * width, height * width,
-                                                 dtype=dtype), q)))  # fmt: skip
+        calls.append(
+            (torch.matmul, (torch.randn(batch, module.num_heads, height * width, height * width, dtype=dtype), q))
+        )
 
-    hooks = [m.register_forward_hook(layer) for m in model.modules()
-             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]  # fmt: skip
+    hooks = [
+        m.register_forward_hook(layer) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
     hooks += [m.register_forward_hook(attention) for m in model.modules() if isinstance(m, Attention)]
     with torch.inference_mode():
         model(images.to(dtype))
@@ -360,12 +388,24 @@ def print_floor_fractions(group: dict, prefix: str = "") -> None:
     floor = next(r["median_ms"] for r in group["rows"] if "floor" in r["name"].split())
     for row in group["rows"]:
         row["floor_fraction"] = floor / row["median_ms"]
-    print("   of the floor: " + ", ".join(f"{r['name'].removeprefix(prefix)} {r['floor_fraction']:.2f}"
-                                           for r in group["rows"]))  # fmt: skip
+    print(
+        "   of the floor: "
+        + ", ".join(f"{r['name'].removeprefix(prefix)} {r['floor_fraction']:.2f}" for r in group["rows"])
+    )
 
 
-GROUPS = ["b1", "b32", "bf16", "int8", "train", "train_bf16", "pipeline", "baselines", "baselines_bf16",
-          "train_baselines"]  # fmt: skip
+GROUPS = [
+    "b1",
+    "b32",
+    "bf16",
+    "int8",
+    "train",
+    "train_bf16",
+    "pipeline",
+    "baselines",
+    "baselines_bf16",
+    "train_baselines",
+]
 
 
 def run_groups_apart(argv: list[str], groups: list[str], output: Path) -> None:
@@ -402,9 +442,15 @@ def main() -> None:
     wanted = set(args.only)
     models = build_models(args.model, device) if wanted & {"b1", "b32", "bf16", "int8", "pipeline"} else {}
     amp = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
-    report: dict = {"model": args.model, "device": str(device), "machine": machine(),
-                    "threads": torch.get_num_threads(), "torch": torch.__version__, "timm": timm.__version__,
-                    "groups": []}  # fmt: skip
+    report: dict = {
+        "model": args.model,
+        "device": str(device),
+        "machine": machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "groups": [],
+    }
     if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(device)
     cpu = device.type == "cpu"
@@ -428,12 +474,12 @@ def main() -> None:
         report["groups"].append(run_group("training step, batch 32", rows, args.train_rounds, device, warmup=1))
     if "train_bf16" in wanted and device.type == "cpu":
         rows = training_rows(args.model, 32, device, torch.bfloat16, compile_rows)
-        report["groups"].append(run_group("training step, batch 32, bf16 autocast", rows, args.train_rounds, device,
-                                          warmup=1))  # fmt: skip
+        report["groups"].append(
+            run_group("training step, batch 32, bf16 autocast", rows, args.train_rounds, device, warmup=1)
+        )
     if "pipeline" in wanted and (DATA / "imagenet-samples").is_dir():
         rows, agreement = pipeline_rows(models, 32, device)
-        report["groups"].append(run_group("predict pipeline on the real photos", rows, rounds, device,
-                                          warmup=1))  # fmt: skip
+        report["groups"].append(run_group("predict pipeline on the real photos", rows, rounds, device, warmup=1))
         report["bf16_agreement"] = agreement
         if agreement:
             print(f"   bf16 top-1 agrees with fp32 on {agreement['bf16_top1_agrees_with_fp32']}/{agreement['photos']}")
@@ -449,8 +495,9 @@ def main() -> None:
             rows = training_rows(name, 32, device, None if cpu else amp, False)
             for row in rows:
                 row.name = f"{name} {row.name}"
-            report["groups"].append(run_group(f"{name}, training step, batch 32", rows, args.train_rounds, device,
-                                              warmup=1))  # fmt: skip
+            report["groups"].append(
+                run_group(f"{name}, training step, batch 32", rows, args.train_rounds, device, warmup=1)
+            )
     Path(args.json).write_text(json.dumps(report, indent=1))
     print(f"\nwrote {args.json}")
 

@@ -24,18 +24,23 @@ def _cell(value: float | None, digits: int) -> str:
 def table(report: dict) -> str:
     """One line per row: the group, the row, images/s, ms, the ratio to the group's first row (timm eager float32)
     and, where the group has a floor row, the fraction of it; memory for training (activations kept)."""
-    lines = [f"Machine: {report['machine']}; torch {report['torch']}, timm {report['timm']}, {report['threads']} "
-             f"threads; {report['model']} unless named, 224x224, channels-last.", "",
-             "| group | row | images/s | ms | × first row | of floor | saved MiB |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"Machine: {report['machine']}; torch {report['torch']}, timm {report['timm']}, {report['threads']} "
+        f"threads; {report['model']} unless named, 224x224, channels-last.",
+        "",
+        "| group | row | images/s | ms | × first row | of floor | saved MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for group in report["groups"]:
         for index, row in enumerate(group["rows"]):
             name = f"**{row['name']}**" if "ours" in row["name"].split() else row["name"]
             title = group["group"] if index == 0 else ""
             memory = row.get("memory_mib") if "training" in group["group"] else None
             floor = _cell(row.get("floor_fraction"), 2)
-            lines.append(f"| {title} | {name} | {row['images_per_s']:.1f} | {row['median_ms']:.0f} | "
-                         f"{row['ratio']:.2f} | {floor} | {_cell(memory, 0)} |")  # fmt: skip
+            lines.append(
+                f"| {title} | {name} | {row['images_per_s']:.1f} | {row['median_ms']:.0f} | "
+                f"{row['ratio']:.2f} | {floor} | {_cell(memory, 0)} |"
+            )
     return "\n".join(lines)
 
 

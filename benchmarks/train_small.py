@@ -35,13 +35,27 @@ def cifar_layout(root: Path) -> Path:
 
 
 def run(name: str, data: Path, output: Path, recipe, args: argparse.Namespace, init: str | None) -> dict:
-    settings = RunSettings(data=str(data), model=args.model, output=str(output), init=init,
-                           num_workers=args.num_workers, device=args.device, amp=args.amp, progress=False)  # fmt: skip
+    settings = RunSettings(
+        data=str(data),
+        model=args.model,
+        output=str(output),
+        init=init,
+        num_workers=args.num_workers,
+        device=args.device,
+        amp=args.amp,
+        progress=False,
+    )
     records = train(settings, recipe, force=True)
     best = max(records, key=lambda r: r["top1"])
     speed = sorted(r["images_per_s"] for r in records)[len(records) // 2]
-    summary = {"run": name, "epochs": len(records), "best_top1": best["top1"], "last_top1": records[-1]["top1"],
-               "train_images_per_s_median": speed, "output": str(output)}  # fmt: skip
+    summary = {
+        "run": name,
+        "epochs": len(records),
+        "best_top1": best["top1"],
+        "last_top1": records[-1]["top1"],
+        "train_images_per_s_median": speed,
+        "output": str(output),
+    }
     print(json.dumps(summary), flush=True)
     return summary
 

@@ -63,8 +63,9 @@ def official_forward(weights: dict, family: str, depths: tuple[int, ...], x: tor
             x = F.conv2d(x, weights[down + "conv.weight"], weights[down + "conv.bias"], 2, 1).permute(0, 2, 3, 1)
         for index in range(depth):
             block = f"stages.{stage}.{index}."
-            branch = _mix(MIXERS[family][stage], _norm(x, weights[block + "norm1.weight"], dims), weights,
-                          block + "token_mixer.")  # fmt: skip
+            branch = _mix(
+                MIXERS[family][stage], _norm(x, weights[block + "norm1.weight"], dims), weights, block + "token_mixer."
+            )
             x = x * weights.get(block + "res_scale1.scale", 1.0) + branch
             h = F.linear(_norm(x, weights[block + "norm2.weight"], dims), weights[block + "mlp.fc1.weight"])
             branch = F.linear(_star_relu(h, weights, block + "mlp.act."), weights[block + "mlp.fc2.weight"])

@@ -22,7 +22,7 @@ import metaformer
 from metaformer.checkpoints import open_checkpoint
 from metaformer.checkpoints.formats import convert_state_dict
 from metaformer.models.metaformer import MetaFormer
-from metaformer.models.pretrained import PAPER, RELEASES
+from metaformer.models.pretrained import PAPER, RELEASES, TAGGED
 from metaformer.models.zoo import get_spec
 
 # Trainable parameters with 1000 classes, as the official code gives them; RandFormer adds its frozen matrices.
@@ -65,14 +65,20 @@ def test_every_release_is_spelled_and_evaluated_as_timm_has_it():
     from timm.models import get_pretrained_cfg
 
     ours = {name: release for name, release in RELEASES.items() if release.hf_hub_id}
-    archs = {release.arch for release in ours.values()}
+    archs = {release.architecture for release in ours.values()}
     assert set(ours) == {name for name in timm.list_pretrained() if name.split(".")[0] in archs}  # all 50
     for name, release in ours.items():
         cfg = get_pretrained_cfg(name)
         assert (cfg.hf_hub_id, cfg.input_size[-1], cfg.crop_pct, cfg.num_classes, cfg.interpolation, cfg.license) == (
-            release.hf_hub_id, release.image_size, release.crop_pct, release.num_classes, release.interpolation,
-            release.license)  # fmt: skip
-    assert len(RELEASES) == 60 and RELEASES["caformer_b36.sail_in22k_ft_in1k_384"].top1 == 88.1  # 55 + 5 PoolFormers
+            release.hf_hub_id,
+            release.image_size,
+            release.crop_pct,
+            release.num_classes,
+            release.interpolation,
+            release.license,
+        )
+    assert len(TAGGED) == 60 and RELEASES["caformer_b36.sail_in22k_ft_in1k_384"].top1 == 88.1  # 55 + 5 PoolFormers
+    assert len(RELEASES) == 65 and not RELEASES["metaformer_ppaa_s12_224"].tag  # and the 5 untagged hybrids
     assert RELEASES["caformer_m36.sail_in22k"].url.endswith("/caformer/caformer_m36_in21k.pth")  # not "m364"
     assert RELEASES["convformer_b36.sail_in22k_ft_in1k_384"].url.endswith("convformer_b36_384_in21ft1k.pth")
 
@@ -83,8 +89,9 @@ def perturbed(name: str, seed: int = 0) -> MetaFormer:
     return randomize(metaformer.create_model(name), seed).eval()
 
 
-@pytest.mark.parametrize("name", [f"{family}_{size}" for family in ("poolformerv2", "convformer", "caformer")
-                                  for size in PARAMS[family]])  # fmt: skip
+@pytest.mark.parametrize(
+    "name", [f"{family}_{size}" for family in ("poolformerv2", "convformer", "caformer") for size in PARAMS[family]]
+)
 def test_equal_to_timm_both_ways(name):
     timm = pytest.importorskip("timm")
     ours = perturbed(name)
@@ -176,8 +183,9 @@ def test_the_readme_table_is_the_metadata():
         assert [float(c) if c else None for c in cells[3:7]] == [*top1s[:4], *[None] * (4 - len(top1s[:4]))]
 
 
-@pytest.mark.parametrize("name", ["fpn_identityformer_s12", "fpn_poolformerv2_s12", "fpn_convformer_s18",
-                                  "fpn_caformer_s18"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name", ["fpn_identityformer_s12", "fpn_poolformerv2_s12", "fpn_convformer_s18", "fpn_caformer_s18"]
+)
 def test_semantic_fpn_on_every_family(name):
     model = metaformer.create_model(name, num_classes=5).train()
     logits = model(torch.randn(2, 3, 97, 130))
@@ -190,8 +198,9 @@ def test_detectors_on_convformer_and_caformer_start_from_a_timm_classifier():
     timm = pytest.importorskip("timm")
     classifier = timm.create_model("caformer_s18")
     with pytest.warns(metaformer.CheckpointWarning, match="loaded the backbone"):
-        detector = metaformer.create_model("mask_rcnn_caformer_s18", checkpoint=classifier.state_dict(),
-                                           min_size=128, max_size=160).eval()  # fmt: skip
+        detector = metaformer.create_model(
+            "mask_rcnn_caformer_s18", checkpoint=classifier.state_dict(), min_size=128, max_size=160
+        ).eval()
     trunk = detector.backbone.body
     assert torch.equal(
         trunk.stages[3].blocks[0].token_mixer.qkv.weight, classifier.stages[3].blocks[0].token_mixer.qkv.weight
@@ -254,6 +263,7 @@ def hub(tmp_path):
     server.shutdown()
 
 
+@pytest.mark.slow
 def test_pretrained_tags_download_from_the_hub_and_predict(hub, tmp_path, imagenet_samples):
     handler, endpoint = hub
     model = perturbed("caformer_s18")
@@ -263,8 +273,18 @@ def test_pretrained_tags_download_from_the_hub_and_predict(hub, tmp_path, imagen
     folder.mkdir(parents=True)
     metaformer.save_checkpoint(model, folder / "model.safetensors", "timm")
     env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "t")}
-    command = [sys.executable, "-m", "metaformer", "predict", str(imagenet_samples[0]), "--model",
-               "caformer_s18.sail_in22k", "--pretrained", "--json", "--no-fuse"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "metaformer",
+        "predict",
+        str(imagenet_samples[0]),
+        "--model",
+        "caformer_s18.sail_in22k",
+        "--pretrained",
+        "--json",
+        "--no-fuse",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert handler.asked[-1] == "/timm/caformer_s18.sail_in22k/resolve/main/model.safetensors"
@@ -316,7 +336,11 @@ def test_a_timm_hub_folder_loads_with_its_name_and_evaluation_size(tmp_path):
     checkpoint = open_checkpoint(tmp_path / "folder")
     assert metaformer.api.infer_model_name(checkpoint) == "caformer_s18"
     ours = metaformer.create_model("caformer_s18", checkpoint=tmp_path / "folder", strict=True).eval()
-    assert (ours.config.image_size, ours.config.crop_pct) == (384, 1.0)
+    assert (ours.config.image_size, ours.pretrained_cfg.crop_pct, ours.pretrained_cfg.input_size) == (
+        384,
+        1.0,
+        (3, 384, 384),
+    )
     theirs.head.fc.norm.eps = 1e-5  # see test_equal_to_timm_both_ways
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():

@@ -10,19 +10,16 @@ import sys
 import pytest
 import torch
 import torch._inductor.config as inductor_config
+from conftest import randomize
 from PIL import Image
 
 from metaformer.checkpoints import save_checkpoint
 from metaformer.cli import main
 from metaformer.data import imagenet_labels
 
-transformers = pytest.importorskip("transformers")
-
 
 @pytest.fixture(scope="module")
 def official_checkpoint(tmp_path_factory):
-    from conftest import randomize
-
     import metaformer
 
     model = randomize(metaformer.create_model("poolformer_s12"), seed=11).eval()
@@ -57,6 +54,7 @@ def test_predict_matches_hugging_face_top5_on_real_photos(official_checkpoint, i
     )
     assert code == 0 and len(results) == len(photos)
 
+    transformers = pytest.importorskip("transformers")  # the one test of this module that needs it
     hf = transformers.PoolFormerForImageClassification.from_pretrained(hf_folder).eval()
     processor = transformers.PoolFormerImageProcessorPil(crop_pct=0.9)
     labels = imagenet_labels()
@@ -145,7 +143,8 @@ def test_list_and_info(capsys):
     code, (info,) = run_json(capsys, "info", "poolformer_m48", "--json")
     info_text = json.dumps(info)
     assert code == 0 and info["params"] == 73_473_448 and round(info["macs"] / 1e9, 1) == 11.6
-    assert info["config"]["depths"] == [8, 8, 24, 8] and info["crop_pct"] == 0.95 and "poolformer_m48" in info_text
+    assert info["config"]["depths"] == [8, 8, 24, 8] and info["pretrained_cfg"]["crop_pct"] == 0.95
+    assert "poolformer_m48" in info_text and info["training"]["drop_path"] == 0.4
     assert main(["info", "metaformer_random_s12"]) == 0
     assert "frozen" in capsys.readouterr().out
 
@@ -175,8 +174,31 @@ def test_benchmark_command(capsys):
         "1",
         "--json",
     )
-    assert code == 0 and result["images_per_s"] > 0 and result["peak_memory_mib"] > 0
-    assert result["fused"] and not result["compiled"]
+    assert code == 0 and (result["batch_size"], result["image_size"], result["dtype"]) == (2, 64, "float32")
+    # the rate is the median pass's: two images over its time, so the two figures must agree
+    assert result["images_per_s"] == pytest.approx(2 * 1000 / result["median_batch_ms"], rel=1e-6)
+    assert result["fused"] and not result["compiled"] and result["model"] == "poolformer_s12"
+    assert (
+        main(
+            [
+                "benchmark",
+                "--model",
+                "poolformer_s12",
+                "--batch-size",
+                "2",
+                "--image-size",
+                "64",
+                "--iters",
+                "1",
+                "--warmup",
+                "0",
+                "--no-fuse",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    assert not json.loads(capsys.readouterr().out)["fused"]
 
 
 def test_console_script_runs():
@@ -189,21 +211,37 @@ def test_console_script_runs():
 
 def test_predict_uses_a_fine_tuned_checkpoints_labels(imagenet_samples, tmp_path, capsys):
     import metaformer
-    from metaformer.tasks.classification.predict import predict
+    from metaformer.tasks.classification.predict import Classifier
 
-    model = metaformer.create_model("poolformer_s12", num_classes=3)
-    model.reset_classifier(3, labels=["cat", "dog", "owl"])
+    model = randomize(metaformer.create_model("poolformer_s12", num_classes=4), seed=5).eval()
+    model.reset_classifier(4, labels=["cat", "dog", "owl", "yak"])
+    randomize(model.head, seed=6)  # a head whose logits differ clearly, so the order below is the model's
     path = save_checkpoint(model, tmp_path / "pets.safetensors")
     code, results = run_json(
-        capsys, "predict", str(imagenet_samples[0]), "--model", "poolformer_s12", "--checkpoint", str(path), "--json"
+        capsys,
+        "predict",
+        str(imagenet_samples[0]),
+        "--model",
+        "poolformer_s12",
+        "--checkpoint",
+        str(path),
+        "--json",
+        "--topk",
+        "2",
     )
-    assert code == 0 and sorted(e["label"] for e in results[0]["topk"]) == ["cat", "dog", "owl"]
-    assert sum(e["prob"] for e in results[0]["topk"]) == pytest.approx(1.0, abs=1e-4)
-    # The Python API runs a bfloat16 model too.
+    pixels = metaformer.ImageProcessor.for_model(model)([imagenet_samples[0]])
+    with torch.no_grad():
+        probs = model(pixels).softmax(-1)[0]
+    top = probs.topk(2)
+    expected = [("cat", "dog", "owl", "yak")[i] for i in top.indices.tolist()]
+    assert code == 0 and [e["label"] for e in results[0]["topk"]] == expected  # the checkpoint's names, in order
+    assert [e["prob"] for e in results[0]["topk"]] == pytest.approx(top.values.tolist(), abs=1e-4)
+    # The Python API runs a bfloat16 model too, with the same answer within bf16's precision.
     loaded = metaformer.create_model("poolformer_s12", checkpoint=path).to(torch.bfloat16)
-    processor = metaformer.ImageProcessor.for_model("poolformer_s12")
-    (result,) = predict(loaded, [imagenet_samples[0]], processor, topk=1)
-    assert result.topk[0]["label"] in {"cat", "dog", "owl"}
+    (result,) = Classifier(loaded).predict_files([imagenet_samples[0]], topk=4)
+    assert {e["label"]: e["prob"] for e in result.topk} == pytest.approx(
+        dict(zip(("cat", "dog", "owl", "yak"), probs.tolist(), strict=True)), abs=0.03
+    )
 
 
 def test_cli_usage_errors(capsys):
@@ -218,6 +256,7 @@ def test_cli_usage_errors(capsys):
     assert "did you mean" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_predict_fused_plain_compiled_and_bfloat16_agree(official_checkpoint, imagenet_samples, capsys):
     photos = imagenet_samples[:12]
     runs = {}

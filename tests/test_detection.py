@@ -16,9 +16,13 @@ from metaformer.errors import DatasetError
 from metaformer.tasks.detection.data import CocoDetection, coco_split
 
 PARAMS = {  # the paper's Table 4, with 80 classes
-    "retinanet_poolformer_s12": 21.7, "retinanet_poolformer_s24": 31.1, "retinanet_poolformer_s36": 40.6,
-    "mask_rcnn_poolformer_s12": 31.6, "mask_rcnn_poolformer_s24": 41.0, "mask_rcnn_poolformer_s36": 50.5,
-}  # fmt: skip
+    "retinanet_poolformer_s12": 21.7,
+    "retinanet_poolformer_s24": 31.1,
+    "retinanet_poolformer_s36": 40.6,
+    "mask_rcnn_poolformer_s12": 31.6,
+    "mask_rcnn_poolformer_s24": 41.0,
+    "mask_rcnn_poolformer_s36": 50.5,
+}
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
@@ -31,8 +35,10 @@ def test_parameter_counts(name):
 def test_forward_backward_on_odd_sizes(name):
     model = metaformer.create_model(name, num_classes=3, min_size=96, max_size=160).train()
     images = [torch.rand(3, 97, 131), torch.rand(3, 120, 71)]
-    targets = [{"boxes": torch.tensor([[10.0, 12.0, 60.0, 80.0]]), "labels": torch.tensor([1])},
-               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]  # fmt: skip
+    targets = [
+        {"boxes": torch.tensor([[10.0, 12.0, 60.0, 80.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
     if name.startswith("mask"):
         targets[0]["masks"] = torch.zeros(1, 97, 131, dtype=torch.uint8)
         targets[0]["masks"][0, 12:80, 10:60] = 1
@@ -59,8 +65,7 @@ def test_reads_real_coco_with_masks_and_crowds(coco):
     images, annotations = coco_split(coco, "train2017")
     dataset = CocoDetection(images, annotations, masks=True, background=True, train=False)
     assert len(dataset) == 130 and len(dataset.labels) == 80 and dataset.labels[0] == "person"
-    crowded = next(i for i, image_id in enumerate(dataset.ids)
-                   if dataset.coco.getAnnIds(imgIds=image_id, iscrowd=True))  # fmt: skip
+    crowded = next(i for i, image_id in enumerate(dataset.ids) if dataset.coco.getAnnIds(imgIds=image_id, iscrowd=True))
     image, target = dataset[crowded]
     image_id = dataset.ids[crowded]
     plain = dataset.coco.getAnnIds(imgIds=image_id, iscrowd=False)
@@ -110,11 +115,28 @@ def test_bad_annotations(coco, tmp_path):
         coco_split(data, "test2017")
 
 
-@pytest.mark.parametrize("name", ["retinanet_poolformer_s12", "mask_rcnn_poolformer_s12"])
+@pytest.mark.parametrize(
+    "name", ["retinanet_poolformer_s12", pytest.param("mask_rcnn_poolformer_s12", marks=pytest.mark.slow)]
+)
 def test_train_resume_eval_and_detect(name, coco, tmp_path, capsys):
     data = write_subset(coco, tmp_path / "data")
-    common = ["--model", name, "--epochs", "2", "--batch-size", "2", "--min-size", "96", "--max-size", "128",
-              "--warmup-iters", "2", "--num-workers", "0", "--no-progress"]  # fmt: skip
+    common = [
+        "--model",
+        name,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "2",
+        "--min-size",
+        "96",
+        "--max-size",
+        "128",
+        "--warmup-iters",
+        "2",
+        "--num-workers",
+        "0",
+        "--no-progress",
+    ]
     assert main(["train", str(data), "--output", str(tmp_path / "run"), *common]) == 0
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2] and "AP50" in records[-1]
@@ -136,8 +158,9 @@ def test_train_resume_eval_and_detect(name, coco, tmp_path, capsys):
     assert (result["min_size"], result["max_size"]) == (96, 128)  # the size it was trained at, from the checkpoint
     assert {"AR1", "AR10", "AR100", "ARs", "ARm", "ARl"} <= set(result)  # pycocotools' whole table
     kinds = ["bbox", "segm"] if name.startswith("mask") else ["bbox"]
-    assert sorted(result["per_class"]) == kinds and set(result["per_class"]["bbox"]) <= set(metaformer.create_model(
-        name, checkpoint=checkpoint).labels)  # fmt: skip
+    assert sorted(result["per_class"]) == kinds and set(result["per_class"]["bbox"]) <= set(
+        metaformer.create_model(name, checkpoint=checkpoint).labels
+    )
     assert main([*evaluate, "--no-progress"]) == 0
     table = capsys.readouterr().out
     assert "AR100" in table and "96/128 px" in table
@@ -178,8 +201,11 @@ class GroundTruthDetector(torch.nn.Module):
         outputs = []
         for _ in images:
             target = self.answers.pop(0)
-            found = {"boxes": target["boxes"].as_subclass(torch.Tensor), "labels": target["labels"],
-                     "scores": torch.ones(len(target["labels"]))}  # fmt: skip
+            found = {
+                "boxes": target["boxes"].as_subclass(torch.Tensor),
+                "labels": target["labels"],
+                "scores": torch.ones(len(target["labels"])),
+            }
             if "masks" in target:
                 found["masks"] = target["masks"].as_subclass(torch.Tensor)[:, None].float()
             outputs.append(found)

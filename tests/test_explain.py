@@ -17,6 +17,8 @@ from metaformer.errors import ConfigError
 pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
+pytestmark = pytest.mark.peer  # compared against a peer library
+
 
 @pytest.mark.parametrize("name", ["poolformer_s12", "convformer_s18", "caformer_s18"])
 def test_grad_cam_equals_the_grad_cam_package(name, imagenet_samples):
@@ -64,8 +66,18 @@ def test_cam_command_writes_captioned_overlays(imagenet_samples, tmp_path, capsy
     photos = [str(p) for p in imagenet_samples[:2]]
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a picture")
-    args = ["cam", *photos, str(broken), "--model", "poolformer_s12", "--checkpoint", str(checkpoint), "--output",
-            str(output), "--json"]  # fmt: skip
+    args = [
+        "cam",
+        *photos,
+        str(broken),
+        "--model",
+        "poolformer_s12",
+        "--checkpoint",
+        str(checkpoint),
+        "--output",
+        str(output),
+        "--json",
+    ]
     assert main(args) == 1  # the broken file is reported; the photos are still explained
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[-1] == {"path": str(broken), "error": lines[-1]["error"]}

@@ -13,11 +13,13 @@ from conftest import DATA_DIR, randomize
 
 import metaformer
 from metaformer.cli import main
-from metaformer.export import check_onnx, export_onnx, export_program
+from metaformer.fast.export import check_onnx, export_onnx, export_program
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
+
+pytestmark = pytest.mark.peer  # compared against a peer library
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,9 @@ def photos(imagenet_samples):
     return imagenet_samples[:4]
 
 
-@pytest.mark.parametrize("name", ["poolformer_s12", "caformer_s18", "randformer_s12"])
+@pytest.mark.parametrize(
+    "name", ["poolformer_s12", *(pytest.param(n, marks=pytest.mark.slow) for n in ("caformer_s18", "randformer_s12"))]
+)
 def test_onnx_equals_pytorch_at_two_batch_sizes_and_two_image_sizes(name, photos, tmp_path):
     model = randomize(metaformer.create_model(name), seed=2).eval()
     processor = metaformer.ImageProcessor.for_model(model)
@@ -56,6 +60,7 @@ def test_onnx_writes_one_group_norm_as_reductions_and_the_pooling_as_average_poo
         assert attributes["count_include_pad"] == 0 and list(attributes["kernel_shape"]) == [3, 3]
 
 
+@pytest.mark.slow
 def test_semantic_fpn_exports_to_onnx_with_dynamic_size(tmp_path):
     model = randomize(metaformer.create_model("fpn_poolformer_s12", num_classes=11), seed=1).eval()
     path = export_onnx(model, tmp_path / "fpn.onnx", torch.randn(1, 3, 256, 256))
@@ -64,6 +69,7 @@ def test_semantic_fpn_exports_to_onnx_with_dynamic_size(tmp_path):
         assert check.shape == (shape[0], 11, *shape[2:]) and check.passed, check.max_abs_diff
 
 
+@pytest.mark.slow
 def test_the_exported_program_runs_without_this_library(photos, tmp_path):
     model = randomize(metaformer.create_model("poolformer_s12"), seed=3).eval()
     pixels = metaformer.ImageProcessor.for_model(model)(photos)
@@ -82,6 +88,7 @@ def test_the_exported_program_runs_without_this_library(photos, tmp_path):
     assert float(lines[0]) <= 1e-4 and lines[1:] == ["(3,", "1000)"]
 
 
+@pytest.mark.slow
 def test_an_aot_inductor_package_equals_the_model(tmp_path):
     model = randomize(metaformer.create_model("identityformer_s12"), seed=4).eval()
     pixels = torch.randn(1, 3, 224, 224)
@@ -132,12 +139,23 @@ def test_export_command_refuses_flags_that_do_not_fit(extra, message, checkpoint
 def test_detectors_are_refused_with_what_works_instead(tmp_path, capsys):
     model = metaformer.create_model("retinanet_poolformer_s12")
     path = metaformer.save_checkpoint(model, tmp_path / "retinanet.safetensors")
-    code = main(["export", "retinanet_poolformer_s12", "--checkpoint", str(path), "--format", "onnx", "--output",
-                 str(tmp_path / "r.onnx")])  # fmt: skip
+    code = main(
+        [
+            "export",
+            "retinanet_poolformer_s12",
+            "--checkpoint",
+            str(path),
+            "--format",
+            "onnx",
+            "--output",
+            str(tmp_path / "r.onnx"),
+        ]
+    )
     assert code == 2 and "dynamo=False" in capsys.readouterr().err
     assert not (tmp_path / "r.onnx").exists()
 
 
+@pytest.mark.slow
 def test_segmentation_export_command_on_a_street_photo(tmp_path, capsys):
     street = sorted((DATA_DIR / "camvid" / "images" / "val").glob("*.png"))
     if not street:
@@ -145,11 +163,29 @@ def test_segmentation_export_command_on_a_street_photo(tmp_path, capsys):
     model = randomize(metaformer.create_model("fpn_poolformer_s12", num_classes=11), seed=6)
     path = metaformer.save_checkpoint(model, tmp_path / "fpn.safetensors")
     output = tmp_path / "fpn.onnx"
-    assert main(["export", "fpn_poolformer_s12", "--checkpoint", str(path), "--format", "onnx", "--output",
-                 str(output), "--check-image", str(street[0]), "--image-size", "256"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "export",
+                "fpn_poolformer_s12",
+                "--checkpoint",
+                str(path),
+                "--format",
+                "onnx",
+                "--output",
+                str(output),
+                "--check-image",
+                str(street[0]),
+                "--image-size",
+                "256",
+            ]
+        )
+        == 0
+    )
     assert "largest logit difference" in capsys.readouterr().out and output.is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")  # the deprecated exporter warns at every Python branch it traces
 @pytest.mark.parametrize("name", ["retinanet_poolformer_s12", "mask_rcnn_poolformer_s12"])
 def test_detectors_export_through_the_torchscript_exporter_as_the_readme_shows(name, tmp_path):
@@ -165,8 +201,15 @@ def test_detectors_export_through_the_torchscript_exporter_as_the_readme_shows(n
     image = decode_image(str(photos[0])).float() / 255
     path = tmp_path / "detector.onnx"
     with torch.no_grad():
-        torch.onnx.export(model, ([image],), str(path), dynamo=False, opset_version=17, input_names=["image"],
-                          dynamic_axes={"image": [1, 2]})  # fmt: skip
+        torch.onnx.export(
+            model,
+            ([image],),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["image"],
+            dynamic_axes={"image": [1, 2]},
+        )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for pixels in (image, torch.nn.functional.interpolate(image[None], size=(320, 416))[0]):
         outputs = session.run(None, {"image": pixels.numpy()})

@@ -51,7 +51,7 @@ def test_convert_never_overwrites_without_force(classifier, tmp_path, capsys):
     error = error_of(capsys, "convert", str(classifier), str(target), "--to", "safetensors")
     assert "mine.safetensors exists; pass --force" in error and target.read_bytes() == b"the user's own file"
     assert main(["convert", str(classifier), str(target), "--to", "safetensors", "--force"]) == 0
-    assert metaformer.create_model("poolformer_s12", checkpoint=target).config.labels == ("cat", "dog")
+    assert metaformer.create_model("poolformer_s12", checkpoint=target).labels == ("cat", "dog")
     folder = tmp_path / "hf"
     assert main(["convert", str(classifier), str(folder), "--to", "hf"]) == 0
     assert "exists" in error_of(capsys, "convert", str(classifier), str(folder), "--to", "hf")
@@ -100,8 +100,9 @@ def test_an_in_memory_dense_state_dict_keeps_its_classes(name):
     assert again.num_classes == 7
 
 
-@pytest.mark.parametrize("name", ["poolformer_s12", "fpn_poolformer_s12", "retinanet_poolformer_s12",
-                                  "mask_rcnn_poolformer_s12"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name", ["poolformer_s12", "fpn_poolformer_s12", "retinanet_poolformer_s12", "mask_rcnn_poolformer_s12"]
+)
 def test_save_checkpoint_takes_every_model_create_model_returns(name, tmp_path):
     model = metaformer.create_model(name)
     path = metaformer.save_checkpoint(model, tmp_path / f"{name}.safetensors")
@@ -118,15 +119,26 @@ def test_save_checkpoint_takes_every_model_create_model_returns(name, tmp_path):
 def test_a_fifo_is_refused_not_waited_on(classifier, imagenet_samples, tmp_path, capsys, no_hang):
     fifo = tmp_path / "camera.jpg"
     os.mkfifo(fifo)
-    code = main(["predict", str(fifo), str(imagenet_samples[0]), "--model", "poolformer_s12",
-                 "--checkpoint", str(classifier), "--json"])  # fmt: skip
+    code = main(
+        [
+            "predict",
+            str(fifo),
+            str(imagenet_samples[0]),
+            "--model",
+            "poolformer_s12",
+            "--checkpoint",
+            str(classifier),
+            "--json",
+        ]
+    )
     results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 1 and results[0] == {"path": str(fifo), "error": "a FIFO (named pipe), not a regular file"}
     assert "topk" in results[1]
     checkpoint_fifo = tmp_path / "weights.pth"
     os.mkfifo(checkpoint_fifo)
-    error = error_of(capsys, "predict", str(imagenet_samples[0]), "--model", "poolformer_s12", "--checkpoint",
-                     str(checkpoint_fifo))  # fmt: skip
+    error = error_of(
+        capsys, "predict", str(imagenet_samples[0]), "--model", "poolformer_s12", "--checkpoint", str(checkpoint_fifo)
+    )
     assert "weights.pth: a FIFO (named pipe), not a regular file" in error
 
 
@@ -136,8 +148,20 @@ def test_a_symbolic_link_loop_is_called_one(classifier, tmp_path, capsys):
     assert main(["predict", str(loop), "--model", "poolformer_s12", "--checkpoint", str(classifier), "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["error"] == "a symbolic link loop"
     (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
-    assert main(["predict", str(tmp_path / "gone.jpg"), "--model", "poolformer_s12", "--checkpoint",
-                 str(classifier), "--json"]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "gone.jpg"),
+                "--model",
+                "poolformer_s12",
+                "--checkpoint",
+                str(classifier),
+                "--json",
+            ]
+        )
+        == 1
+    )
     assert json.loads(capsys.readouterr().out)["error"] == "no such file (a broken symbolic link)"
 
 
@@ -166,8 +190,9 @@ def test_files_holding_python_objects_are_refused_as_such(kind, tmp_path):
         from argparse import Namespace
 
         torch.save({"state_dict": {}, "args": Namespace(lr=0.1)}, path)
-    with pytest.raises(CheckpointError, match="holds Python objects other than tensors, and unpickling them could "
-                       "run code") as raised:  # fmt: skip
+    with pytest.raises(
+        CheckpointError, match="holds Python objects other than tensors, and unpickling them could run code"
+    ) as raised:
         metaformer.create_model("poolformer_s12", checkpoint=path)
     assert ("Namespace" if kind == "namespace" else "system") in str(raised.value)
     assert not marker.exists()
@@ -186,9 +211,23 @@ def test_an_in_memory_state_dict_is_not_printed_whole():
 @pytest.mark.parametrize(
     "args, says",
     [
-        (["train", "data", "--model", "fpn_poolformer_s12", "--ema", "--recipe", "finetune", "--mixup", "0",
-          "--epochs", "3"], "--epochs, --recipe, --mixup, --ema are not used by train for fpn_poolformer_s12, a "
-                            "segmentation model (settings of other tasks: --epochs: classification and detection"),
+        (
+            [
+                "train",
+                "data",
+                "--model",
+                "fpn_poolformer_s12",
+                "--ema",
+                "--recipe",
+                "finetune",
+                "--mixup",
+                "0",
+                "--epochs",
+                "3",
+            ],
+            "--epochs, --recipe, --mixup, --ema are not used by train for fpn_poolformer_s12, a "
+            "segmentation model (settings of other tasks: --epochs: classification and detection",
+        ),
         (["train", "data", "--model", "poolformer_s12", "--iterations", "100"], "--iterations is not used by train"),
         (["train", "data", "--model", "retinanet_poolformer_s12", "--crop-scale", "0.3", "1"], "--crop-scale is not"),
         (["train", "--resume", "runs/x", "--lr", "0.1"], "--lr cannot change"),
@@ -202,7 +241,7 @@ def test_an_in_memory_state_dict_is_not_printed_whole():
         (["info", "fpn_poolformer_s12", "--image-size", "256"], "--image-size counts a classifier's MACs"),
         (["train", "data", "--model", "poolformer_s12", "--device", "tpu"], "--device 'tpu'"),
     ],
-)  # fmt: skip
+)
 def test_flags_the_task_does_not_use_are_refused(args, says, capsys):
     assert main(args) == 2
     error = capsys.readouterr().err
@@ -276,11 +315,36 @@ def test_a_single_class_warns_in_eval_and_stops_training(classifier, imagenet_sa
     data = tmp_path / "data"
     folder_of(data / "val", {"cat": 3}, imagenet_samples)
     with pytest.warns(UserWarning, match="single class folder \\(cat\\): top-1 counts how often"):
-        assert main(["eval", str(data), "--model", "poolformer_s12", "--checkpoint", str(classifier), "--json",
-                     "--num-workers", "0"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "eval",
+                    str(data),
+                    "--model",
+                    "poolformer_s12",
+                    "--checkpoint",
+                    str(classifier),
+                    "--json",
+                    "--num-workers",
+                    "0",
+                ]
+            )
+            == 0
+        )
     folder_of(data / "train", {"cat": 4}, imagenet_samples)
-    error = error_of(capsys, "train", str(data), "--model", "poolformer_s12", "--output", str(tmp_path / "r"),
-                     "--batch-size", "2", "--num-workers", "0")  # fmt: skip
+    error = error_of(
+        capsys,
+        "train",
+        str(data),
+        "--model",
+        "poolformer_s12",
+        "--output",
+        str(tmp_path / "r"),
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+    )
     assert "single class folder (cat): a classifier needs at least two classes" in error
 
 
@@ -301,8 +365,11 @@ def test_a_box_without_area_is_an_error_naming_its_annotation(coco_subset):
     content = json.loads(annotations.read_text())
     content["annotations"][1]["bbox"][3] = 0
     annotations.write_text(json.dumps(content))
-    with pytest.raises(DatasetError, match=f"annotation {content['annotations'][1]['id']} .* has a box of width "
-                       r"[\d.]+ and height 0"):  # fmt: skip
+    with pytest.raises(
+        DatasetError,
+        match=f"annotation {content['annotations'][1]['id']} .* has a box of width "
+        r"[\d.]+ and height 0",
+    ):
         coco_dataset(str(coco_subset), "val2017", instance=False, train=False)
 
 
@@ -351,8 +418,19 @@ def test_detection_eval_with_no_readable_image_fails_and_says_zero(coco_subset, 
     model = metaformer.create_model("retinanet_poolformer_s12", min_size=96, max_size=128)
     weights = metaformer.save_checkpoint(model, tmp_path / "det.safetensors")
     capsys.readouterr()
-    code = main(["eval", str(coco_subset), "--model", "retinanet_poolformer_s12", "--checkpoint", str(weights),
-                 "--json", "--num-workers", "0"])  # fmt: skip
+    code = main(
+        [
+            "eval",
+            str(coco_subset),
+            "--model",
+            "retinanet_poolformer_s12",
+            "--checkpoint",
+            str(weights),
+            "--json",
+            "--num-workers",
+            "0",
+        ]
+    )
     captured = capsys.readouterr()
     result = json.loads(captured.out)
     assert code == 1 and result["images"] == 0 and result["AP"] is None and len(result["errors"]) == 2
@@ -421,11 +499,12 @@ def test_segmentation_takes_num_classes_on_the_ade20k_layout(tmp_path):
 
 
 def test_every_classifier_has_its_own_drop_path():
-    from metaformer.models.zoo import get_spec, list_models
-    from metaformer.tasks.classification.recipe import PAPER
+    from metaformer.models.zoo import list_models
+    from metaformer.tasks.classification.recipe import OFFICIAL, PAPER
 
-    rates = {name: PAPER.resolved_drop_path(name) for name in list_models(task="classification")}
+    rates = {name: PAPER.resolved(name).drop_path for name in list_models(task="classification")}
     assert rates["poolformer_m48"] == 0.4 and rates["poolformer_s36"] == 0.2 and rates["poolformer_s12_pool5"] == 0.1
-    assert all(rate == get_spec(name).training.drop_path for name, rate in rates.items())
+    assert rates["caformer_b36"] == 0.6 and rates["randformer_m48"] == 0.3
+    assert set(OFFICIAL) <= set(rates)  # every row of the official table names a classifier of the zoo
     with pytest.raises(metaformer.ConfigError, match="unknown model 'convformer_s99'"):
-        PAPER.resolved_drop_path("convformer_s99")  # once silently S12's 0.1
+        PAPER.resolved("convformer_s99")  # once silently S12's 0.1

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from conftest import CLASSIFIERS, FIXED_GRID, randomize
 
 import metaformer
-from metaformer.models.custom_backward import mlp_branch_with_custom_backward, pooling_branch_with_custom_backward
-from metaformer.models.fused import FusedBlock, FusedIdentity, FusedMlp, FusedPooling, PlainMixer
+from metaformer.fast.inference import FusedBlock, FusedIdentity, FusedMlp, FusedPooling, PlainToken
+from metaformer.fast.training import mlp_branch_with_custom_backward, pooling_branch_with_custom_backward
 
 
 def pair(name: str, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -94,15 +94,15 @@ def test_fused_blocks_are_the_folded_ones():
         "poolformer_s12_batchnorm": FusedPooling,
         "poolformer_s12_nonorm": FusedPooling,
         "metaformer_id_s12": FusedIdentity,
-        "poolformer_s12_layernorm": PlainMixer,  # per-token statistics: no fold through the pooling
-        "metaformer_dwconv_s12": PlainMixer,
+        "poolformer_s12_layernorm": PlainToken,  # per-token statistics: no fold through the pooling
+        "metaformer_dwconv_s12": PlainToken,
     }
     for name, kind in kinds.items():
         fused = metaformer.fuse(metaformer.create_model(name))
         block = fused.stages[0].blocks[0]
-        assert isinstance(block, FusedBlock) and isinstance(block.mix, kind) and isinstance(block.mlp, FusedMlp), name
+        assert isinstance(block, FusedBlock) and isinstance(block.token, kind) and isinstance(block.mlp, FusedMlp), name
     hybrid = metaformer.fuse(metaformer.create_model("metaformer_ppaa_s12_224"))
-    assert isinstance(hybrid.stages[3].blocks[0].mix, PlainMixer)
+    assert isinstance(hybrid.stages[3].blocks[0].token, PlainToken)
     assert isinstance(hybrid.stages[3].blocks[0].mlp, FusedMlp)
     plain_block = metaformer.fuse(metaformer.create_model("poolformer_s12_noresidual")).stages[0].blocks[0]
     assert not isinstance(plain_block, FusedBlock)  # the identities need the residual: this ablation stays plain
@@ -181,8 +181,11 @@ def test_mlp_custom_backward_gradcheck_in_float64(channels_last):
     generator = torch.Generator().manual_seed(0)
 
     def tensor(*shape: int, low: float | None = None) -> torch.Tensor:
-        t = torch.rand(*shape, dtype=torch.float64, generator=generator) + low if low is not None else torch.randn(
-            *shape, dtype=torch.float64, generator=generator)  # fmt: skip
+        t = (
+            torch.rand(*shape, dtype=torch.float64, generator=generator) + low
+            if low is not None
+            else torch.randn(*shape, dtype=torch.float64, generator=generator)
+        )
         return t.requires_grad_()
 
     x = torch.randn(3, 4, 5, 6, dtype=torch.float64, generator=generator)
@@ -193,8 +196,9 @@ def test_mlp_custom_backward_gradcheck_in_float64(channels_last):
     for norm_bias, sample_scale in ((True, None), (False, torch.tensor([0.0, 1.25, 1.25], dtype=torch.float64))):
 
         def branch(x, weight, bias, layer_scale, *_, norm_bias=norm_bias, sample_scale=sample_scale):
-            return mlp_branch_with_custom_backward(x, weight, bias if norm_bias else None, fc1, fc2, layer_scale,
-                                                   1e-5, sample_scale)  # fmt: skip
+            return mlp_branch_with_custom_backward(
+                x, weight, bias if norm_bias else None, fc1, fc2, layer_scale, 1e-5, sample_scale
+            )
 
         assert torch.autograd.gradcheck(branch, params)
         norm = F.group_norm(x, 1, weight, bias if norm_bias else None, 1e-5)
@@ -207,7 +211,8 @@ def test_training_with_the_custom_backward_equals_the_literal_modules():
     def gradients(custom_backward: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         torch.manual_seed(0)  # the same initial weights, and then the same stochastic-depth draws, on both paths
         model = randomize(metaformer.create_model("poolformer_s12", num_classes=7, drop_path_rate=0.3)).train()
-        model.set_custom_backward(custom_backward)
+        if custom_backward:
+            metaformer.use_custom_backward(model)
         logits = model(torch.randn(4, 3, 64, 96, generator=torch.Generator().manual_seed(1)))
         logits.logsumexp(1).sum().backward()
         return logits, {n: p.grad for n, p in model.named_parameters()}
@@ -224,7 +229,8 @@ def test_training_under_bfloat16_autocast_follows_the_literal_modules():
     def gradients(custom_backward: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         torch.manual_seed(0)
         model = randomize(metaformer.create_model("poolformer_s12", num_classes=7)).train()
-        model.set_custom_backward(custom_backward)
+        if custom_backward:
+            metaformer.use_custom_backward(model)
         with torch.autocast("cpu", dtype=torch.bfloat16):  # the stem hands the first block a bfloat16 map
             logits = model(torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
         logits.float().logsumexp(1).sum().backward()
@@ -246,7 +252,8 @@ def test_bfloat16_autocast_keeps_the_residual_stream_as_the_literal_modules_do()
     def block_outputs(custom_backward: bool) -> list[torch.Tensor]:
         torch.manual_seed(0)
         model = metaformer.create_model("poolformer_s12", num_classes=7).train()
-        model.set_custom_backward(custom_backward)
+        if custom_backward:
+            metaformer.use_custom_backward(model)
         outputs: list[torch.Tensor] = []
         for stage in model.stages:
             for block in stage.blocks:
@@ -277,8 +284,7 @@ def test_training_keeps_less_for_the_backward_than_timm():
             model.train()(torch.randn(4, 3, 128, 128)).sum().backward()
         return sum(storages.values())
 
-    ours, theirs = (
-        saved_bytes(metaformer.create_model("poolformer_s12")),
-        saved_bytes(timm.create_model("poolformer_s12")),
-    )
+    ours = metaformer.create_model("poolformer_s12")
+    assert len(metaformer.use_custom_backward(ours)) == 12  # every block of S12
+    ours, theirs = saved_bytes(ours), saved_bytes(timm.create_model("poolformer_s12"))
     assert ours <= 0.9 * theirs, (ours, theirs)  # measured: 0.87

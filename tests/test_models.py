@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import CLASSIFIERS, FIXED_GRID
 
 import metaformer
-from metaformer.models.metaformer import MetaFormerBlock
+from metaformer.models.blocks import MetaFormerBlock, MixerOnlyBlock
 from metaformer.models.mixers import Attention, Pooling
 
 # Official parameter counts (1000 classes) and the official README's / paper's MACs at 224x224 (fvcore).
@@ -133,15 +133,15 @@ def test_params_and_macs_match_the_paper(name):
 )
 def test_official_configurations(name, layer_scale, crop_pct, norm):
     model = metaformer.create_model(name)
-    assert model.config.crop_pct == crop_pct and model.config.norm == norm
+    assert model.pretrained_cfg.crop_pct == crop_pct and model.config.norm == norm
     block = model.stages[0].blocks[0]
-    assert torch.all(block.layer_scale1 == layer_scale) and torch.all(block.layer_scale2 == layer_scale)
+    assert torch.all(block.layer_scale1.scale == layer_scale) and torch.all(block.layer_scale2.scale == layer_scale)
     assert metaformer.ImageProcessor.for_model(name).crop_pct == crop_pct
 
 
 def test_stochastic_depth_rises_linearly_over_all_blocks():
     model = metaformer.create_model("poolformer_s24", drop_path_rate=0.1)
-    rates = [block.drop_path for stage in model.stages for block in stage.blocks]
+    rates = [block.drop_path1.p for stage in model.stages for block in stage.blocks]
     assert len(rates) == 24 and rates[0] == 0 and rates[-1] == pytest.approx(0.1)
     assert rates == pytest.approx([0.1 * i / 23 for i in range(24)])
     model.train()
@@ -185,7 +185,7 @@ def test_random_mixing_is_frozen_and_row_stochastic():
 
 def test_ablation_switches_change_the_block():
     plain = metaformer.create_model("poolformer_s12_nomlp").stages[0].blocks[0]
-    assert plain.mlp is None and plain.norm2 is None
+    assert isinstance(plain, MixerOnlyBlock) and not hasattr(plain, "mlp") and not hasattr(plain, "norm2")
     block = metaformer.create_model("poolformer_s12_noresidual", layer_scale_init=1.0).stages[0].blocks[0]
     x = torch.randn(1, 64, 8, 8)
     with torch.no_grad():
@@ -204,9 +204,10 @@ def test_block_formula_with_layer_scale(random_model):
     x = torch.randn(2, 128, 9, 7)
     with torch.no_grad():
         norm = F.group_norm(x, 1, block.norm1.weight, block.norm1.bias, 1e-5)
-        y = x + block.layer_scale1[:, None, None] * (F.avg_pool2d(norm, 3, 1, 1, count_include_pad=False) - norm)
+        pooled = F.avg_pool2d(norm, 3, 1, 1, count_include_pad=False)
+        y = x + block.layer_scale1.scale[:, None, None] * (pooled - norm)
         norm = F.group_norm(y, 1, block.norm2.weight, block.norm2.bias, 1e-5)
-        z = y + block.layer_scale2[:, None, None] * block.mlp.fc2(F.gelu(block.mlp.fc1(norm)))
+        z = y + block.layer_scale2.scale[:, None, None] * block.mlp.fc2(F.gelu(block.mlp.fc1(norm)))
         torch.testing.assert_close(block(x), z)
 
 
@@ -232,7 +233,7 @@ def test_reset_classifier():
     model = metaformer.create_model("poolformer_s12")
     model.reset_classifier(10, labels=[str(i) for i in range(10)])
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
-    assert model.config.num_classes == 10 and model.config.labels[3] == "3"
+    assert model.config.num_classes == 10 and model.pretrained_cfg.label_names[3] == "3" and model.labels[3] == "3"
     assert model.forward_head(model.forward_features(torch.randn(1, 3, 64, 64)), pre_logits=True).shape == (
         1,
         512,
@@ -274,7 +275,9 @@ def test_channels_last_gives_the_same_output(random_model):
         ({"num_classes": -1}, "num_classes must be >= 0"),
         ({"drop_path_rate": 1.5}, "drop_path_rate is a probability"),
         ({"image_size": 16}, "image_size must be >= 32"),
-        ({"pool_size": 4}, "pool_size must be odd"),
+        ({"mixer_settings": {"pool_size": 4}}, "pool_size must be odd"),
+        ({"mixer_settings": {"kernel": 4}}, "unexpected keyword argument 'kernel'"),
+        ({"blocks": ("metaformer", "metaformer", "rwkv", "metaformer")}, "unknown block 'rwkv'"),
         ({"norm": "rmsnorm"}, "norm must be one of"),
         ({"mixers": ("pooling", "conv", "pooling", "pooling")}, "unknown token mixer"),
         ({"depths": (2, 2, 6)}, "widths has 4 entries but depths has 3"),
@@ -305,7 +308,7 @@ def test_count_macs_leaves_the_model_as_it_was():
 def test_timm_style_helpers():
     model = metaformer.create_model("metaformer_ppaa_s12_224")
     no_decay = model.no_weight_decay()
-    assert "stages.2.pos_embed" in no_decay and "stages.0.blocks.0.layer_scale1" in no_decay
+    assert "stages.2.pos_embed" in no_decay and "stages.0.blocks.0.layer_scale1.scale" in no_decay
     assert not any("weight" in name for name in no_decay)
     assert model.pretrained_cfg["crop_pct"] == 0.95 and model.pretrained_cfg["input_size"] == (3, 224, 224)
     backbone = metaformer.create_model("poolformer_s12", features_only=True)

@@ -33,8 +33,11 @@ def close_to(ours: torch.Tensor, reference: dict, what: str) -> None:
 def openmmlab_file(tmp_path: Path, model_name: str, shapes: dict, out_norms: tuple[int, ...]) -> tuple[Path, dict]:
     """A checkpoint as mmseg/mmdet write it: a random backbone under the official names, the fixture's neck and
     head weights, the classes in ``meta``."""
-    trunk = randomize(metaformer.create_model(model_name.split("_", 1)[1].replace("rcnn_", ""), features_only=True,
-                                              out_indices=out_norms))  # fmt: skip
+    trunk = randomize(
+        metaformer.create_model(
+            model_name.split("_", 1)[1].replace("rcnn_", ""), features_only=True, out_indices=out_norms
+        )
+    )
     backbone = {f"backbone.{k}": v for k, v in convert_state_dict(trunk.state_dict(), trunk.config, "official").items()}
     weights = reference_weights(shapes)
     path = tmp_path / f"{model_name}_openmmlab.pth"

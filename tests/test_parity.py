@@ -11,6 +11,8 @@ from metaformer.checkpoints import save_checkpoint
 transformers = pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")
 
+pytestmark = pytest.mark.peer  # compared against a peer library
+
 POOLFORMERS = ["poolformer_s12", "poolformer_s24", "poolformer_s36", "poolformer_m36", "poolformer_m48"]
 
 
@@ -56,4 +58,4 @@ def test_files_written_by_hugging_face_and_timm_load_here(tmp_path):
     with torch.no_grad():
         assert (ours_hf(x) - hf(x).logits).abs().max() <= 1e-4
         assert (ours_timm.forward_features(x) - timm_model.forward_features(x)).abs().max() <= 1e-4
-    assert ours_hf.config.labels == tuple(f"c{i}" for i in range(7))
+    assert ours_hf.labels == tuple(f"c{i}" for i in range(7))

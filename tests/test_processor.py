@@ -10,12 +10,11 @@ from PIL import Image
 from metaformer import ImageProcessor, load_image
 from metaformer.data import ImageLoadError, to_rgb
 
-transformers = pytest.importorskip("transformers")
-HFProcessor = getattr(transformers, "PoolFormerImageProcessorPil", None) or transformers.PoolFormerImageProcessor
-
 
 def hf_pixels(image: Image.Image, crop_pct: float) -> torch.Tensor:
-    return HFProcessor(crop_pct=crop_pct)(image, return_tensors="pt")["pixel_values"]
+    transformers = pytest.importorskip("transformers")  # the one test of this module that needs it
+    processor = getattr(transformers, "PoolFormerImageProcessorPil", None) or transformers.PoolFormerImageProcessor
+    return processor(crop_pct=crop_pct)(image, return_tensors="pt")["pixel_values"]
 
 
 @pytest.mark.parametrize("crop_pct", [0.9, 0.95])

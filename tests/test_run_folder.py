@@ -13,11 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_train import FAST, subset
+from tiny import TINY
 
 import metaformer
 from metaformer.cli import main
 
-COMMON = ["--model", "poolformer_s12", "--batch-size", "8", "--lr", "1e-3", "--warmup-epochs", "1", *FAST]
+TESTS = Path(__file__).parent
+COMMON = ["--model", TINY, "--batch-size", "8", "--lr", "1e-3", "--warmup-epochs", "1", *FAST]
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +49,8 @@ def train_until_killed(run: Path, data: Path, file: str, occurrence: int) -> Non
     script = textwrap.dedent(f"""
         import os, signal, sys
         from pathlib import Path
+        sys.path.insert(0, {str(TESTS)!r})
+        import tiny
         from metaformer.cli import main
 
         rename, seen = os.replace, 0
@@ -110,9 +114,11 @@ def test_resume_names_exactly_what_is_missing(tmp_path, capsys):
     assert "lacks 'recipe'" in resume_error(tmp_path / "broken")
 
 
+@pytest.mark.slow
 def test_a_full_disk_keeps_the_previous_checkpoint(data, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", str(data), "--output", str(run), "--epochs", "2", "--stop-after", "1", *COMMON]) == 0
+    full_size = ["--model", "poolformer_s12", *COMMON[2:]]  # its files' sizes are what the limit below falls between
+    assert main(["train", str(data), "--output", str(run), "--epochs", "2", "--stop-after", "1", *full_size]) == 0
     state_before = (run / "last.state.pt").read_bytes()
     # A file-size limit makes every write past 60 MB fail as a full disk does: the weights (46 MB) fit, the
     # training state (137 MB) does not.
@@ -126,8 +132,9 @@ def test_a_full_disk_keeps_the_previous_checkpoint(data, tmp_path, capsys):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 1
     error_lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert error_lines == [f"error: could not write {run / 'last.state.pt'}: File too large; the previous "
-                           "last.state.pt is kept"], done.stderr[-2000:]  # fmt: skip
+    assert error_lines == [
+        f"error: could not write {run / 'last.state.pt'}: File too large; the previous last.state.pt is kept"
+    ], done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert (run / "last.state.pt").read_bytes() == state_before and temporaries(run) == []
     assert epochs_logged(run) == [1]
@@ -161,19 +168,36 @@ def test_eval_with_no_readable_image_fails_and_says_zero(tmp_path, capsys):
         (tmp_path / "val" / name).mkdir(parents=True)
         (tmp_path / "val" / name / "x.png").write_bytes(b"not a png")
     capsys.readouterr()
-    code = main(["eval", str(tmp_path), "--model", "poolformer_s12", "--checkpoint", str(weights), "--json",
-                 "--num-workers", "0"])  # fmt: skip
+    code = main(
+        [
+            "eval",
+            str(tmp_path),
+            "--model",
+            "poolformer_s12",
+            "--checkpoint",
+            str(weights),
+            "--json",
+            "--num-workers",
+            "0",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1 and json.loads(captured.out)["images"] == 0 and json.loads(captured.out)["top1"] is None
     assert "no image of" in captured.err
 
 
+@pytest.mark.slow
 def test_resuming_with_another_number_of_processes_gives_each_its_own_stream(data, tmp_path):
     run = tmp_path / "run"
     assert main(["train", str(data), "--output", str(run), "--epochs", "2", "--stop-after", "1", *COMMON]) == 0
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    done = subprocess.run([*torchrun, "-m", "metaformer", "train", "--resume", str(run)], capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    done = subprocess.run(
+        [*torchrun, str(TESTS / "tiny.py"), "train", "--resume", str(run)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "saved by 1 process(es) and resumes with 2" in done.stderr
     assert epochs_logged(run) == [1, 2]

@@ -133,13 +133,30 @@ def small_camvid(camvid, tmp_path):
         for image in sorted((camvid / "images" / split).iterdir())[:count]:
             shutil.copy(image, data / "images" / split)
             shutil.copy(camvid / "annotations" / split / image.name, data / "annotations" / split)
-    (data / "classes.txt").write_text("\n".join(["sky", "building", "pole", "road", "pavement", "tree", "sign",
-                                                  "fence", "car", "pedestrian", "bicyclist"]))  # fmt: skip
+    (data / "classes.txt").write_text(
+        "\n".join(
+            ["sky", "building", "pole", "road", "pavement", "tree", "sign", "fence", "car", "pedestrian", "bicyclist"]
+        )
+    )
     return data
 
 
-SMALL_RUN = ["--model", "fpn_poolformer_s12", "--ignore-index", "11", "--batch-size", "4", "--crop-size", "128",
-             "--scale", "512", "128", "--num-workers", "0", "--no-progress"]  # fmt: skip
+SMALL_RUN = [
+    "--model",
+    "fpn_poolformer_s12",
+    "--ignore-index",
+    "11",
+    "--batch-size",
+    "4",
+    "--crop-size",
+    "128",
+    "--scale",
+    "512",
+    "128",
+    "--num-workers",
+    "0",
+    "--no-progress",
+]
 
 
 def test_train_eval_resume_and_pictures(small_camvid, tmp_path, capsys):
@@ -169,36 +186,91 @@ def test_train_eval_resume_and_pictures(small_camvid, tmp_path, capsys):
     assert main([*evaluate, "--tta"]) == 0
     assert "multi-scale + flip" in capsys.readouterr().out
     photo = data / "images" / "val" / sorted(p.name for p in (data / "images" / "val").iterdir())[0]
-    assert main(["segment", str(photo), "--model", "fpn_poolformer_s12", "--checkpoint", checkpoint,
-                 "--output", str(tmp_path / "pictures"), "--json"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "segment",
+                str(photo),
+                "--model",
+                "fpn_poolformer_s12",
+                "--checkpoint",
+                checkpoint,
+                "--output",
+                str(tmp_path / "pictures"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     overlay = Image.open(out["overlay"])
     assert overlay.size == (480, 360) and Image.open(out["mask"]).mode == "RGB"
     # segment folds the backbone by default; the plain one paints the same classes
-    assert main(["segment", str(photo), "--model", "fpn_poolformer_s12", "--checkpoint", checkpoint,
-                 "--output", str(tmp_path / "plain"), "--no-fuse", "--json"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "segment",
+                str(photo),
+                "--model",
+                "fpn_poolformer_s12",
+                "--checkpoint",
+                checkpoint,
+                "--output",
+                str(tmp_path / "plain"),
+                "--no-fuse",
+                "--json",
+            ]
+        )
+        == 0
+    )
     plain = json.loads(capsys.readouterr().out)
     assert plain["classes"].keys() == out["classes"].keys()
     assert all(abs(plain["classes"][k] - v) < 1e-3 for k, v in out["classes"].items())
 
 
+@pytest.mark.slow
 def test_two_process_training_on_cpu(small_camvid, tmp_path):
     # Under torchrun on CPU (gloo) the head's BatchNorm must stay per-process: SyncBatchNorm has no CPU kernel.
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command = [*torchrun, "-m", "metaformer", "train", str(small_camvid), "--output", str(tmp_path / "ddp"),
-               "--iterations", "2", *SMALL_RUN]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    command = [
+        *torchrun,
+        "-m",
+        "metaformer",
+        "train",
+        str(small_camvid),
+        "--output",
+        str(tmp_path / "ddp"),
+        "--iterations",
+        "2",
+        *SMALL_RUN,
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("done:") == 1  # the summary comes from the main process only
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert config["resolved"]["world_size"] == 2
     checkpoint = tmp_path / "ddp" / "last.safetensors"
     # eval shares the images out between the processes and reports what one process would
-    evaluate = ["eval", str(small_camvid), "--model", "fpn_poolformer_s12", "--checkpoint", str(checkpoint),
-                "--ignore-index", "11", "--json"]  # fmt: skip
-    done = subprocess.run([*torchrun, "-m", "metaformer", *evaluate], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    evaluate = [
+        "eval",
+        str(small_camvid),
+        "--model",
+        "fpn_poolformer_s12",
+        "--checkpoint",
+        str(checkpoint),
+        "--ignore-index",
+        "11",
+        "--json",
+    ]
+    done = subprocess.run(
+        [*torchrun, "-m", "metaformer", *evaluate],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     shared = json.loads(done.stdout)  # one line: only the main process prints
     alone = subprocess.run([sys.executable, "-m", "metaformer", *evaluate], capture_output=True, text=True)

@@ -116,8 +116,18 @@ def assert_same_topk(ours: list[dict], theirs: list[dict]) -> None:
 def test_predict_answers_what_the_predict_command_prints(client, weights, imagenet_samples, capsys):
     photos = imagenet_samples[::17]
     photos += [p for p in imagenet_samples if Image.open(p).mode == "L"][:1]  # a grayscale JPEG too
-    expected = cli_json(capsys, "predict", *map(str, photos), "--model", CLASSIFIER, "--checkpoint", str(weights),
-                        "--json", "--batch-size", "16")  # fmt: skip
+    expected = cli_json(
+        capsys,
+        "predict",
+        *map(str, photos),
+        "--model",
+        CLASSIFIER,
+        "--checkpoint",
+        str(weights),
+        "--json",
+        "--batch-size",
+        "16",
+    )
     for photo, theirs in zip(photos, expected, strict=True):
         answer = post_file(client, photo)
         assert answer.status_code == 200, answer.text
@@ -250,8 +260,18 @@ def dense_weights(tmp_path_factory) -> dict[str, Path]:
 def test_a_segmentation_model_answers_as_segment(dense_weights, imagenet_samples, tmp_path, capsys):
     name, photo = "fpn_poolformer_s12", imagenet_samples[40]
     checkpoint = dense_weights[name]
-    (expected,) = cli_json(capsys, "segment", str(photo), "--model", name, "--checkpoint", str(checkpoint),
-                           "--output", str(tmp_path), "--json")  # fmt: skip
+    (expected,) = cli_json(
+        capsys,
+        "segment",
+        str(photo),
+        "--model",
+        name,
+        "--checkpoint",
+        str(checkpoint),
+        "--output",
+        str(tmp_path),
+        "--json",
+    )
     with TestClient(build_app(name, checkpoint)) as client:
         info = client.get("/info").json()
         answer = post_file(client, photo, "?png=1").json()
@@ -266,8 +286,20 @@ def test_a_segmentation_model_answers_as_segment(dense_weights, imagenet_samples
 def test_a_detection_model_answers_as_detect(dense_weights, imagenet_samples, tmp_path, capsys):
     name, photo = "retinanet_poolformer_s12", imagenet_samples[60]
     checkpoint = dense_weights[name]
-    (expected,) = cli_json(capsys, "detect", str(photo), "--model", name, "--checkpoint", str(checkpoint),
-                           "--output", str(tmp_path), "--json", "--score-threshold", "0.55")  # fmt: skip
+    (expected,) = cli_json(
+        capsys,
+        "detect",
+        str(photo),
+        "--model",
+        name,
+        "--checkpoint",
+        str(checkpoint),
+        "--output",
+        str(tmp_path),
+        "--json",
+        "--score-threshold",
+        "0.55",
+    )
     with TestClient(build_app(name, checkpoint)) as client:
         answer = post_file(client, photo, "?png=1&score_threshold=0.55").json()
         refused = post_file(client, photo, "?cam=1")
@@ -292,8 +324,20 @@ def post_slowly(http: httpx.Client, photo: Path) -> httpx.Response:
 @needs_serve
 def test_sigterm_answers_the_requests_in_flight_then_exits(weights, imagenet_samples, tmp_path):
     port = free_port()
-    command = [sys.executable, "-m", "metaformer", "serve", "--model", CLASSIFIER, "--checkpoint", str(weights),
-               "--port", str(port), "--max-wait-ms", "3000"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "metaformer",
+        "serve",
+        "--model",
+        CLASSIFIER,
+        "--checkpoint",
+        str(weights),
+        "--port",
+        str(port),
+        "--max-wait-ms",
+        "3000",
+    ]
     log = (tmp_path / "server.log").open("w+")
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -344,11 +388,19 @@ def test_usage_errors(weights, monkeypatch, capsys):
     assert err.count("\n") == 0 and err.startswith("error:") and 'pip install "metaformer[serve]"' in err
 
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @needs_serve
+@pytest.mark.browser
 def test_the_page_shows_the_top5_in_a_browser(live_server, imagenet_samples):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or os.environ.get("CHROMIUM")

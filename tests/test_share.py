@@ -17,6 +17,8 @@ from metaformer.data import imagenet_classes, imagenet_labels
 transformers = pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")
 
+pytestmark = pytest.mark.peer  # compared against a peer library
+
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
@@ -69,7 +71,7 @@ def test_hugging_face_folder_keeps_a_fine_tuned_models_classes_and_size(tmp_path
     assert processor["size"] == {"shortest_edge": 256} and processor["crop_size"] == {"height": 256, "width": 256}
     pipe = transformers.pipeline("image-classification", model=str(folder))
     assert {e["label"] for e in pipe(Image.new("RGB", (300, 200), "white"), top_k=3)} == {"cat", "dog", "owl"}
-    assert metaformer.create_model("poolformer_s12", checkpoint=folder).config.labels == ("cat", "dog", "owl")
+    assert metaformer.create_model("poolformer_s12", checkpoint=folder).labels == ("cat", "dog", "owl")
 
 
 @pytest.mark.parametrize("name", ["poolformer_s12", "caformer_s18"])
@@ -79,7 +81,7 @@ def test_timm_builds_and_preprocesses_from_the_folder(name, imagenet_samples, tm
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     theirs = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
     data = timm.data.resolve_data_config({}, model=theirs)
-    assert data["crop_pct"] == model.config.crop_pct and data["interpolation"] == "bicubic"
+    assert data["crop_pct"] == model.pretrained_cfg.crop_pct and data["interpolation"] == "bicubic"
     pixels = timm.data.create_transform(**data)(Image.open(imagenet_samples[0]).convert("RGB"))[None]
     ours_pixels = metaformer.ImageProcessor.for_model(model, exif_transpose=False)(imagenet_samples[0])
     assert (pixels - ours_pixels).abs().max() <= 1e-5
@@ -91,7 +93,7 @@ def test_timm_builds_and_preprocesses_from_the_folder(name, imagenet_samples, tm
     assert theirs.pretrained_cfg["label_names"][:2] == ["n01440764", "n01443537"]
     assert theirs.pretrained_cfg["label_descriptions"]["n01440764"] == imagenet_classes()[0][1]
     # ...and we read it back with its English class names.
-    assert metaformer.create_model(name, checkpoint=folder).config.labels[:2] == ("tench", "goldfish")
+    assert metaformer.create_model(name, checkpoint=folder).labels[:2] == ("tench", "goldfish")
 
 
 def test_timm_folder_is_refused_for_models_timm_lacks(tmp_path, capsys):

@@ -3,6 +3,7 @@ model a checkpoint file belongs to."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -16,10 +17,11 @@ from .checkpoints import Checkpoint, load_checkpoint, open_checkpoint, pretraine
 from .checkpoints.formats import CLASSIFIER_FORMATS, POOLFORMER_ONLY, convert_state_dict
 from .checkpoints.saving import CHECKPOINT_SUFFIXES, check_destination
 from .errors import CheckpointError, ConfigError
-from .models.dense import INPUT_OPTIONS, DenseModel, build_dense_model
+from .models.dense import DenseModel
 from .models.metaformer import MetaFormer, MetaFormerConfig, MetaFormerFeatures
-from .models.pretrained import RELEASES, split_tag
+from .models.pretrained import default_cfg, release_of, split_tag
 from .models.zoo import ModelSpec, get_spec, list_models, resolve_config
+from .task_table import task
 
 CheckpointSource = str | os.PathLike | Mapping[str, torch.Tensor] | Checkpoint
 
@@ -33,6 +35,7 @@ def create_model(
     features_only: bool = False,
     out_indices: Sequence[int] = (0, 1, 2, 3),
     strict: bool = False,
+    labels: Sequence[str] | None = None,
     **overrides: object,
 ) -> MetaFormer | MetaFormerFeatures | DenseModel:
     """Build the registered model ``name``: a classifier, a backbone, or a segmentation or detection model.
@@ -50,9 +53,15 @@ def create_model(
             from the checkpoint's gets a fresh head, for fine-tuning.
         features_only: return the backbone for dense prediction (stage outputs, each through its own norm).
         out_indices: the stages whose outputs the backbone returns.
-        strict: refuse a checkpoint that leaves any layer untrained (for inference and evaluation).
-        overrides: any ``MetaFormerConfig`` field, e.g. ``drop_path_rate=0.1`` or ``image_size=384``; dense
-            models also take their input size (``test_scale``, or ``min_size`` and ``max_size``).
+        strict: refuse a checkpoint that leaves any layer untrained (for inference and evaluation). The model is
+            then built without initialising the weights the checkpoint replaces.
+        labels: the class names (default: the checkpoint's, else ImageNet-1k's for 1000 classes).
+        overrides: any ``MetaFormerConfig`` field, e.g. ``drop_path_rate=0.1`` or ``image_size=384``; ``crop_pct``
+            (the evaluation crop); dense models also take their input size (``test_scale``, or ``min_size`` and
+            ``max_size``).
+
+    The model's ``pretrained_cfg`` is the record of its weights: the release's, or its architecture's evaluation
+    settings with what the checkpoint says (input size, crop, classes and their names).
     """
     if pretrained and checkpoint is not None:
         raise ConfigError("pass either pretrained=True or checkpoint=PATH, not both")
@@ -63,27 +72,37 @@ def create_model(
             raise ConfigError(f"{name} is a {spec.task} model; features_only takes a classifier's name")
         if pretrained:
             checkpoint = pretrained_file(spec.backbone, tag)  # ImageNet weights initialise the backbone
-        return _create_dense(spec, checkpoint, num_classes, strict, overrides)
-    if tag is not None:
-        release = RELEASES[f"{name}.{tag}"]
+        return _create_dense(spec, checkpoint, num_classes, strict, labels, overrides)
+    release = release_of(name, tag) if tag or pretrained else None
+    record = release if pretrained else release.without_weights() if release else default_cfg(name)
+    if release is not None:
         overrides.setdefault("image_size", release.image_size)
         num_classes = release.num_classes if num_classes is None and checkpoint is None else num_classes
     if pretrained:
         checkpoint = pretrained_file(name, tag)
-    if checkpoint is not None:
-        checkpoint = open_checkpoint(checkpoint)
-        trunk = checkpoint.trunk()
+    source = open_checkpoint(checkpoint) if checkpoint is not None else None
+    if source is not None:
         if num_classes is None and not features_only:
-            num_classes = trunk.num_classes() or 0
-        for key, value in checkpoint.evaluation_settings().items():
-            overrides.setdefault(key, value)  # evaluate as the model was trained, unless told otherwise
+            num_classes = source.trunk().num_classes() or 0
+        settings = source.evaluation_settings()  # evaluate as the model was trained, unless told otherwise
+        overrides.setdefault("image_size", settings.get("image_size", record.image_size))
+        overrides.setdefault("crop_pct", settings.get("crop_pct", record.crop_pct))
     if num_classes is not None:
         overrides["num_classes"] = num_classes
-    config = resolve_config(name, **overrides)
-    model = MetaFormerFeatures(config, out_indices) if features_only else MetaFormer(config)
-    model.name = name
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint, strict=strict)
+    crop_pct = overrides.pop("crop_pct", record.crop_pct)
+    config = resolve_config(spec, **overrides)
+    size = config.image_size
+    record = record.replace(
+        input_size=(config.in_chans, size, size),
+        crop_pct=crop_pct,
+        num_classes=config.num_classes,
+        label_names=tuple(labels) if labels else None,
+    )
+    assign = strict and source is not None and not features_only  # every weight comes from the file
+    with torch.device("meta") if assign else contextlib.nullcontext():
+        model = MetaFormerFeatures(config, out_indices, record) if features_only else MetaFormer(config, record)
+    if source is not None:
+        load_checkpoint(model, source, strict=strict, assign=assign)
     return model
 
 
@@ -99,23 +118,30 @@ def _split_tag(name: str, pretrained: bool | str) -> tuple[str, str | None]:
     return arch, tag
 
 
-def _create_dense(spec: ModelSpec, source: CheckpointSource | None, num_classes: int | None, strict: bool,
-                  overrides: dict) -> DenseModel:  # fmt: skip
-    input_size = {k: overrides.pop(k) for k in INPUT_OPTIONS[spec.task] if k in overrides}
-    labels = overrides.pop("labels", None)
+def _create_dense(
+    spec: ModelSpec,
+    source: CheckpointSource | None,
+    num_classes: int | None,
+    strict: bool,
+    labels: Sequence[str] | None,
+    overrides: dict,
+) -> DenseModel:
+    model_class = task(spec.task).load("model")
+    input_size = {k: overrides.pop(k) for k in model_class.input_options if k in overrides}
     checkpoint = open_checkpoint(source) if source is not None else None
     if checkpoint is not None and checkpoint.is_dense:
-        saved_classes = checkpoint.dense_num_classes(spec.task)
+        saved_classes = checkpoint.dense_num_classes(spec.task, model_class.class_layers)
         num_classes = num_classes or saved_classes
         for key, value in checkpoint.input_settings().items():
             input_size.setdefault(key, value)  # evaluate at the size it was trained at, unless told otherwise
     num_classes = num_classes or spec.default_classes
-    config = resolve_config(spec.backbone, **overrides)
-    model = build_dense_model(spec.task, config, num_classes, name=spec.name, **input_size)
+    config = resolve_config(spec, **overrides)
+    given = {k: v for k, v in input_size.items() if v is not None}
+    model = model_class(config, num_classes, name=spec.name, labels=labels, **given)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, strict=strict)
     if labels is not None:
-        model.labels = tuple(labels)
+        model.set_labels(labels)
     return model
 
 
@@ -125,8 +151,10 @@ def infer_model_name(checkpoint: Checkpoint) -> str:
     if checkpoint.metadata.get("model"):
         return checkpoint.metadata["model"]
     if checkpoint.is_dense:
-        raise CheckpointError(f"{checkpoint.source}: a {checkpoint.format} file does not name its model; "
-                              "name it (--model NAME, e.g. fpn_poolformer_s12)")  # fmt: skip
+        raise CheckpointError(
+            f"{checkpoint.source}: a {checkpoint.format} file does not name its model; "
+            "name it (--model NAME, e.g. fpn_poolformer_s12)"
+        )
     num_classes = checkpoint.num_classes() or 0
     shapes = {k: tuple(v.shape) for k, v in checkpoint.state_dict.items()}
     stored = checkpoint.stored_architecture() or {}
@@ -134,7 +162,7 @@ def infer_model_name(checkpoint: Checkpoint) -> str:
     for name in list_models(task="classification"):
         spec = get_spec(name)
         config = dataclasses.replace(spec.config, num_classes=num_classes)
-        if checkpoint.format == "timm" and not spec.timm_name:
+        if checkpoint.format == "timm" and not default_cfg(name).timm_architecture:
             continue  # a model timm does not have
         if checkpoint.format in POOLFORMER_ONLY and config.is_baseline:
             continue
@@ -170,8 +198,9 @@ def _name_hint(source: str) -> str:
     return name
 
 
-def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str, model_name: str | None = None, *,
-                       overwrite: bool = False) -> Path:  # fmt: skip
+def convert_checkpoint(
+    src: str | os.PathLike, dst: str | os.PathLike, to: str, model_name: str | None = None, *, overwrite: bool = False
+) -> Path:
     """Convert a checkpoint in any supported format into format ``to`` (see ``save_checkpoint``); an existing
     ``dst`` is kept unless ``overwrite``. Dense checkpoints (ours, mmseg's, mmdet's) convert to ours. A file that
     lacks any layer of the model is refused."""
@@ -179,7 +208,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str, 
     checkpoint = open_checkpoint(src)
     # strict: a layer the file lacks would be written out as random weights that look trained
     model: nn.Module = create_model(model_name or infer_model_name(checkpoint), checkpoint=checkpoint, strict=True)
-    if checkpoint.format not in CLASSIFIER_FORMATS and getattr(model, "task", "classification") == "classification":
+    if checkpoint.format not in CLASSIFIER_FORMATS and model.task == "classification":
         raise CheckpointError(
             f"{checkpoint.source} is a whole {checkpoint.format} model; name its dense model "
             "(--model fpn_poolformer_s12, ...)"

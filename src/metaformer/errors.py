@@ -26,6 +26,10 @@ class CheckpointError(MetaformerError, RuntimeError):
     """A checkpoint that cannot be read safely or does not fit the model."""
 
 
+class CheckpointWarning(UserWarning):
+    """Something was initialised fresh or ignored while loading; loading still succeeded."""
+
+
 class DatasetError(MetaformerError, ValueError):
     """A dataset folder or annotation file that cannot be used as given."""
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
-from .models.fused import is_fused
+from .fast import is_fused
 from .models.metaformer import MetaFormer
 
 _EPS = 1e-7  # the package's guard against an all-zero map
@@ -83,8 +83,9 @@ def cam_overlay(image: torch.Tensor, cam: torch.Tensor, alpha: float = 0.5) -> n
     from matplotlib import colormaps
 
     height, width = image.shape[-2:]
-    resized = F.interpolate(cam.detach().float().cpu()[None, None], size=(height, width), mode="bilinear",
-                            align_corners=False)[0, 0].clamp(0, 1)  # fmt: skip
+    resized = F.interpolate(
+        cam.detach().float().cpu()[None, None], size=(height, width), mode="bilinear", align_corners=False
+    )[0, 0].clamp(0, 1)
     heat = colormaps["jet"](resized.numpy())[..., :3] * 255
     photo = image.permute(1, 2, 0).cpu().numpy().astype(np.float32)
     return (alpha * heat + (1 - alpha) * photo).round().clip(0, 255).astype(np.uint8)

@@ -12,8 +12,10 @@ from torchvision.transforms.v2 import functional as TF
 
 from .data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from .data.images import load_image, to_rgb
-from .models.pretrained import split_tag
+from .models.pretrained import PretrainedCfg, default_cfg, split_tag
 from .models.zoo import get_spec
+
+INTERPOLATIONS = {"bicubic": TF.InterpolationMode.BICUBIC, "bilinear": TF.InterpolationMode.BILINEAR}
 
 ImageInput = Image.Image | str | os.PathLike
 
@@ -34,26 +36,47 @@ class ImageProcessor:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         exif_transpose: bool = True,
+        interpolation: str = "bicubic",
     ) -> None:
         if not 0 < crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {interpolation!r}")
         self.size = size
         self.crop_pct = crop_pct
         self.mean = tuple(mean)
         self.std = tuple(std)
         self.exif_transpose = exif_transpose
+        self.interpolation = interpolation
+
+    @classmethod
+    def from_record(cls, record: PretrainedCfg, *, exif_transpose: bool = True) -> ImageProcessor:
+        """The processor of a weights record (``model.pretrained_cfg``): its size, crop, interpolation, mean and
+        std."""
+        return cls(
+            size=record.image_size,
+            crop_pct=record.crop_pct,
+            mean=record.mean,
+            std=record.std,
+            exif_transpose=exif_transpose,
+            interpolation=record.interpolation,
+        )
 
     @classmethod
     def for_model(cls, model: str | torch.nn.Module, *, exif_transpose: bool = True) -> ImageProcessor:
-        """The processor a model is evaluated with: a registered name, or a model (its own size and crop_pct)."""
+        """The processor a model is evaluated with: a registered name (a tagged release at its own size and crop),
+        or a model (its ``pretrained_cfg``)."""
         if isinstance(model, str):
-            arch, release = split_tag(model)  # a tagged release is evaluated at its own size and crop
-            settings = release if release is not None else get_spec(arch).config
-            return cls(size=settings.image_size, crop_pct=settings.crop_pct, exif_transpose=exif_transpose)
-        return cls(size=model.config.image_size, crop_pct=model.config.crop_pct, exif_transpose=exif_transpose)
+            arch, release = split_tag(model)
+            record = release if release is not None else default_cfg(get_spec(arch).name)
+            return cls.from_record(record, exif_transpose=exif_transpose)
+        return cls.from_record(model.pretrained_cfg, exif_transpose=exif_transpose)
 
     def __repr__(self) -> str:
-        return f"ImageProcessor(size={self.size}, crop_pct={self.crop_pct}, exif_transpose={self.exif_transpose})"
+        return (
+            f"ImageProcessor(size={self.size}, crop_pct={self.crop_pct}, interpolation={self.interpolation!r}, "
+            f"exif_transpose={self.exif_transpose})"
+        )
 
     def __call__(self, images: ImageInput | Sequence[ImageInput]) -> torch.Tensor:
         if isinstance(images, (Image.Image, str, os.PathLike)):
@@ -66,7 +89,7 @@ class ImageProcessor:
             image = load_image(image, exif_transpose=self.exif_transpose)
         else:
             image = to_rgb(image)
-        image = TF.resize(image, [int(self.size / self.crop_pct)], interpolation=TF.InterpolationMode.BICUBIC)
+        image = TF.resize(image, [int(self.size / self.crop_pct)], interpolation=INTERPOLATIONS[self.interpolation])
         width, height = image.size
         left, top = (width - self.size) // 2, (height - self.size) // 2
         image = image.crop((left, top, left + self.size, top + self.size))

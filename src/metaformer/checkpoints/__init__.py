@@ -1,8 +1,8 @@
 """Checkpoints in every format users meet: safe reading, the formats' key maps, loading with a report of what does
 not fit, saving, and the released weights."""
 
-from ..errors import CheckpointError
-from .checkpoint import Checkpoint, CheckpointWarning, LoadReport, open_checkpoint
+from ..errors import CheckpointError, CheckpointWarning
+from .checkpoint import Checkpoint, LoadReport, open_checkpoint
 from .formats import CLASSIFIER_FORMATS, DENSE_FORMATS, convert_state_dict, detect_format
 from .loading import load_checkpoint
 from .reading import read_state_dict

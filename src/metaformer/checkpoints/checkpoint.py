@@ -11,21 +11,31 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..models.config import MetaFormerConfig
+from ..models.config import STRUCTURE, MetaFormerConfig, Settings
 from .formats import CLASSIFIER_FORMATS, StateDict, backbone_part, classifier_key, detect_format, normalize
 from .reading import read_state_dict, unwrap
 
-ARCHITECTURE_FIELDS = (
-    "depths", "widths", "mixers", "pool_size", "norm", "act", "mlp_ratio", "pos_embed", "residual", "use_mlp",
-    "in_chans", "res_scale_init", "bias", "stem_norm", "downsample_norm", "head",
-)  # fmt: skip
-# The layers of a dense model whose size is its number of classes (replaced when fine-tuning to other classes).
-CLASS_LAYERS = {
-    "segmentation": ("head.classifier.",),
-    "detection": ("head.classification_head.cls_logits.",),
-    "instance_segmentation": ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits."),
-}
 ANCHORS_PER_LOCATION = 9  # RetinaNet: 3 scales x 3 ratios
+
+
+def stored_structure(stored: dict) -> dict:
+    """The structure fields (``config.STRUCTURE``) of a config one of our files recorded, in today's names: files of
+    version 0.1 said ``bias``, ``residual``, ``use_mlp`` and ``pool_size`` (what they cannot say is not compared)."""
+    stored = dict(stored)
+    depths = stored.get("depths") or ()
+    if "bias" in stored:
+        stored.setdefault("mlp_bias", stored.pop("bias"))
+    residual, use_mlp = stored.pop("residual", True), stored.pop("use_mlp", True)
+    if "blocks" not in stored and depths:
+        stored["blocks"] = ("no_residual" if not residual else "mixer_only" if not use_mlp else "metaformer",) * len(
+            depths
+        )
+    pool = stored.pop("pool_size", 3)
+    if "mixer_settings" not in stored and pool != 3 and "mixers" in stored:
+        stored["mixer_settings"] = [{"pool_size": pool} if m == "pooling" else {} for m in stored["mixers"]]
+    if "mixer_settings" in stored:
+        stored["mixer_settings"] = tuple(Settings(s) for s in stored["mixer_settings"])
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items() if k in STRUCTURE}
 
 
 @dataclass
@@ -58,18 +68,18 @@ class Checkpoint:
                 return head.shape[0]
         return None
 
-    def dense_num_classes(self, task: str) -> int | None:
-        """The object or pixel classes of a whole dense checkpoint: from its metadata, else its class layer's rows
-        (an in-memory state dict has no metadata)."""
+    def dense_num_classes(self, task: str, class_layers: tuple[str, ...]) -> int | None:
+        """The object or pixel classes of a whole dense checkpoint for a model of ``task`` whose class-sized layers
+        are ``class_layers``: from its metadata, else its class layer's rows (an in-memory state dict has none)."""
         if "num_classes" in self.metadata:
             return int(self.metadata["num_classes"])
         rows = {
             ("mmseg", "segmentation"): ("decode_head.conv_seg.weight", 0),
             ("mmdet", "detection"): ("bbox_head.retina_cls.weight", 0),
             ("mmdet", "instance_segmentation"): ("roi_head.bbox_head.fc_cls.weight", -1),  # the background row
-            ("metaformer-dense", "segmentation"): (CLASS_LAYERS["segmentation"][0] + "weight", 0),
-            ("metaformer-dense", "detection"): (CLASS_LAYERS["detection"][0] + "weight", 0),
-            ("metaformer-dense", "instance_segmentation"): ("roi_heads.box_predictor.cls_score.weight", -1),
+            ("metaformer-dense", "segmentation"): (class_layers[0] + "weight", 0),
+            ("metaformer-dense", "detection"): (class_layers[0] + "weight", 0),
+            ("metaformer-dense", "instance_segmentation"): (class_layers[0] + "cls_score.weight", -1),
         }.get((self.format, task))
         if rows is None or rows[0] not in self.state_dict:
             return None
@@ -79,31 +89,38 @@ class Checkpoint:
     def stored_architecture(self) -> dict | None:
         """The architecture the file declares (our metadata or a Hugging Face config.json), in our field names."""
         if "config" in self.metadata:
-            stored = json.loads(self.metadata["config"])
-            return {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items() if k in ARCHITECTURE_FIELDS}
+            return stored_structure(json.loads(self.metadata["config"]))
         if "hf_config" in self.metadata:
             hf = self.metadata["hf_config"]
             stages = len(hf.get("depths", ()))
+            pool = hf.get("pool_size", 3)
             return {  # Hugging Face's PoolFormer is always pooling + GroupNorm with residuals and an MLP
+                "blocks": ("metaformer",) * stages,
                 "mixers": ("pooling",) * stages,
+                "mixer_settings": (Settings({"pool_size": pool} if pool != 3 else {}),) * stages,
                 "norm": "groupnorm",
                 "pos_embed": (False,) * stages,
-                "residual": True,
-                "use_mlp": True,
                 "depths": tuple(hf.get("depths", ())),
                 "widths": tuple(hf.get("hidden_sizes", ())),
-                "pool_size": hf.get("pool_size", 3),
                 "act": hf.get("hidden_act", "gelu"),
                 "mlp_ratio": hf.get("mlp_ratio", 4.0),
             }
         return None
 
     def evaluation_settings(self) -> dict:
-        """The input size and crop our classifier files record, which the model should be evaluated with."""
-        if "config" not in self.metadata:
-            return {}
-        stored = json.loads(self.metadata["config"])
-        return {k: stored[k] for k in ("image_size", "crop_pct") if k in stored}
+        """The input size and crop our classifier files (and timm's folders) record, which the model should be
+        evaluated with: ``image_size`` and ``crop_pct`` where recorded."""
+        settings = {}
+        if "config" in self.metadata:  # version 0.1 kept the crop in the architecture
+            stored = json.loads(self.metadata["config"])
+            settings = {k: stored[k] for k in ("image_size", "crop_pct") if k in stored}
+        if "pretrained_cfg" in self.metadata:
+            record = json.loads(self.metadata["pretrained_cfg"])
+            if isinstance(record.get("input_size"), list) and len(record["input_size"]) == 3:
+                settings["image_size"] = record["input_size"][-1]
+            if isinstance(record.get("crop_pct"), (int, float)):
+                settings["crop_pct"] = float(record["crop_pct"])
+        return settings
 
     def input_settings(self) -> dict:
         """The input size our dense files record (segmentation's test scale, the detectors' training size)."""
@@ -114,7 +131,9 @@ class Checkpoint:
 
     def labels(self, num_classes: int) -> tuple[str, ...] | None:
         labels = None
-        if "labels" in self.metadata:
+        if "pretrained_cfg" in self.metadata:
+            labels = json.loads(self.metadata["pretrained_cfg"]).get("label_names")
+        if "labels" in self.metadata:  # version 0.1, mmcv's and mmengine's class names, timm folders'
             labels = json.loads(self.metadata["labels"])
         elif "hf_config" in self.metadata:
             id2label = self.metadata["hf_config"].get("id2label") or {}
@@ -153,10 +172,6 @@ class LoadReport:
         return any(k.startswith("head.") for k in self.fresh)
 
 
-class CheckpointWarning(UserWarning):
-    """Something was initialised fresh or ignored while loading; loading still succeeded."""
-
-
 def model_name(model: nn.Module) -> str:
     return getattr(model, "name", None) or type(model).__name__
 
@@ -166,8 +181,9 @@ def summarise(keys: list[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
-def misfit(checkpoint: Checkpoint, name: str, missing: list[str], unexpected: list[str],
-            conflicts: list[str]) -> CheckpointError:  # fmt: skip
+def misfit(
+    checkpoint: Checkpoint, name: str, missing: list[str], unexpected: list[str], conflicts: list[str]
+) -> CheckpointError:
     lines = [f"{checkpoint.source} ({checkpoint.format} format) does not fit {name}:"]
     saved_from = checkpoint.metadata.get("model")
     if saved_from and saved_from != name:
@@ -182,8 +198,13 @@ def misfit(checkpoint: Checkpoint, name: str, missing: list[str], unexpected: li
     return CheckpointError("\n".join(lines))
 
 
-def copy_into(model: nn.Module, converted: StateDict) -> None:
+def copy_into(model: nn.Module, converted: StateDict, assign: bool = False) -> None:
+    """The checkpoint's tensors into ``model``: copied into its own (of its dtype and device), or with ``assign``
+    taken as they are (a model built on the meta device: no memory spent on weights that are then overwritten)."""
     expected = model.state_dict()
+    if assign:
+        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in converted.items()}, strict=False, assign=True)
+        return
     with torch.no_grad():
         for key, value in converted.items():
             expected[key].copy_(value)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from ..models.dense import DenseModel, backbone_of
-from .checkpoint import CLASS_LAYERS, Checkpoint, LoadReport, copy_into, misfit, model_name
+from ..models.dense import DenseModel
+from .checkpoint import Checkpoint, LoadReport, copy_into, misfit, model_name
 from .formats import StateDict, classifier_key, dense_key
 from .trunk import load_trunk
 
 
 def load_dense(model: DenseModel, checkpoint: Checkpoint) -> LoadReport:
     if not checkpoint.is_dense:  # a classifier's or backbone's weights initialise the backbone, as in the paper
-        trunk = backbone_of(model)
-        report = load_trunk(trunk, checkpoint)
-        prefix = "backbone." if model.task == "segmentation" else "backbone.body."
+        report = load_trunk(model.trunk, checkpoint)
+        prefix = model.trunk_prefix
         report.fresh = [prefix + k for k in report.fresh]
         report.fresh += [k for k in model.state_dict() if not k.startswith(prefix)]
         return report
@@ -22,7 +21,7 @@ def load_dense(model: DenseModel, checkpoint: Checkpoint) -> LoadReport:
     used: set[str] = set()
     missing: list[str] = []
     for key in expected:
-        mapped = dense_key(checkpoint.format, model.task, key, model.config)
+        mapped = dense_key(checkpoint.format, model.trunk_prefix, key, model.config)
         if mapped is None or mapped[0] not in checkpoint.state_dict:
             missing.append(key)
             continue
@@ -49,22 +48,24 @@ def load_dense(model: DenseModel, checkpoint: Checkpoint) -> LoadReport:
     copy_into(model, converted)
     labels = checkpoint.labels(model.num_classes)
     if labels and not report.class_layers_replaced:
-        model.labels = labels
+        model.set_labels(labels)
     return report
 
 
 def _unused_output_norm(key: str, model: DenseModel) -> bool:
     """mmdet's RetinaNet files keep the output norm of stage 0, which RetinaNet (C3-C5) does not use."""
-    trunk = backbone_of(model)
-    indices = {classifier_key("official", f"out_norms.{i}.weight", trunk.config).split(".")[0]: i
-               for i in range(len(trunk.config.depths))}  # fmt: skip
+    trunk = model.trunk
+    indices = {
+        classifier_key("official", f"out_norms.{i}.weight", trunk.config).split(".")[0]: i
+        for i in range(len(trunk.config.depths))
+    }
     first = key.removeprefix("backbone.").split(".")[0]
     return key.startswith("backbone.") and first in indices and indices[first] not in trunk.out_indices
 
 
 def _adapt_class_layers(model: DenseModel, converted: StateDict, expected: StateDict, report: LoadReport) -> None:
     """A dense checkpoint for another number of classes: every layer but the class-sized ones loads."""
-    layers = [k for k in expected if k.startswith(CLASS_LAYERS[model.task])]
+    layers = [k for k in expected if k.startswith(model.class_layers)]
     if all(k not in converted or converted[k].shape == expected[k].shape for k in layers):
         return
     reference = converted.get(layers[0])

@@ -16,14 +16,22 @@ import torch
 
 from ..errors import CheckpointError
 from ..models.config import MetaFormerConfig
+from ..models.mixers import mixer_class
 
 StateDict = dict[str, torch.Tensor]
 CLASSIFIER_FORMATS = ("metaformer", "official", "timm", "hf", "mmcls")
 POOLFORMER_ONLY = ("hf", "mmcls")  # Hugging Face transformers and mmpretrain have PoolFormer v1 alone
 DENSE_FORMATS = ("metaformer-dense", "mmseg", "mmdet")
 # Keys only a whole dense model of ours has (a classifier has "head.weight"; an mmcls file "backbone.network...").
-OUR_DENSE_PREFIXES = ("neck.", "head.scale_heads.", "head.classification_head.", "backbone.fpn.", "backbone.body.",
-                      "rpn.", "roi_heads.")  # fmt: skip
+OUR_DENSE_PREFIXES = (
+    "neck.",
+    "head.scale_heads.",
+    "head.classification_head.",
+    "backbone.fpn.",
+    "backbone.body.",
+    "rpn.",
+    "roi_heads.",
+)
 
 
 # ----------------------------------------------------------------------------------------- classifier formats
@@ -55,7 +63,7 @@ def _to_official(key: str, config: MetaFormerConfig) -> str:
     key = re.sub(r"^stages\.(\d+)\.pos_embed$", lambda m: f"network.{pos_embed[int(m[1])]}.pos_embed", key)
     key = re.sub(r"^stages\.(\d+)\.blocks\.", lambda m: f"network.{blocks[int(m[1])]}.", key)
     key = re.sub(r"^out_norms\.(\d+)\.", lambda m: f"norm{blocks[int(m[1])]}.", key)
-    return re.sub(r"\.layer_scale(\d)$", r".layer_scale_\1", key)
+    return re.sub(r"\.layer_scale(\d)\.scale$", r".layer_scale_\1", key)
 
 
 def _to_official_baselines(key: str) -> str:
@@ -64,8 +72,7 @@ def _to_official_baselines(key: str) -> str:
     key = re.sub(r"^stem\.norm\.", "downsample_layers.0.post_norm.", key)
     key = re.sub(r"^stages\.(\d+)\.downsample\.proj\.", r"downsample_layers.\1.conv.", key)
     key = re.sub(r"^stages\.(\d+)\.downsample\.norm\.", r"downsample_layers.\1.pre_norm.", key)
-    key = re.sub(r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2.", key)
-    return re.sub(r"\.(layer|res)_scale(\d)$", r".\1_scale\2.scale", key)
+    return re.sub(r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2.", key)
 
 
 def _to_mmcls(key: str, config: MetaFormerConfig) -> str:
@@ -81,7 +88,6 @@ def _to_mmcls(key: str, config: MetaFormerConfig) -> str:
 def _to_timm(key: str, config: MetaFormerConfig) -> str:
     key = re.sub(r"^stem\.proj\.", "stem.conv.", key)
     key = key.replace(".downsample.proj.", ".downsample.conv.")
-    key = re.sub(r"\.(layer|res)_scale(\d)$", r".\1_scale\2.scale", key)
     key = re.sub(r"^head\.(fc1|norm|fc2)\.", r"head.fc.\1.", key)  # ConvFormer's and CAFormer's MLP head
     key = re.sub(r"^norm\.", "head.norm.", key)
     return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
@@ -92,8 +98,8 @@ _HF_BLOCK_PARTS = {
     "norm2.": "after_norm.",
     "mlp.fc1.": "output.conv1.",
     "mlp.fc2.": "output.conv2.",
-    "layer_scale1": "layer_scale_1",
-    "layer_scale2": "layer_scale_2",
+    "layer_scale1.scale": "layer_scale_1",
+    "layer_scale2.scale": "layer_scale_2",
 }
 
 
@@ -135,7 +141,8 @@ def stored_as_linear(format: str, key: str, config: MetaFormerConfig) -> bool:
         return False
     if format == "official":
         return True
-    return format == "timm" and match[2].startswith("mlp") and config.mixers[int(match[1])] == "attention"
+    sequence_stage = getattr(mixer_class(config.mixers[int(match[1])]), "sequence_mixer", False)
+    return format == "timm" and match[2].startswith("mlp") and sequence_stage
 
 
 def convert_state_dict(state_dict: StateDict, config: MetaFormerConfig, to: str) -> StateDict:
@@ -144,8 +151,10 @@ def convert_state_dict(state_dict: StateDict, config: MetaFormerConfig, to: str)
     if to not in CLASSIFIER_KEYS:
         raise CheckpointError(f"unknown format {to!r}; choose one of {CLASSIFIER_FORMATS}")
     if to in POOLFORMER_ONLY and config.is_baseline:
-        raise CheckpointError(f"the {to} format has PoolFormer v1 only, not the MetaFormer Baselines; write ours "
-                              "(safetensors), the official one or timm's")  # fmt: skip
+        raise CheckpointError(
+            f"the {to} format has PoolFormer v1 only, not the MetaFormer Baselines; write ours "
+            "(safetensors), the official one or timm's"
+        )
     return {
         classifier_key(to, k, config): v.flatten(1) if stored_as_linear(to, k, config) else v
         for k, v in state_dict.items()
@@ -215,14 +224,13 @@ _MMDET_MASK_RCNN_CLASSES = {  # our key: their key, transform
     "roi_heads.mask_predictor.mask_fcn_logits.weight": ("roi_head.mask_head.conv_logits.weight", _background_zeros(1)),
     "roi_heads.mask_predictor.mask_fcn_logits.bias": ("roi_head.mask_head.conv_logits.bias", _background_zeros(1)),
 }
-_TRUNK_PREFIX = {"segmentation": "backbone.", "detection": "backbone.body.", "instance_segmentation": "backbone.body."}
 
 
-def dense_key(format: str, task: str, key: str, config: MetaFormerConfig) -> DenseKey | None:
-    """Our dense model's ``key`` in ``format``, with its value transform; None if the format has no such key."""
+def dense_key(format: str, trunk: str, key: str, config: MetaFormerConfig) -> DenseKey | None:
+    """Our dense model's ``key`` in ``format``, with its value transform; None if the format has no such key.
+    ``trunk`` is where the model keeps its MetaFormer trunk (``DenseModel.trunk_prefix``)."""
     if format == "metaformer-dense":
         return key, None
-    trunk = _TRUNK_PREFIX[task]
     if key.startswith(trunk):  # the backbone: the official names under "backbone."
         return "backbone." + classifier_key("official", key[len(trunk) :], config), None
     if key in _MMDET_MASK_RCNN_CLASSES and format == "mmdet":
@@ -262,10 +270,17 @@ def detect_format(state_dict: StateDict) -> str:
     )
 
 
+_OUR_OLD_SCALE = re.compile(r"\.(layer|res)_scale[12]$")
+
+
 def normalize(state_dict: StateDict) -> StateDict:
-    """Hugging Face's PoolFormerModel (without a classifier) saves its keys without the ``poolformer.`` prefix."""
+    """Keys as their format names them today: Hugging Face's PoolFormerModel (without a classifier) saves its keys
+    without the ``poolformer.`` prefix, and our files of version 0.1 named the scales' parameters ``layer_scale1``
+    where they are now ``layer_scale1.scale`` (scales became modules, as timm's)."""
     if any(k.startswith("encoder.patch_embeddings.") for k in state_dict):
         return {"poolformer." + k: v for k, v in state_dict.items()}
+    if any(_OUR_OLD_SCALE.search(k) for k in state_dict):
+        return {k + ".scale" if _OUR_OLD_SCALE.search(k) else k: v for k, v in state_dict.items()}
     return state_dict
 
 

@@ -8,28 +8,32 @@ import warnings
 
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CheckpointWarning
 from ..models.dense import is_dense
 from ..models.metaformer import MetaFormer, MetaFormerFeatures
-from .checkpoint import CheckpointWarning, LoadReport, Source, model_name, open_checkpoint, summarise
+from .checkpoint import LoadReport, Source, model_name, open_checkpoint, summarise
 from .dense import load_dense
 from .formats import CLASSIFIER_FORMATS
 from .trunk import load_trunk
 
 
-def load_checkpoint(model: nn.Module, source: Source, *, strict: bool = False) -> LoadReport:
+def load_checkpoint(model: nn.Module, source: Source, *, strict: bool = False, assign: bool = False) -> LoadReport:
     """Load weights in any supported format into ``model`` (a classifier, a backbone or a dense model), or raise a
     ``CheckpointError`` saying what differs.
 
     Left fresh, with a ``CheckpointWarning``: a head for another number of classes (fine-tuning), a backbone's
     output norms when the file has none, and a dense model's neck and heads when the file holds only a backbone.
     With ``strict`` anything left fresh is an error instead: for evaluating, where a fresh layer means noise.
+    ``assign`` (with ``strict``, for a classifier built on the meta device) takes the file's tensors as the model's
+    own instead of copying them.
     """
+    if assign and not strict:
+        raise ValueError("assign=True needs strict=True: a layer left fresh would stay on the meta device")
     checkpoint = open_checkpoint(source)
     if is_dense(model):
         report = load_dense(model, checkpoint)
     elif isinstance(model, (MetaFormer, MetaFormerFeatures)):
-        report = load_trunk(model, checkpoint.trunk())
+        report = load_trunk(model, checkpoint.trunk(), assign=assign)
     else:
         raise TypeError(f"load_checkpoint takes a model of this library, got {type(model).__name__}")
     if strict and report.fresh:
@@ -47,13 +51,14 @@ def _warn_about(report: LoadReport, model: nn.Module) -> None:
     warn = functools.partial(warnings.warn, category=CheckpointWarning, stacklevel=4)  # the user's create_model
     if is_dense(model):
         if report.class_layers_replaced:
-            warn(f"{source}: class layers initialised fresh for {model.num_classes} classes (the checkpoint has "
-                 "another number of classes); train them")  # fmt: skip
+            warn(
+                f"{source}: class layers initialised fresh for {model.num_classes} classes (the checkpoint has "
+                "another number of classes); train them"
+            )
         elif report.fresh and report.format in CLASSIFIER_FORMATS:
             warn(f"{source}: loaded the backbone; the neck and heads of {model_name(model)} start fresh (train them)")
         elif report.fresh:
-            warn(f"{source}: {summarise(report.fresh)} have no counterpart in the {report.format} file and start "
-                 "fresh")  # fmt: skip
+            warn(f"{source}: {summarise(report.fresh)} have no counterpart in the {report.format} file and start fresh")
         if report.ignored and report.format == "mmdet":
             foreign = [k for k in report.ignored if not _is_norm_key(k)]
             if foreign:

@@ -86,8 +86,9 @@ def _torch_load(path: Path) -> object:
     except pickle.UnpicklingError as error:
         unsafe = _python_object_in(path, error)
         if unsafe is None:
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt, truncated or another kind "
-                                  f"of file). {EXPECTED}") from error  # fmt: skip
+            raise CheckpointError(
+                f"{path}: not a readable PyTorch checkpoint (corrupt, truncated or another kind of file). {EXPECTED}"
+            ) from error
         raise CheckpointError(
             f"{path}: refused to load: the file holds Python objects other than tensors, and unpickling them "
             "could run code. If you trust it, load it yourself and re-save only its state_dict, or convert it "
@@ -144,8 +145,9 @@ def _pickled_globals(path: Path) -> list[str]:
 def _read_hf_folder(path: Path) -> tuple[StateDict, dict]:
     config_file = path / "config.json"
     if not config_file.exists():
-        raise CheckpointError(f"{path} is a folder but has no config.json; expected a Hugging Face or timm model "
-                              "folder")  # fmt: skip
+        raise CheckpointError(
+            f"{path} is a folder but has no config.json; expected a Hugging Face or timm model folder"
+        )
     try:
         config = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -169,7 +171,10 @@ def _timm_folder_metadata(config: dict) -> dict:
     if isinstance(pretrained.get("crop_pct"), (int, float)):
         evaluation["crop_pct"] = float(pretrained["crop_pct"])
     if evaluation:
-        metadata["config"] = json.dumps(evaluation)
+        record = {"crop_pct": evaluation["crop_pct"]} if "crop_pct" in evaluation else {}
+        if "image_size" in evaluation:
+            record["input_size"] = [3, evaluation["image_size"], evaluation["image_size"]]
+        metadata["pretrained_cfg"] = json.dumps(record)
     names = config.get("label_names")
     descriptions = config.get("label_descriptions")
     if isinstance(names, list) and names:

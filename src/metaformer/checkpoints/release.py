@@ -14,8 +14,7 @@ import torch
 from ..errors import CheckpointError, ConfigError
 from ..models.config import class_layer
 from ..models.metaformer import MetaFormer
-from ..models.pretrained import releases_of, split_tag
-from ..models.zoo import get_spec
+from ..models.pretrained import release_of
 
 # SHA-256 of released files whose digest is published; none of the sail-sg releases publish one, so others are
 # pinned on first download (see ``pretrained_file``).
@@ -41,16 +40,8 @@ def pretrained_file(name: str, tag: str | None = None, progress: bool = True) ->
     so a corrupted or replaced cache file is caught. Set ``METAFORMER_WEIGHTS_URL`` to a mirror's base URL to
     download the official files from elsewhere (the Hub is then not asked).
     """
-    releases = releases_of(name)
-    if releases:
-        release = split_tag(f"{name}.{tag}")[1] if tag else releases[0]
-        return _download(release.name, release.url, release.hf_hub_id, progress)
-    spec = get_spec(name)
-    if tag is not None:
-        raise CheckpointError(f"{name} has one release, without tags; pass pretrained=True")
-    if spec.url is None:
-        raise CheckpointError(f"{name} has no released weights; train it or pass checkpoint=PATH")
-    return _download(name, spec.url, None, progress)
+    release = release_of(name, tag)
+    return _download(release.name, release.url, release.hf_hub_id, progress)
 
 
 def _download(name: str, url: str, hub_id: str | None, progress: bool) -> Path:
@@ -107,11 +98,14 @@ def in1k_head_from_in22k(model: MetaFormer) -> MetaFormer:
     21k class's row, and class 850 ("teddy bear", absent from ImageNet-21k) the mean of all rows."""
     if model.num_classes != IN21K_CLASSES:
         raise ConfigError(f"expected a model with the {IN21K_CLASSES} ImageNet-21k classes, got {model.num_classes}")
-    rows = [line.strip() for line in files("metaformer.data").joinpath("in1k_rows_in_in21k.txt").read_text()
-            .splitlines() if not line.startswith("#")]  # fmt: skip
+    rows = [
+        line.strip()
+        for line in files("metaformer.data").joinpath("in1k_rows_in_in21k.txt").read_text().splitlines()
+        if not line.startswith("#")
+    ]
     layer = model.get_submodule(class_layer(model.config))
     copy = deepcopy(model)
-    copy.reset_classifier(1000)
+    copy.reset_classifier(1000)  # ImageNet-1k's names
     target = copy.get_submodule(class_layer(copy.config))
     with torch.no_grad():
         for old, new in ((layer.weight, target.weight), (layer.bias, target.bias)):

@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD, class_names, imagenet_classes
+from ..data.imagenet import imagenet_classes
 from ..errors import ConfigError
 from ..files import atomic_write, write_json
 from ..models.dense import is_dense
 from ..models.metaformer import MetaFormer, MetaFormerConfig, MetaFormerFeatures
-from ..models.zoo import get_spec
+from ..models.pretrained import PretrainedCfg
 from .formats import StateDict, convert_state_dict
 
 SAVE_FORMATS = ("metaformer", "official", "timm", "hf")
@@ -44,20 +44,24 @@ def check_destination(path: str | os.PathLike, to: str, *, overwrite: bool) -> P
     timm_folder = to == "timm" and not suffix and not path.is_file()  # timm's hub layout: weights and config.json
     if to == "hf":
         if suffix in CHECKPOINT_SUFFIXES or path.is_file():
-            raise ConfigError(f"{path}: Hugging Face's format is a folder (config.json, model.safetensors); "
-                              "name a folder, not a file")  # fmt: skip
+            raise ConfigError(
+                f"{path}: Hugging Face's format is a folder (config.json, model.safetensors); name a folder, not a file"
+            )
     elif suffix not in SUFFIXES[to] and not timm_folder:
         shown = "ours (--to safetensors)" if to == "metaformer" else f"the {to} format"
         folder = " (or a folder, named without a suffix)" if to == "timm" else ""
-        raise ConfigError(f"{path}: {shown} is written to {' or '.join(SUFFIXES[to])} files, not "
-                          f"'{suffix or 'no suffix'}'{folder}; name the file {path.stem}{SUFFIXES[to][0]}")  # fmt: skip
+        raise ConfigError(
+            f"{path}: {shown} is written to {' or '.join(SUFFIXES[to])} files, not "
+            f"'{suffix or 'no suffix'}'{folder}; name the file {path.stem}{SUFFIXES[to][0]}"
+        )
     if not overwrite and (path.is_file() or (path.is_dir() and any(path.iterdir()))):
         raise FileExistsError(f"{path} exists; pass --force (overwrite=True) to replace it")
     return path
 
 
-def save_checkpoint(model: nn.Module, path: str | os.PathLike, to: str = "metaformer", *,
-                    overwrite: bool = True) -> Path:  # fmt: skip
+def save_checkpoint(
+    model: nn.Module, path: str | os.PathLike, to: str = "metaformer", *, overwrite: bool = True
+) -> Path:
     """Write ``model``'s weights in format ``to``: ours as ``.safetensors`` (any model of this library, dense ones
     included), timm's as ``.safetensors`` or ``.pth`` (or a folder that ``timm.create_model("local-dir:...")``
     builds and preprocesses from), the official release's as ``.pth.tar``, Hugging Face's as
@@ -66,16 +70,20 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, to: str = "metafo
     state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if is_dense(model):
         if to != "metaformer":
-            raise ConfigError(f"{model.name} is a {model.task} model: it is saved in our format (.safetensors) "
-                              f"only; the {to} format holds classifiers")  # fmt: skip
+            raise ConfigError(
+                f"{model.name} is a {model.task} model: it is saved in our format (.safetensors) "
+                f"only; the {to} format holds classifiers"
+            )
         return _write_safetensors(path, state_dict, _dense_metadata(model))
     if not isinstance(model, (MetaFormer, MetaFormerFeatures)):
         raise TypeError(f"save_checkpoint takes a model of this library, got {type(model).__name__}")
     config: MetaFormerConfig = model.config
-    name = getattr(model, "name", None)
-    if to == "timm" and config.is_baseline and name and not get_spec(name).timm_name:
-        raise ConfigError(f"timm has no {name.split('_')[0]}: a timm-format file of it could not be loaded as what it "
-                          "is; write ours (.safetensors) or the official format")  # fmt: skip
+    record: PretrainedCfg = model.pretrained_cfg
+    if to == "timm" and config.is_baseline and record.architecture and not record.timm_architecture:
+        raise ConfigError(
+            f"timm has no {record.architecture.split('_')[0]}: a timm-format file of it could not be "
+            "loaded as what it is; write ours (.safetensors) or the official format"
+        )
     if to == "hf":
         return _save_hf_folder(model, state_dict, path)
     converted = convert_state_dict(state_dict, config, to)
@@ -84,10 +92,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, to: str = "metafo
     if path.suffix == ".safetensors":
         metadata = {"format": to}
         if to == "metaformer":
-            metadata["model"] = getattr(model, "name", None) or ""
-            metadata["config"] = json.dumps(config.to_dict())
-            if config.labels:
-                metadata["labels"] = json.dumps(list(config.labels))
+            metadata.update(_record_metadata(model))
         return _write_safetensors(path, converted, metadata)
     buffer = io.BytesIO()
     torch.save(converted, buffer)
@@ -99,39 +104,50 @@ def _write_safetensors(path: Path, state_dict: StateDict, metadata: dict[str, st
     return atomic_write(path, safetensors_bytes(state_dict, metadata=metadata))
 
 
-def _dense_metadata(model: nn.Module) -> dict[str, str]:
-    metadata = {
-        "format": "metaformer-dense",
-        "model": model.name,
-        "num_classes": str(model.num_classes),
+def _record_metadata(model: nn.Module) -> dict[str, str]:
+    """What our files say about the model: its name, architecture and record (evaluation, classes and names)."""
+    return {
+        "model": model.name or "",
         "config": json.dumps(model.config.to_dict()),
+        "pretrained_cfg": json.dumps(model.pretrained_cfg.to_dict()),
+    }
+
+
+def _dense_metadata(model: nn.Module) -> dict[str, str]:
+    return {
+        "format": "metaformer-dense",
+        **_record_metadata(model),
+        "num_classes": str(model.num_classes),
         "input": json.dumps(model.input_settings()),
     }
-    if model.labels:
-        metadata["labels"] = json.dumps(list(model.labels))
-    return metadata
 
 
-def hf_config(config: MetaFormerConfig) -> dict:
-    """The ``config.json`` of Hugging Face's ``PoolFormerForImageClassification`` for this architecture."""
+def hf_config(config: MetaFormerConfig, record: PretrainedCfg) -> dict:
+    """The ``config.json`` of Hugging Face's ``PoolFormerForImageClassification`` for this architecture and record
+    (its class names)."""
     if config.is_baseline:
-        raise ConfigError("Hugging Face transformers has PoolFormer v1 only, not the MetaFormer Baselines; write "
-                          "ours (safetensors), the official format or timm's")  # fmt: skip
+        raise ConfigError(
+            "Hugging Face transformers has PoolFormer v1 only, not the MetaFormer Baselines; write "
+            "ours (safetensors), the official format or timm's"
+        )
     unsupported = []
     if set(config.mixers) != {"pooling"} or config.norm != "groupnorm" or any(config.pos_embed):
         unsupported.append("only pooling mixers with GroupNorm")
-    if not (config.residual and config.use_mlp and config.layer_scale_init is not None):
+    if set(config.blocks) != {"metaformer"} or config.layer_scale_init is None:
         unsupported.append("residuals, channel MLP and layer scale")
+    pool_sizes = {settings.get("pool_size", 3) for settings in config.mixer_settings}
+    if len(pool_sizes) > 1 or any(set(settings) - {"pool_size"} for settings in config.mixer_settings):
+        unsupported.append("one pool size for every stage")
     if unsupported:
         raise ConfigError(f"Hugging Face's PoolFormer supports {' and '.join(unsupported)}; this model differs")
-    labels = class_names(config.num_classes, config.labels)
+    labels = record.labels
     return {
         "architectures": ["PoolFormerForImageClassification"],
         "model_type": "poolformer",
         "num_channels": config.in_chans,
         "patch_size": 16,
         "stride": 16,
-        "pool_size": config.pool_size,
+        "pool_size": pool_sizes.pop(),
         "mlp_ratio": config.mlp_ratio,
         "depths": list(config.depths),
         "hidden_sizes": list(config.widths),
@@ -149,32 +165,37 @@ def hf_config(config: MetaFormerConfig) -> dict:
     }
 
 
-def hf_preprocessor_config(config: MetaFormerConfig) -> dict:
+def hf_preprocessor_config(record: PretrainedCfg) -> dict:
     """The ``preprocessor_config.json`` of ``PoolFormerImageProcessor`` that equals our evaluation transform: the
-    short side to ``size / crop_pct`` (bicubic), the centre crop, the ImageNet normalisation."""
+    short side to ``size / crop_pct`` (bicubic), the centre crop, the record's normalisation."""
+    if record.interpolation != "bicubic":
+        raise ConfigError(
+            f"Hugging Face's PoolFormer processor resizes bicubically; this model is evaluated with "
+            f"{record.interpolation}"
+        )
     return {
         "image_processor_type": "PoolFormerImageProcessor",
         "do_resize": True,
-        "size": {"shortest_edge": config.image_size},
-        "crop_pct": config.crop_pct,
+        "size": {"shortest_edge": record.image_size},
+        "crop_pct": record.crop_pct,
         "resample": 3,  # PIL's BICUBIC
         "do_center_crop": True,
-        "crop_size": {"height": config.image_size, "width": config.image_size},
+        "crop_size": {"height": record.image_size, "width": record.image_size},
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,
-        "image_mean": list(IMAGENET_MEAN),
-        "image_std": list(IMAGENET_STD),
+        "image_mean": list(record.mean),
+        "image_std": list(record.std),
     }
 
 
 def _save_hf_folder(model: nn.Module, state_dict: StateDict, path: Path) -> Path:
     if not isinstance(model, MetaFormer):
         raise ConfigError("Hugging Face's format holds classifiers; create the model without features_only")
-    config_json = hf_config(model.config)
+    config_json = hf_config(model.config, model.pretrained_cfg)
     converted = convert_state_dict(state_dict, model.config, "hf")
     _write_safetensors(path / "model.safetensors", converted, {"format": "pt"})
-    write_json(path / "preprocessor_config.json", hf_preprocessor_config(model.config))
+    write_json(path / "preprocessor_config.json", hf_preprocessor_config(model.pretrained_cfg))
     write_json(path / "config.json", config_json)  # last: a folder with a config.json is complete
     return path
 
@@ -182,30 +203,37 @@ def _save_hf_folder(model: nn.Module, state_dict: StateDict, path: Path) -> Path
 def timm_config(model: MetaFormer) -> dict:
     """The ``config.json`` of a timm hub folder: the architecture, the classes and the evaluation transform, which
     ``timm.create_model("local-dir:FOLDER", pretrained=True)`` and ``timm.data.resolve_data_config`` read."""
-    name = getattr(model, "name", None)
-    timm_name = get_spec(name).timm_name if name else None
+    record: PretrainedCfg = model.pretrained_cfg
+    timm_name = record.timm_architecture
     if not timm_name:
-        raise ConfigError(f"timm has no architecture equal to {name or 'this model'}: a timm folder could not be "
-                          "built by timm; write ours (.safetensors) or the official format")  # fmt: skip
+        raise ConfigError(
+            f"timm has no architecture equal to {model.name or 'this model'}: a timm folder could not "
+            "be built by timm; write ours (.safetensors) or the official format"
+        )
     config: MetaFormerConfig = model.config
-    size = config.image_size
+    size = record.image_size
     pretrained_cfg = {
-        "input_size": [config.in_chans, size, size],
+        "input_size": list(record.input_size),
         "fixed_input_size": False,
-        "interpolation": "bicubic",
-        "crop_pct": config.crop_pct,
+        "interpolation": record.interpolation,
+        "crop_pct": record.crop_pct,
         "crop_mode": "center",
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
+        "mean": list(record.mean),
+        "std": list(record.std),
         "num_classes": config.num_classes,
         "pool_size": [size // 32, size // 32],
         "first_conv": "stem.conv",
         "classifier": "head.fc.fc2" if config.head == "mlp" else "head.fc",
     }
-    result = {"architecture": timm_name, "num_classes": config.num_classes, "num_features": config.widths[-1],
-              "global_pool": "avg", "pretrained_cfg": pretrained_cfg}  # fmt: skip
-    if config.labels:
-        result["label_names"] = list(config.labels)
+    result = {
+        "architecture": timm_name,
+        "num_classes": config.num_classes,
+        "num_features": config.widths[-1],
+        "global_pool": "avg",
+        "pretrained_cfg": pretrained_cfg,
+    }
+    if record.label_names:
+        result["label_names"] = list(record.label_names)
     elif config.num_classes == 1000:  # timm's convention: WordNet ids as names, the English names as descriptions
         result["label_names"] = [wnid for wnid, _ in imagenet_classes()]
         result["label_descriptions"] = dict(imagenet_classes())

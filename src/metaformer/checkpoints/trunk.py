@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 from torch import nn
@@ -49,7 +48,7 @@ def _ignorable_keys(model: MetaFormer | MetaFormerFeatures, checkpoint: Checkpoi
     return keys
 
 
-def load_trunk(model: MetaFormer | MetaFormerFeatures, checkpoint: Checkpoint) -> LoadReport:
+def load_trunk(model: MetaFormer | MetaFormerFeatures, checkpoint: Checkpoint, assign: bool = False) -> LoadReport:
     config = model.config
     name = model_name(model)
     _check_architecture(checkpoint, config, name)
@@ -81,10 +80,11 @@ def load_trunk(model: MetaFormer | MetaFormerFeatures, checkpoint: Checkpoint) -
     ]
     if missing or unexpected or conflicts:
         raise misfit(checkpoint, name, missing, unexpected, conflicts)
-    copy_into(model, converted)
+    if not (assign and report.fresh):  # with fresh layers a meta-built model cannot be used: the caller refuses it
+        copy_into(model, converted, assign)
     labels = checkpoint.labels(config.num_classes)
     if isinstance(model, MetaFormer) and labels and not report.fresh_head():
-        model.config = dataclasses.replace(model.config, labels=labels)
+        model.pretrained_cfg = model.pretrained_cfg.replace(label_names=labels)
     return report
 
 

@@ -14,14 +14,16 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from ..checkpoints import CheckpointWarning
-from ..errors import ConfigError, MetaformerError
+from ..errors import CheckpointWarning, ConfigError, MetaformerError
 from . import evaluate, explain, export, infer, models, serve, train
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="metaformer", description="MetaFormer / PoolFormer models: classification, "
-                                     "segmentation and detection; export, Grad-CAM and a web service.")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="metaformer",
+        description="MetaFormer / PoolFormer models: classification, "
+        "segmentation and detection; export, Grad-CAM and a web service.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     train.add_parser(sub)
     evaluate.add_parser(sub)

@@ -7,8 +7,6 @@ import json
 import sys
 from collections.abc import Sequence
 
-import torch
-
 from ..errors import ImageLoadError, UsageError
 from ..files import atomic_write
 from .infer import pictures
@@ -44,24 +42,28 @@ def target_index(target: str | None, labels: Sequence[str]) -> int | None:
 
 
 def cam(args: argparse.Namespace) -> int:
+    import torch
+
     from ..explain import cam_overlay, grad_cam
     from ..processor import ImageProcessor
-    from ..tasks.classification.predict import class_labels
     from ..tasks.drawing import png_bytes, with_caption
 
-    expect_task(args.model, ("classification",), "cam", "Grad-CAM here explains classifiers")
+    expect_task(args.model, "cam", "Grad-CAM here explains classifiers")
     model = load_trained(args, "classification", fused=False)  # gradients need the plain modules
-    labels = class_labels(model)
+    labels = model.labels
     target = target_index(args.target, labels)
-    processor = ImageProcessor.for_model(model)
+    processor = ImageProcessor.from_record(model.pretrained_cfg)
     failed = 0
     for path, stem in pictures(args, ("_cam.png",)):
         try:
             pixels = processor.transform(path)[None].to(args.device)
         except ImageLoadError as error:
             failed += 1
-            print(json.dumps({"path": str(path), "error": error.reason}) if args.json
-                  else f"{path}: error: {error.reason}")  # fmt: skip
+            print(
+                json.dumps({"path": str(path), "error": error.reason})
+                if args.json
+                else f"{path}: error: {error.reason}"
+            )
             continue
         with torch.no_grad():
             probs = model(pixels).float().softmax(-1)[0].cpu()
@@ -70,8 +72,13 @@ def cam(args: argparse.Namespace) -> int:
         caption = f"{labels[index]} ({index}): {probs[index]:.1%}"
         picture = stem.with_name(stem.name + "_cam.png")
         atomic_write(picture, png_bytes(with_caption(cam_overlay(processor.to_uint8(pixels[0]), heat), caption)))
-        result = {"path": str(path), "picture": str(picture), "index": index, "label": labels[index],
-                  "prob": round(float(probs[index]), 6)}  # fmt: skip
+        result = {
+            "path": str(path),
+            "picture": str(picture),
+            "index": index,
+            "label": labels[index],
+            "prob": round(float(probs[index]), 6),
+        }
         print(json.dumps(result) if args.json else f"{path}: {caption}  ->  {picture}", flush=True)
     if failed:
         print(f"{failed} file(s) could not be read", file=sys.stderr)

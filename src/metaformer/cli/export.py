@@ -4,28 +4,39 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import MetaformerError, UsageError
-from .options import DENSE, add_weights, expect_task, load_trained, positive, refuse_existing
+from .options import add_weights, load_trained, positive, refuse_existing, task_of
+
+if TYPE_CHECKING:
+    import torch
 
 SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a classifier or Semantic FPN to ONNX (checked in ONNX Runtime) or a "
-                       "torch.export program (.pt2, or an AOTInductor package with --aot)")  # fmt: skip
+    p = sub.add_parser(
+        "export",
+        help="export a classifier or Semantic FPN to ONNX (checked in ONNX Runtime) or a "
+        "torch.export program (.pt2, or an AOTInductor package with --aot)",
+    )
     p.add_argument("model", metavar="NAME", help="the model's name (see `metaformer list`)")
     add_weights(p)
     p.add_argument("--format", required=True, choices=list(SUFFIXES), help="onnx or pt2")
     p.add_argument("--output", required=True, help="the file to write (.onnx or .pt2)")
     p.add_argument("--opset", type=positive, help="ONNX opset (default: the exporter's)")
-    p.add_argument("--static", action="store_true", help="fix the batch and image size to the example's (default: "
-                   "both dynamic, sides multiples of 32)")  # fmt: skip
+    p.add_argument(
+        "--static",
+        action="store_true",
+        help="fix the batch and image size to the example's (default: both dynamic, sides multiples of 32)",
+    )
     p.add_argument("--aot", action="store_true", help="pt2: compile an AOTInductor package for this machine")
-    p.add_argument("--image-size", type=positive, help="the example's side (default: the model's evaluation size; "
-                   "segmentation 512)")  # fmt: skip
+    p.add_argument(
+        "--image-size",
+        type=positive,
+        help="the example's side (default: the model's evaluation size; segmentation 512)",
+    )
     p.add_argument("--batch-size", type=positive, default=1, help="the example's batch (what --static fixes)")
     p.add_argument("--check-image", help="a photo to compare the export with PyTorch on (default: random pixels)")
     p.add_argument("--force", action="store_true", help="overwrite --output")
@@ -48,20 +59,22 @@ def _refuse_mismatched(args: argparse.Namespace) -> Path:
 
 def _example(args: argparse.Namespace, model: torch.nn.Module, kind: str) -> tuple[torch.Tensor, str]:
     """The input to trace and check with: the photo, preprocessed as the model is evaluated, or random pixels."""
+    import torch
+
     from ..processor import ImageProcessor
 
     side = args.image_size or (512 if kind == "segmentation" else model.config.image_size)
     if args.check_image:
-        processor = ImageProcessor(size=side, crop_pct=1.0 if kind == "segmentation" else model.config.crop_pct)
+        processor = ImageProcessor(size=side, crop_pct=1.0 if kind == "segmentation" else model.pretrained_cfg.crop_pct)
         return processor([args.check_image]).expand(args.batch_size, -1, -1, -1).contiguous(), args.check_image
     generator = torch.Generator().manual_seed(0)
     return torch.randn(args.batch_size, 3, side, side, generator=generator), "random pixels"
 
 
 def export(args: argparse.Namespace) -> int:
-    from ..export import ONNX_TOLERANCE, check_onnx, check_program, export_onnx, export_program
+    from ..fast.export import ONNX_TOLERANCE, check_onnx, check_program, export_onnx, export_program
 
-    kind = expect_task(args.model, ("classification", *DENSE), "export", "")
+    kind = task_of(args.model)  # every task exports
     output = _refuse_mismatched(args)
     model = load_trained(args, kind, fused=False)  # exporters trace the plain modules
     example, seen = _example(args, model, kind)
@@ -76,8 +89,12 @@ def export(args: argparse.Namespace) -> int:
         runtime = "the AOTInductor package" if args.aot else "the exported program"
     if not difference <= ONNX_TOLERANCE:  # NaN fails too
         output.unlink(missing_ok=True)
-        raise MetaformerError(f"{runtime} differs from PyTorch by {difference:.3g} (over {ONNX_TOLERANCE:g}) on "
-                              f"{seen}; the file was removed")  # fmt: skip
-    print(f"wrote {output} ({args.format}, {shape}); {runtime} on {seen}: largest logit difference "
-          f"{difference:.2e} (<= {ONNX_TOLERANCE:g})")  # fmt: skip
+        raise MetaformerError(
+            f"{runtime} differs from PyTorch by {difference:.3g} (over {ONNX_TOLERANCE:g}) on "
+            f"{seen}; the file was removed"
+        )
+    print(
+        f"wrote {output} ({args.format}, {shape}); {runtime} on {seen}: largest logit difference "
+        f"{difference:.2e} (<= {ONNX_TOLERANCE:g})"
+    )
     return 0

@@ -7,16 +7,12 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torchvision.transforms.v2 import functional as TF
-
-from ..data import find_images, load_image
 from ..errors import ImageLoadError, UsageError
 from ..files import atomic_write
 from .options import (
     COMPILE_HELP,
-    DETECTION,
     add_batch_size,
     add_device,
     add_dtype,
@@ -25,14 +21,16 @@ from .options import (
     add_progress,
     add_weights,
     calibration_pixels,
-    check_int8,
-    compiled_for_inference,
+    check_inference,
     expect_task,
     int8_model,
     load_trained,
     positive,
     refuse_existing,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -51,13 +49,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.set_defaults(run=predict)
 
-    for name, what, default in (("segment", "semantic segmentation: colour mask and overlay PNGs", "segmentations"),
-                                ("detect", "detect objects (RetinaNet) or instances (Mask R-CNN): PNGs",
-                                 "detections")):  # fmt: skip
+    for name, what, default in (
+        ("segment", "semantic segmentation: colour mask and overlay PNGs", "segmentations"),
+        ("detect", "detect objects (RetinaNet) or instances (Mask R-CNN): PNGs", "detections"),
+    ):
         p = sub.add_parser(name, help=what)
         p.add_argument("paths", nargs="+", help="image files or folders")
-        p.add_argument("--model", required=True, help="e.g. fpn_poolformer_s12" if name == "segment"
-                       else "e.g. retinanet_poolformer_s12, mask_rcnn_poolformer_s12")  # fmt: skip
+        p.add_argument(
+            "--model",
+            required=True,
+            help="e.g. fpn_poolformer_s12"
+            if name == "segment"
+            else "e.g. retinanet_poolformer_s12, mask_rcnn_poolformer_s12",
+        )
         add_weights(p)
         p.add_argument("--output", default=default, help=f"folder for the PNGs (default {default}/)")
         p.add_argument("--force", action="store_true", help="overwrite pictures already in --output")
@@ -75,30 +79,35 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def predict(args: argparse.Namespace) -> int:
+    from ..data import find_images
     from ..engine.task import default_num_workers
+    from ..fast import prepare
     from ..processor import ImageProcessor
-    from ..tasks.classification.predict import predict as classify
+    from ..tasks.classification.predict import Classifier
 
-    expect_task(args.model, ("classification",), "predict", "use `metaformer segment` or `metaformer detect`")
-    check_int8(args)
-    int8 = args.dtype == "int8"
+    expect_task(args.model, "predict")
+    check_inference(args)
     files = find_images(args.paths)  # searched once, here
     if not files:
         raise UsageError("no image files found in " + " ".join(args.paths))
-    model = load_trained(args, "classification", fused=not int8)
-    processor = ImageProcessor.for_model(model)  # photos as a viewer shows them: EXIF rotation applied
-    if int8:
-        calibration = args.calibration or [str(f) for f in files]
-        model = int8_model(model, calibration_pixels(calibration, processor), " ".join(args.calibration or args.paths))
+    model = load_trained(args, "classification", fused=False)  # one build; `prepare` folds it in place
+    if args.dtype == "int8":
+        processor = ImageProcessor.from_record(model.pretrained_cfg)
+        calibration = calibration_pixels(args.calibration or [str(f) for f in files], processor)
+        model = int8_model(model, calibration, " ".join(args.calibration or args.paths))
     else:
-        model = model.to(dtype=getattr(torch, args.dtype))
-    workers = args.num_workers if args.num_workers is not None else (
-        default_num_workers() if len(files) > args.batch_size else 0)  # fmt: skip
-    failed = 0
-    runner = compiled_for_inference(model) if args.compile else model
+        model = prepare(
+            model, dtype=args.dtype, fuse=not args.no_fuse, compile=args.compile, device=args.device, inplace=True
+        )
+    classifier = Classifier(model)  # photos as a viewer shows them: EXIF rotation applied
+    workers = (
+        args.num_workers
+        if args.num_workers is not None
+        else (default_num_workers() if len(files) > args.batch_size else 0)
+    )
     progress = len(files) > args.batch_size and not args.no_progress
-    results = classify(runner, files, processor, args.topk, args.batch_size, args.device, workers, progress=progress)
-    for result in results:
+    failed = 0
+    for result in classifier.predict_files(files, args.topk, args.batch_size, workers, progress=progress):
         failed += result.error is not None
         if args.json:
             print(json.dumps(result.to_dict()), flush=True)
@@ -116,6 +125,8 @@ def predict(args: argparse.Namespace) -> int:
 def pictures(args: argparse.Namespace, suffixes: tuple[str, ...]) -> Iterator[tuple[Path, Path]]:
     """Each image with the stem of its pictures in --output (unique, even for files of the same name); pictures
     that would overwrite files are refused, all before the first is drawn, unless --force."""
+    from ..data import find_images
+
     files = find_images(args.paths)
     if not files:
         raise UsageError("no image files found in " + " ".join(args.paths))
@@ -133,16 +144,24 @@ def pictures(args: argparse.Namespace, suffixes: tuple[str, ...]) -> Iterator[tu
     yield from zip(files, stems, strict=True)
 
 
-def _each_image(args: argparse.Namespace, suffixes: tuple[str, ...],
-                handle: Callable[[Path, torch.Tensor, Path], dict]) -> int:  # fmt: skip
+def _each_image(
+    args: argparse.Namespace, suffixes: tuple[str, ...], handle: Callable[[Path, torch.Tensor, Path], dict]
+) -> int:
+    from torchvision.transforms.v2 import functional as TF
+
+    from ..data import load_image
+
     failed = 0
     for path, stem in pictures(args, suffixes):
         try:
             image = TF.pil_to_tensor(load_image(path))  # photos upright, as a viewer shows them
         except ImageLoadError as error:
             failed += 1
-            print(json.dumps({"path": str(path), "error": error.reason}) if args.json
-                  else f"{path}: error: {error.reason}")  # fmt: skip
+            print(
+                json.dumps({"path": str(path), "error": error.reason})
+                if args.json
+                else f"{path}: error: {error.reason}"
+            )
             continue
         result = {"path": str(path), **handle(path, image, stem)}
         print(json.dumps(result) if args.json else _describe(result), flush=True)
@@ -159,32 +178,31 @@ def _describe(result: dict) -> str:
 
 
 def segment(args: argparse.Namespace) -> int:
-    from ..tasks.segmentation.predict import TTA_SCALES, class_shares, predict_probs, write_pictures
+    from ..tasks.segmentation.predict import Segmenter
 
-    expect_task(args.model, ("segmentation",), "segment", "use `metaformer predict` or `metaformer detect`")
-    model = load_trained(args, "segmentation")
-    names = list(model.labels or [f"class_{i}" for i in range(model.num_classes)])
+    expect_task(args.model, "segment")
+    segmenter = Segmenter(load_trained(args, "segmentation"))
 
     def handle(path: Path, image: torch.Tensor, stem: Path) -> dict:
-        probs = predict_probs(model, image, scales=TTA_SCALES if args.tta else (1.0,), flip=args.tta)
-        prediction = probs.argmax(0).cpu()
-        mask, overlay = write_pictures(image, prediction, model.num_classes, stem)
-        return {"mask": str(mask), "overlay": str(overlay), "classes": class_shares(prediction, names)}
+        prediction, result = segmenter.segment(image, tta=args.tta)
+        mask, overlay = (stem.with_name(stem.name + suffix) for suffix in ("_mask.png", "_overlay.png"))
+        for picture, data in zip((mask, overlay), segmenter.pictures(image, prediction), strict=True):
+            atomic_write(picture, data)
+        return {"mask": str(mask), "overlay": str(overlay), **result}
 
     return _each_image(args, ("_mask.png", "_overlay.png"), handle)
 
 
 def detect(args: argparse.Namespace) -> int:
-    from ..tasks.detection.predict import detect as run_detector
-    from ..tasks.detection.predict import draw
+    from ..tasks.detection.predict import Detector
     from ..tasks.drawing import png_bytes
 
-    kind = expect_task(args.model, DETECTION, "detect", "use `metaformer predict` or `metaformer segment`")
-    model = load_trained(args, kind, min_size=args.min_size, max_size=args.max_size)
+    kind = expect_task(args.model, "detect")
+    detector = Detector(load_trained(args, kind, min_size=args.min_size, max_size=args.max_size))
 
     def handle(path: Path, image: torch.Tensor, stem: Path) -> dict:
         picture = stem.with_name(stem.name + "_detections.png")
-        pixels, found = draw(image, run_detector(model, image), model, args.score_threshold)
+        pixels, found = detector.detect(image, args.score_threshold)
         atomic_write(picture, png_bytes(pixels))
         return {"picture": str(picture), "detections": found}
 

@@ -10,14 +10,14 @@ import sys
 from ..errors import UsageError
 from ..models.pretrained import releases_of
 from ..models.zoo import get_spec, list_models
+from ..task_table import TASKS
 from .options import (
     COMPILE_HELP,
     add_batch_size,
     add_device,
     add_dtype,
     add_fuse,
-    check_int8,
-    compiled_for_inference,
+    check_inference,
     device,
     expect_task,
     int8_model,
@@ -30,7 +30,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("filter", nargs="?", help="only names containing this text")
     p.add_argument(
         "--task",
-        choices=["classification", "segmentation", "detection", "instance_segmentation"],
+        choices=list(TASKS),
         help="only the models of this task",
     )
     p.add_argument("--json", action="store_true")
@@ -38,8 +38,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("info", help="a model's configuration, parameters and MACs")
     p.add_argument("name")
-    p.add_argument("--image-size", type=positive, help="count MACs at this input size (classifiers; default: the "
-                   "model's)")  # fmt: skip
+    p.add_argument(
+        "--image-size", type=positive, help="count MACs at this input size (classifiers; default: the model's)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=info)
 
@@ -76,56 +77,60 @@ def list_command(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no model name contains {args.filter!r}; `metaformer list` shows them all", file=sys.stderr)
         return 1
-    releases = {s.name: [r.name for r in releases_of(s.name)] for s in rows}
+    releases = {s.name: releases_of(s.name) for s in rows}
     if args.json:
-        print(json.dumps([{"name": s.name, "task": s.task, "description": s.description,
-                           "weights": s.url or (releases[s.name][0] if releases[s.name] else None),
-                           "releases": releases[s.name]} for s in rows]))  # fmt: skip
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": s.name,
+                        "task": s.task,
+                        "description": s.description,
+                        "weights": next((r.url or r.hf_hub_id for r in releases[s.name]), None),
+                        "releases": [r.name for r in releases[s.name]],
+                    }
+                    for s in rows
+                ]
+            )
+        )
         return 0
     width = max(len(s.name) for s in rows)
     for spec in rows:
         count = len(releases[spec.name])
-        mark = f"{count} release{'s' if count > 1 else ''}" if count else "weights" if spec.url else ""
+        mark = f"{count} release{'s' if count > 1 else ''}" if count else ""
         print(f"{spec.name:<{width}}  {mark:<10}  {spec.description}")
     return 0
 
 
 def model_info(name: str, image_size: int | None = None) -> dict:
-    from ..api import create_model
-    from ..models.complexity import count_macs, count_params
-    from ..models.dense import backbone_of
+    """What ``info`` shows: the architecture, its counts (from ``counts.json``: no torch for a zoo model at its own
+    size), its default evaluation record, its releases and, for a classifier, the official training settings."""
+    from ..counts import measure, stored_counts
+    from ..models.pretrained import default_cfg
 
     spec = get_spec(name)
-    if spec.task != "classification":  # the paper reports parameters only for the dense models
-        if image_size:
-            raise UsageError(f"--image-size counts a classifier's MACs; {name} is a {spec.task} model")
-        model = create_model(name)
-        trainable, frozen = count_params(model)
-        config = backbone_of(model).config.to_dict()
-        config.pop("labels")
-        return {"name": name, "description": spec.description, "task": spec.task, "backbone": spec.backbone,
-                "num_classes": model.num_classes, "input": model.input_settings(), "config": config,
-                "params": trainable, "frozen_params": frozen, "macs": None}  # fmt: skip
-    overrides = {"image_size": image_size} if image_size else {}
-    model = create_model(name, **overrides).eval()
-    trainable, frozen = count_params(model)
-    config = model.config.to_dict()
-    config.pop("labels")
-    return {
+    if image_size and spec.task != "classification":
+        raise UsageError(f"--image-size counts a classifier's MACs; {name} is a {spec.task} model")
+    counts = stored_counts(name) if not image_size or image_size == spec.config.image_size else None
+    counts = counts or measure(name, image_size)
+    result = {
         "name": name,
         "description": spec.description,
         "task": spec.task,
-        "config": config,
-        "params": trainable,
-        "frozen_params": frozen,
-        "macs": count_macs(model, model.config.image_size),
-        "image_size": model.config.image_size,
-        "crop_pct": model.config.crop_pct,
-        "training": dataclasses.asdict(spec.training),
+        "config": spec.config.to_dict(),
+        **counts,
+    }
+    if spec.task != "classification":
+        return {**result, "backbone": spec.backbone, "num_classes": spec.default_classes}
+    from ..tasks.classification.recipe import official
+
+    record = default_cfg(name, counts["input"]["image_size"], spec.config.in_chans)
+    return {
+        **result,
+        "image_size": counts["input"]["image_size"],
+        "pretrained_cfg": record.to_dict(),
+        "training": dataclasses.asdict(official(name)),
         "pretrained": [release.name for release in releases_of(name)],
-        "weights_url": spec.url,
-        "hf_hub_id": spec.hf_hub_id,
-        "timm_name": spec.timm_name,
     }
 
 
@@ -141,20 +146,23 @@ def info(args: argparse.Namespace) -> int:
         print(f"  task        {result['task']} ({result['num_classes']} classes) on {result['backbone']}")
         print(f"  input       {', '.join(f'{k} {v}' for k, v in result['input'].items())}")
         return 0
+    record = result["pretrained_cfg"]
     print(f"  MACs        {result['macs'] / 1e9:.3f} G at {result['image_size']}x{result['image_size']}")
-    print(f"  eval        crop_pct {result['crop_pct']}, bicubic, ImageNet mean/std")
+    print(
+        f"  eval        crop_pct {record['crop_pct']}, {record['interpolation']}, mean {record['mean']}, "
+        f"std {record['std']}"
+    )
     for key, value in result["config"].items():
         print(f"  {key:<17} {value}")
     training = result["training"]
-    print(f"  training    {training['optimizer']}, lr {training['base_lr']:g} x batch/1024, warm-up "
-          f"{training['warmup_epochs']:g} epochs, drop path {training['drop_path']:g}, head dropout "
-          f"{training['head_dropout']:g}")  # fmt: skip
+    print(
+        f"  training    {training['optimizer']}, lr {training['base_lr']:g} x batch/1024, warm-up "
+        f"{training['warmup_epochs']:g} epochs, drop path {training['drop_path']:g}, head dropout "
+        f"{training['head_dropout']:g}"
+    )
     for release in releases_of(result["name"]):
         top1 = f"top-1 {release.top1}%" if release.top1 is not None else f"{release.num_classes} classes"
         print(f"  pretrained  {release.name} ({release.image_size}px, {top1}; {release.hf_hub_id or release.url})")
-    for key in ("weights_url", "hf_hub_id", "timm_name"):
-        if result[key] is not None:
-            print(f"  {key:<17} {result[key]}")
     return 0
 
 
@@ -169,31 +177,33 @@ def convert(args: argparse.Namespace) -> int:
 
 def benchmark(args: argparse.Namespace) -> int:
     from ..api import create_model
-    from ..benchmark import time_forward
-    from ..models.fused import fuse
+    from ..fast import prepare
+    from ..fast.benchmark import time_forward
 
-    expect_task(args.model, ("classification",), "benchmark", "it times classifiers on random images")
-    check_int8(args)
+    expect_task(args.model, "benchmark", "it times classifiers on random images")
+    check_inference(args)
     target = device(args.device)
     model = create_model(args.model, image_size=args.image_size)
     if args.dtype == "int8":  # random weights and pixels: the timing does not depend on the ranges
         import torch
 
         if args.no_channels_last:
-            raise UsageError("--dtype int8 runs on channels-last maps (its program was exported so); drop "
-                             "--no-channels-last")  # fmt: skip
+            raise UsageError(
+                "--dtype int8 runs on channels-last maps (its program was exported so); drop --no-channels-last"
+            )
         pixels = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
         model = int8_model(model.eval(), [pixels], "random pixels", advise=False)
-    elif not args.no_fuse:
-        model = fuse(model)
-    if args.compile:
-        model = compiled_for_inference(model.to(target))
-    result = time_forward(model, args.batch_size, args.image_size, target, args.dtype, args.warmup, args.iters,
-                          not args.no_channels_last)  # fmt: skip
+    else:
+        model = prepare(model, fuse=not args.no_fuse, compile=args.compile, device=target, inplace=True)
+    result = time_forward(
+        model, args.batch_size, args.image_size, target, args.dtype, args.warmup, args.iters, not args.no_channels_last
+    )
     result.update(model=args.model, fused=not args.no_fuse, compiled=args.compile or args.dtype == "int8")
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{args.model}: {result['images_per_s']:.1f} images/s (batch {args.batch_size}, {args.image_size}px, "
-              f"{target}, {args.dtype}), peak memory {result['peak_memory_mib']:.0f} MiB")  # fmt: skip
+        print(
+            f"{args.model}: {result['images_per_s']:.1f} images/s (batch {args.batch_size}, {args.image_size}px, "
+            f"{target}, {args.dtype}), peak memory {result['peak_memory_mib']:.0f} MiB"
+        )
     return 0

@@ -7,16 +7,16 @@ import argparse
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from ..models.zoo import get_spec
+from ..task_table import TASKS, task, tasks_taking
 
-TASK_NAMES = {"classification": "classification", "segmentation": "segmentation", "detection": "detection",
-              "instance_segmentation": "instance segmentation"}  # fmt: skip
-DENSE = ("segmentation", "detection", "instance_segmentation")
-DETECTION = ("detection", "instance_segmentation")
+if TYPE_CHECKING:  # the parser imports no torch: `metaformer --help`, `list` and `info` start in well under a second
+    import torch
+
+DETECTION = tuple(kind for kind, entry in TASKS.items() if entry.command == "detect")
 COMPILE_HELP = "torch.compile the model (with freezing): 10-30 s to start, then up to ~10%% faster on CPU"
 
 
@@ -57,11 +57,13 @@ positive_float = _number_within(0.0, float("inf"), "a number > 0", above_low=Tru
 
 def add_scale(flags: TaskFlags, parser: argparse.ArgumentParser, help: str) -> None:
     """Semantic FPN's resize scale (long and short side), on train and eval."""
-    flags.add(parser, "--scale", ("segmentation",), type=positive, nargs=2, metavar=("LONG", "SHORT"), help=help)
+    flags.add(parser, "--scale", type=positive, nargs=2, metavar=("LONG", "SHORT"), help=help)
 
 
 def device(name: str) -> str:
     """A device PyTorch knows and this machine has: cpu, cuda or cuda:N."""
+    import torch
+
     try:
         parsed = torch.device(name)
     except RuntimeError:
@@ -82,13 +84,18 @@ def add_device(parser: argparse.ArgumentParser, under_torchrun: bool = False) ->
 
 def add_batch_size(parser: argparse.ArgumentParser, default: int | None, what: str = "") -> None:
     shown = f" (default {default})" if default is not None else ""
-    parser.add_argument("--batch-size", type=positive, default=default,
-                        help=f"images per batch, per process{shown}{what}")  # fmt: skip
+    parser.add_argument(
+        "--batch-size", type=positive, default=default, help=f"images per batch, per process{shown}{what}"
+    )
 
 
 def add_num_workers(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--num-workers", type=non_negative, default=None,
-                        help="data-loading processes per process (default: up to 4, at most the cores)")  # fmt: skip
+    parser.add_argument(
+        "--num-workers",
+        type=non_negative,
+        default=None,
+        help="data-loading processes per process (default: up to 4, at most the cores)",
+    )
 
 
 def add_progress(parser: argparse.ArgumentParser) -> None:
@@ -98,9 +105,13 @@ def add_progress(parser: argparse.ArgumentParser) -> None:
 def add_weights(parser: argparse.ArgumentParser, pretrained: bool = True) -> None:
     parser.add_argument("--checkpoint", help="weights: ours, official .pth.tar, timm, Hugging Face folder, mmseg/mmdet")
     if pretrained:
-        parser.add_argument("--pretrained", action="store_true", help="download released weights: the model's "
-                            "first (ImageNet-1k at 224), or the release its name carries, as timm spells it "
-                            "(--model caformer_s18.sail_in22k_ft_in1k_384; `metaformer info` lists them)")  # fmt: skip
+        parser.add_argument(
+            "--pretrained",
+            action="store_true",
+            help="download released weights: the model's "
+            "first (ImageNet-1k at 224), or the release its name carries, as timm spells it "
+            "(--model caformer_s18.sail_in22k_ft_in1k_384; `metaformer info` lists them)",
+        )
 
 
 def add_fuse(parser: argparse.ArgumentParser) -> None:
@@ -117,26 +128,37 @@ def given(value: object) -> bool:
 
 
 class TaskFlags:
-    """Flags that only some tasks use; one given for a model of another task is refused, naming both."""
+    """Flags that only some tasks use (the task table says which); one given for a model of another task is refused,
+    naming both."""
 
-    def __init__(self) -> None:
+    def __init__(self, command: str) -> None:
+        self.command = command
         self.flags: dict[str, tuple[str, tuple[str, ...]]] = {}  # dest: (flag, tasks)
 
-    def add(self, parser: argparse.ArgumentParser, flag: str, tasks: Iterable[str], **kwargs: object) -> None:
+    def add(self, parser: argparse.ArgumentParser, flag: str, **kwargs: object) -> None:
+        tasks = tasks_taking(flag, self.command)
+        if not tasks:
+            raise AssertionError(f"{flag} of {self.command} is in no task's row of the task table")
         kwargs.setdefault("default", False if kwargs.get("action") == "store_true" else None)
         action = parser.add_argument(flag, **kwargs)
-        self.flags[action.dest] = (flag, tuple(tasks))
+        self.flags[action.dest] = (flag, tasks)
 
     def refuse_foreign(self, args: argparse.Namespace, model: str, command: str) -> None:
         kind = task_of(model)
-        foreign = [(flag, tasks) for dest, (flag, tasks) in self.flags.items()
-                   if given(getattr(args, dest, None)) and kind not in tasks]  # fmt: skip
+        foreign = [
+            (flag, tasks)
+            for dest, (flag, tasks) in self.flags.items()
+            if given(getattr(args, dest, None)) and kind not in tasks
+        ]
         if foreign:
             flags = ", ".join(flag for flag, _ in foreign)
-            users = "; ".join(f"{flag}: {' and '.join(sorted({TASK_NAMES[t] for t in tasks}))}"
-                              for flag, tasks in foreign)  # fmt: skip
-            raise UsageError(f"{flags} {'is' if len(foreign) == 1 else 'are'} not used by {command} for {model}, a "
-                             f"{TASK_NAMES[kind]} model (settings of other tasks: {users})")  # fmt: skip
+            users = "; ".join(
+                f"{flag}: {' and '.join(sorted({task(t).title for t in tasks}))}" for flag, tasks in foreign
+            )
+            raise UsageError(
+                f"{flags} {'is' if len(foreign) == 1 else 'are'} not used by {command} for {model}, a "
+                f"{task(kind).title} model (settings of other tasks: {users})"
+            )
 
 
 def needs_trained_weights(args: argparse.Namespace, kind: str) -> None:
@@ -146,31 +168,41 @@ def needs_trained_weights(args: argparse.Namespace, kind: str) -> None:
     if pretrained and args.checkpoint:
         raise UsageError("pass either --checkpoint FILE or --pretrained, not both")
     if kind != "classification" and (pretrained or not args.checkpoint):
-        raise UsageError(f"{args.model} is a {TASK_NAMES[kind]} model with no released weights here (--pretrained "
-                         "would initialise only its backbone): pass --checkpoint FILE, trained by `metaformer "
-                         "train` or an mmseg/mmdet checkpoint")  # fmt: skip
+        raise UsageError(
+            f"{args.model} is a {task(kind).title} model with no released weights here (--pretrained "
+            "would initialise only its backbone): pass --checkpoint FILE, trained by `metaformer "
+            "train` or an mmseg/mmdet checkpoint"
+        )
     if not (pretrained or args.checkpoint):
         raise UsageError("pass --checkpoint FILE (any supported format) or --pretrained")
 
 
-def expect_task(model: str, tasks: Iterable[str], command: str, instead: str) -> str:
+def expect_task(model: str, command: str, why: str = "") -> str:
+    """The task of ``model``, which ``command`` (predict, segment, detect, benchmark, cam) must run; otherwise the
+    one command that runs it."""
     kind = task_of(model)
-    if kind not in tasks:
-        raise UsageError(f"{command} does not take {model}, a {TASK_NAMES[kind]} model: {instead}")
+    runs = [k for k, entry in TASKS.items() if entry.command == command]
+    if command in ("benchmark", "cam"):
+        runs = ["classification"]
+    if kind not in runs:
+        right = task(kind).command
+        advice = why or f"use `metaformer {right}`, which runs {task(kind).title} models"
+        raise UsageError(f"{command} does not take {model}, a {task(kind).title} model: {advice}")
     return kind
 
 
 def load_trained(args: argparse.Namespace, kind: str, *, fused: bool = True, **overrides: object) -> torch.nn.Module:
-    """The model ``args`` name with every layer trained (refused otherwise), on --device; folded when ``fused`` and
-    not --no-fuse (Grad-CAM and export need the plain modules)."""
+    """The model ``args`` name with every layer trained (refused otherwise), on --device; folded in place when
+    ``fused`` and not --no-fuse (Grad-CAM and export need the plain modules): one build, one copy of the weights."""
     from ..api import create_model
-    from ..models.fused import fuse
+    from ..fast import fuse
 
     needs_trained_weights(args, kind)
     given = {k: v for k, v in overrides.items() if v is not None}
-    model = create_model(args.model, pretrained=getattr(args, "pretrained", False), checkpoint=args.checkpoint,
-                         strict=True, **given).eval()  # fmt: skip
-    model = fuse(model) if fused and not args.no_fuse else model
+    model = create_model(
+        args.model, pretrained=getattr(args, "pretrained", False), checkpoint=args.checkpoint, strict=True, **given
+    ).eval()
+    model = fuse(model, inplace=True) if fused and not getattr(args, "no_fuse", False) else model
     return model.to(device(args.device))
 
 
@@ -178,21 +210,16 @@ def refuse_existing(paths: Iterable[Path], force: bool) -> None:
     """No file is overwritten without --force."""
     existing = [str(p) for p in paths if p.exists()]
     if existing and not force:
-        raise FileExistsError(f"{', '.join(existing[:3])} exist(s); pass --force to overwrite, or choose another "
-                              "--output")  # fmt: skip
-
-
-def compiled_for_inference(model: torch.nn.Module) -> torch.nn.Module:
-    """``torch.compile`` for inference: inductor's freezing folds the weights in as constants and prepacks them."""
-    import torch._inductor.config as inductor_config
-
-    inductor_config.freezing = True  # a process-wide setting; this process only ever runs inference after this
-    return torch.compile(model, dynamic=False)
+        raise FileExistsError(
+            f"{', '.join(existing[:3])} exist(s); pass --force to overwrite, or choose another --output"
+        )
 
 
 DTYPES = ("float32", "bfloat16", "float16", "int8")
-DTYPE_HELP = ("bfloat16: ~1.6x faster on CPUs with AVX-512 BF16 or AMX; int8: post-training quantization for x86 CPUs "
-              "with VNNI or AMX (needs metaformer[int8]; calibrates, then compiles for about a minute)")  # fmt: skip
+DTYPE_HELP = (
+    "bfloat16: ~1.6x faster on CPUs with AVX-512 BF16 or AMX; int8: post-training quantization for x86 CPUs "
+    "with VNNI or AMX (needs metaformer[int8]; calibrates, then compiles for about a minute)"
+)
 CALIBRATION_IMAGES = 128
 
 
@@ -210,31 +237,29 @@ def calibration_help(default: str) -> str:
     )
 
 
-def check_int8(args: argparse.Namespace) -> None:
-    """Refuse what int8 cannot honour, before any model is built."""
-    from ..int8 import int8_unsupported_reason
+def check_inference(args: argparse.Namespace) -> None:
+    """Refuse what ``fast.prepare`` cannot honour (int8 on a GPU, int8 unfolded, ...) before any model is built."""
+    import torch
 
-    if getattr(args, "calibration", None) and args.dtype != "int8":
-        raise UsageError("--calibration sets int8's activation ranges; it needs --dtype int8")
-    if args.dtype != "int8":
-        return
+    from ..fast.prepare import check_options
+
     try:
-        kind = torch.device(args.device).type
+        torch.device(args.device)
     except RuntimeError:
-        kind = device(args.device)  # raises the usual message for a name that is no device
-    if kind != "cpu":
-        raise UsageError("--dtype int8 runs on x86 CPUs (oneDNN's int8 kernels); on a GPU use --dtype bfloat16")
-    if getattr(args, "no_fuse", False):
-        raise UsageError("--dtype int8 quantizes the folded model; --no-fuse cannot apply to it")
-    if getattr(args, "compile", False):
-        raise UsageError("--dtype int8 is always compiled (inductor's int8 kernels); drop --compile")
-    reason = int8_unsupported_reason()
-    if reason is not None:
-        raise UsageError(f"--dtype int8: {reason}")
+        device(args.device)  # the usual message for a name that is no device
+    check_options(
+        dtype=args.dtype,
+        fuse=not getattr(args, "no_fuse", False),
+        compile=getattr(args, "compile", False),
+        device=args.device,
+        calibration=bool(getattr(args, "calibration", None)),
+    )
 
 
 def calibration_pixels(paths: Iterable[str], processor: object, batch_size: int = 32) -> list[torch.Tensor]:
     """Processed batches of the first ``CALIBRATION_IMAGES`` readable images of ``paths``."""
+    import torch
+
     from ..data import ImageLoadError, find_images
 
     files = find_images(list(paths))
@@ -252,14 +277,22 @@ def calibration_pixels(paths: Iterable[str], processor: object, batch_size: int 
     return list(torch.stack(pixels).split(batch_size))
 
 
-def int8_model(model: torch.nn.Module, batches: list[torch.Tensor], source: str, *, advise: bool = True
-               ) -> torch.nn.Module:  # fmt: skip
-    from ..int8 import quantize
+def int8_model(
+    model: torch.nn.Module, batches: list[torch.Tensor], source: str, *, advise: bool = True
+) -> torch.nn.Module:
+    from ..fast import quantize
 
     count = sum(len(b) for b in batches)
-    print(f"int8: calibrating on {count} images of {source}; the first batch compiles (about a minute)",
-          file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"int8: calibrating on {count} images of {source}; the first batch compiles (about a minute)",
+        file=sys.stderr,
+        flush=True,
+    )
     if count < 32 and advise:
-        print(f"int8: {count} calibration image(s) give unsteady activation ranges; pass --calibration with a few "
-              "hundred images like the ones classified", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"int8: {count} calibration image(s) give unsteady activation ranges; pass --calibration with a few "
+            "hundred images like the ones classified",
+            file=sys.stderr,
+            flush=True,
+        )
     return quantize(model, batches)

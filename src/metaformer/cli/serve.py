@@ -47,41 +47,58 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a model: HTTP API (POST /predict) and a web page (needs the [serve] extra)")
     p.add_argument("--model", required=True, help="a classifier, segmentation or detection model's name")
     add_weights(p)
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: all)")  # fmt: skip
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: all)"
+    )
     p.add_argument("--port", type=port, default=8000, help="port to listen on (default 8000)")
-    p.add_argument("--max-batch", type=positive, default=16,
-                   help="classifiers: images per forward pass at most (default 16)")  # fmt: skip
-    p.add_argument("--max-wait-ms", type=non_negative_float, default=10.0,
-                   help="classifiers: how long a batch waits for requests still arriving (default 10)")  # fmt: skip
+    p.add_argument(
+        "--max-batch", type=positive, default=16, help="classifiers: images per forward pass at most (default 16)"
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=non_negative_float,
+        default=10.0,
+        help="classifiers: how long a batch waits for requests still arriving (default 10)",
+    )
     add_device(p)
-    p.add_argument("--max-upload-mb", type=positive_float, default=20.0,
-                   help="larger uploads are refused with 413 (default 20)")  # fmt: skip
+    p.add_argument(
+        "--max-upload-mb", type=positive_float, default=20.0, help="larger uploads are refused with 413 (default 20)"
+    )
     add_fuse(p)
     p.set_defaults(run=serve)
 
 
 def missing_modules() -> list[str]:
-    return [package for package, modules in SERVE_PACKAGES.items()
-            if all(importlib.util.find_spec(module) is None for module in modules)]  # fmt: skip
+    return [
+        package
+        for package, modules in SERVE_PACKAGES.items()
+        if all(importlib.util.find_spec(module) is None for module in modules)
+    ]
 
 
 def build_app(args: argparse.Namespace) -> FastAPI:
     """The application ``serve`` runs, with the model ``args`` name loaded (fused unless --no-fuse) on --device."""
     missing = missing_modules()
     if missing:
-        raise UsageError(f"metaformer serve needs {', '.join(missing)}, not installed here: "
-                         'pip install "metaformer[serve]"')  # fmt: skip
-    from ..models.fused import fuse
+        raise UsageError(
+            f'metaformer serve needs {", ".join(missing)}, not installed here: pip install "metaformer[serve]"'
+        )
+    from ..fast import prepare
     from ..serve import create_app
 
     kind = task_of(args.model)
     plain = load_trained(args, kind, fused=False)
-    model = plain if args.no_fuse else fuse(plain)
+    model = prepare(plain, fuse=not args.no_fuse, device=args.device)
     # Grad-CAM needs gradients, which the fused model does not carry: classifiers keep the plain one for it.
-    return create_app(model, name=args.model, explain_model=plain if kind == "classification" else None,
-                      parameters=sum(p.numel() for p in plain.parameters()), max_batch=args.max_batch,
-                      max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb)  # fmt: skip
+    return create_app(
+        model,
+        name=args.model,
+        explain_model=plain if kind == "classification" else None,
+        parameters=sum(p.numel() for p in plain.parameters()),
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_upload_mb=args.max_upload_mb,
+    )
 
 
 def check_address(host: str, port: int) -> None:
@@ -95,8 +112,9 @@ def check_address(host: str, port: int) -> None:
         try:
             sock.bind(address)
         except OSError as error:
-            raise UsageError(f"cannot listen on {host}:{port} ({error.strerror}): choose another --port, or stop "
-                             "what uses it") from None  # fmt: skip
+            raise UsageError(
+                f"cannot listen on {host}:{port} ({error.strerror}): choose another --port, or stop what uses it"
+            ) from None
 
 
 def serve(args: argparse.Namespace) -> int:

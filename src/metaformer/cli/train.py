@@ -7,7 +7,6 @@ import os
 
 from ..errors import UsageError
 from .options import (
-    DETECTION,
     TaskFlags,
     add_batch_size,
     add_device,
@@ -23,9 +22,11 @@ from .options import (
     task_of,
 )
 
-FLAGS = TaskFlags()
-CLASSIFICATION = ("classification",)
-EPOCHS = ("classification", *DETECTION)
+FLAGS = TaskFlags("train")
+# Flags whose recipe setting is spelt otherwise, or takes another value than the flag's; the rest are the setting.
+RECIPE_FIELDS = {"recipe": "name", "randaugment": "randaugment_magnitude", "ema": "ema_decay", "no_augment": "augment"}
+RECIPE_VALUES = {"ema": lambda on: 0.9998 if on else None, "no_augment": lambda on: False if on else None}
+RUN_FLAGS = {"compile", "no_channels_last", "custom_backward"}  # task flags that are run settings, not recipe ones
 # Flags that --resume takes: how much longer, and how to show it. Everything else comes from config.json.
 RESUMABLE = {"epochs", "iterations", "stop_after", "no_progress", "resume"}
 
@@ -46,8 +47,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", help="continue the run in this folder exactly where it stopped")
     p.add_argument("--force", action="store_true", help="start afresh in an --output that holds a run (deletes it)")
     add_batch_size(p, None, " (classification 128, segmentation 4, detection 2, as the papers per GPU)")
-    p.add_argument("--lr", type=positive_float, help="learning rate (classification: 1e-3 x global batch / 1024, "
-                   "CAFormer 2e-3; finetune 2e-4; segmentation 2e-4; RetinaNet 1e-4; Mask R-CNN 2e-4)")  # fmt: skip
+    p.add_argument(
+        "--lr",
+        type=positive_float,
+        help="learning rate (classification: 1e-3 x global batch / 1024, "
+        "CAFormer 2e-3; finetune 2e-4; segmentation 2e-4; RetinaNet 1e-4; Mask R-CNN 2e-4)",
+    )
     p.add_argument(
         "--weight-decay", type=non_negative_float, help="AdamW weight decay (classification 0.05, dense 1e-4)"
     )
@@ -56,63 +61,100 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_device(p, under_torchrun=True)
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     add_progress(p)
-    p.add_argument("--stop-after", type=positive, help="stop after this many epochs (segmentation: iterations), "
-                   "with a checkpoint; the schedule stays the full run's; continue with --resume")  # fmt: skip
-    p.add_argument("--eval-every", type=positive, help="evaluate every N epochs (default 1; a checkpoint is written "
-                   "every epoch); segmentation: evaluate and checkpoint every N iterations (4000)")  # fmt: skip
+    p.add_argument(
+        "--stop-after",
+        type=positive,
+        help="stop after this many epochs (segmentation: iterations), "
+        "with a checkpoint; the schedule stays the full run's; continue with --resume",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=positive,
+        help="evaluate every N epochs (default 1; a checkpoint is written "
+        "every epoch); segmentation: evaluate and checkpoint every N iterations (4000)",
+    )
 
-    FLAGS.add(p, "--epochs", EPOCHS, type=positive, help="epochs to train (classification 300, detection 12); "
-              "with --resume, extends the run")  # fmt: skip
+    FLAGS.add(
+        p,
+        "--epochs",
+        type=positive,
+        help="epochs to train (classification 300, detection 12); with --resume, extends the run",
+    )
     FLAGS.add(
         p,
         "--recipe",
-        CLASSIFICATION,
         choices=["paper", "finetune", "finetune_384"],
         help="paper: the official ImageNet recipe (default); finetune: short, lr 2e-4, light augmentation; "
         "finetune_384: the official 384 fine-tuning of ConvFormer/CAFormer (30 epochs, constant lr, EMA)",
     )
-    FLAGS.add(p, "--warmup-epochs", CLASSIFICATION, type=non_negative_float, help="linear warm-up epochs from 1e-6 "
-              "(5; ConvFormer and CAFormer 20)")  # fmt: skip
     FLAGS.add(
-        p, "--min-lr", CLASSIFICATION, type=non_negative_float, help="cosine schedule's final learning rate (1e-5)"
+        p,
+        "--warmup-epochs",
+        type=non_negative_float,
+        help="linear warm-up epochs from 1e-6 (5; ConvFormer and CAFormer 20)",
     )
-    FLAGS.add(p, "--image-size", CLASSIFICATION, type=positive, help="training crop and evaluation size (224)")
+    FLAGS.add(p, "--min-lr", type=non_negative_float, help="cosine schedule's final learning rate (1e-5)")
+    FLAGS.add(p, "--image-size", type=positive, help="training crop and evaluation size (224)")
     FLAGS.add(
         p,
         "--crop-scale",
-        CLASSIFICATION,
         type=probability,
         nargs=2,
         metavar=("MIN", "MAX"),
         help="RandomResizedCrop's range of image areas (0.08 1.0; small images do better with 0.35 1.0)",
     )
-    FLAGS.add(p, "--label-smoothing", CLASSIFICATION, type=probability, help="label smoothing (0.1)")
-    FLAGS.add(p, "--randaugment", CLASSIFICATION, type=non_negative_float, help="RandAugment magnitude on timm's "
-              "0-10 scale, 0 = off (9)")  # fmt: skip
-    FLAGS.add(p, "--random-erasing", CLASSIFICATION, type=probability, help="random erasing probability (0.25)")
-    FLAGS.add(p, "--mixup", CLASSIFICATION, type=non_negative_float, help="MixUp alpha, 0 = off (0.8)")
-    FLAGS.add(p, "--cutmix", CLASSIFICATION, type=non_negative_float, help="CutMix alpha, 0 = off (1.0)")
-    FLAGS.add(p, "--drop-path", CLASSIFICATION, type=probability, help="stochastic depth (the model's official rate, "
-              "see `metaformer info`: PoolFormer S12/S24 0.1, S36 0.2, M36 0.3, M48 0.4)")  # fmt: skip
-    FLAGS.add(p, "--head-dropout", CLASSIFICATION, type=probability, help="dropout in ConvFormer's and CAFormer's MLP "
-              "head (the model's official rate)")  # fmt: skip
-    FLAGS.add(p, "--optimizer", CLASSIFICATION, choices=["adamw", "lamb"], help="the model's official one by default: "
-              "AdamW, LAMB for CAFormer (timm's, which needs timm installed)")  # fmt: skip
-    FLAGS.add(p, "--clip-grad", CLASSIFICATION, type=positive_float, help="clip the gradient norm to this value (off)")
-    FLAGS.add(p, "--ema", CLASSIFICATION, action="store_true", help="keep an exponential moving average of the "
-              "weights (0.9998)")  # fmt: skip
-    FLAGS.add(p, "--no-augment", CLASSIFICATION, action="store_true", help="train on the evaluation transform")
-    FLAGS.add(p, "--no-channels-last", CLASSIFICATION, action="store_true", help="keep NCHW contiguous tensors")
-    FLAGS.add(p, "--compile", CLASSIFICATION, action="store_true", help="torch.compile the model")
-    FLAGS.add(p, "--iterations", ("segmentation",), type=positive, help="training iterations (40000)")
-    FLAGS.add(p, "--crop-size", ("segmentation",), type=positive, help="training crop (512)")
+    FLAGS.add(p, "--label-smoothing", type=probability, help="label smoothing (0.1)")
+    FLAGS.add(
+        p, "--randaugment", type=non_negative_float, help="RandAugment magnitude on timm's 0-10 scale, 0 = off (9)"
+    )
+    FLAGS.add(p, "--random-erasing", type=probability, help="random erasing probability (0.25)")
+    FLAGS.add(p, "--mixup", type=non_negative_float, help="MixUp alpha, 0 = off (0.8)")
+    FLAGS.add(p, "--cutmix", type=non_negative_float, help="CutMix alpha, 0 = off (1.0)")
+    FLAGS.add(
+        p,
+        "--drop-path",
+        type=probability,
+        help="stochastic depth (the model's official rate, "
+        "see `metaformer info`: PoolFormer S12/S24 0.1, S36 0.2, M36 0.3, M48 0.4)",
+    )
+    FLAGS.add(
+        p,
+        "--head-dropout",
+        type=probability,
+        help="dropout in ConvFormer's and CAFormer's MLP head (the model's official rate)",
+    )
+    FLAGS.add(
+        p,
+        "--optimizer",
+        choices=["adamw", "lamb"],
+        help="the model's official one by default: AdamW, LAMB for CAFormer (timm's, which needs timm installed)",
+    )
+    FLAGS.add(p, "--clip-grad", type=positive_float, help="clip the gradient norm to this value (off)")
+    FLAGS.add(p, "--ema", action="store_true", help="keep an exponential moving average of the weights (0.9998)")
+    FLAGS.add(p, "--no-augment", action="store_true", help="train on the evaluation transform")
+    FLAGS.add(p, "--no-channels-last", action="store_true", help="keep NCHW contiguous tensors")
+    FLAGS.add(p, "--compile", action="store_true", help="torch.compile the model")
+    FLAGS.add(
+        p,
+        "--custom-backward",
+        action="store_true",
+        help="train PoolFormer's blocks through hand-written "
+        "autograd functions: less memory kept for the backward; faster on AMX Xeons, slower on AVX-512 EPYCs "
+        "(README, Training speed). Off: the reference modules, which hooks see",
+    )
+    FLAGS.add(p, "--iterations", type=positive, help="training iterations (40000)")
+    FLAGS.add(p, "--crop-size", type=positive, help="training crop (512)")
     add_scale(FLAGS, p, "the resize scale of training and evaluation (2048 512)")
-    FLAGS.add(p, "--num-classes", ("segmentation",), type=positive, help="classes (ADE20K: 150 unless given; "
-              "otherwise from classes.txt when there is one)")  # fmt: skip
-    FLAGS.add(p, "--ignore-index", ("segmentation",), type=int, help="the masks' ignore value (255)")
-    FLAGS.add(p, "--warmup-iters", DETECTION, type=non_negative, help="linear warm-up iterations (500)")
-    FLAGS.add(p, "--min-size", DETECTION, type=positive, help="resize the short side to this (800)")
-    FLAGS.add(p, "--max-size", DETECTION, type=positive, help="... keeping the long side within this (1333)")
+    FLAGS.add(
+        p,
+        "--num-classes",
+        type=positive,
+        help="classes (ADE20K: 150 unless given; otherwise from classes.txt when there is one)",
+    )
+    FLAGS.add(p, "--ignore-index", type=int, help="the masks' ignore value (255)")
+    FLAGS.add(p, "--warmup-iters", type=non_negative, help="linear warm-up iterations (500)")
+    FLAGS.add(p, "--min-size", type=positive, help="resize the short side to this (800)")
+    FLAGS.add(p, "--max-size", type=positive, help="... keeping the long side within this (1333)")
     p.set_defaults(run=run)
     p.set_defaults(defaults=vars(p.parse_args([])))  # to tell which flags a command line gave
 
@@ -121,16 +163,22 @@ def run(args: argparse.Namespace) -> int:
     from .. import tasks
 
     if args.resume:
-        given = sorted(k for k, v in vars(args).items() if k in args.defaults and k not in RESUMABLE
-                       and v != args.defaults[k])  # fmt: skip
+        given = sorted(
+            k for k, v in vars(args).items() if k in args.defaults and k not in RESUMABLE and v != args.defaults[k]
+        )
         if given:
             shown = ", ".join(k.upper() if k == "data" else "--" + k.replace("_", "-") for k in given)
             raise UsageError(
                 f"--resume continues with the run's own settings (its config.json); {shown} cannot "
                 "change. Only --epochs/--iterations (longer), --stop-after and --no-progress can."
             )
-        records = tasks.resume(args.resume, stop_after=args.stop_after, progress=False if args.no_progress else None,
-                               epochs=args.epochs, iterations=args.iterations)  # fmt: skip
+        records = tasks.resume(
+            args.resume,
+            stop_after=args.stop_after,
+            progress=False if args.no_progress else None,
+            epochs=args.epochs,
+            iterations=args.iterations,
+        )
         _summary(args.resume, records)
         return 0
     if not args.data or not args.model:
@@ -139,11 +187,20 @@ def run(args: argparse.Namespace) -> int:
     device(args.device)
     kind = task_of(args.model)
     settings = tasks.RunSettings(
-        data=args.data, model=args.model, output=args.output or f"runs/{args.model}", init=args.init,
-        device=args.device, seed=args.seed, amp=args.amp, compile=args.compile,
-        channels_last=not args.no_channels_last, progress=not args.no_progress, stop_after=args.stop_after,
+        data=args.data,
+        model=args.model,
+        output=args.output or f"runs/{args.model}",
+        init=args.init,
+        device=args.device,
+        seed=args.seed,
+        amp=args.amp,
+        compile=args.compile,
+        custom_backward=args.custom_backward,
+        channels_last=not args.no_channels_last,
+        progress=not args.no_progress,
+        stop_after=args.stop_after,
         eval_every=args.eval_every,
-    )  # fmt: skip
+    )
     if args.num_workers is not None:
         settings.num_workers = args.num_workers
     records = tasks.train(settings, _recipe(args, kind), force=args.force)
@@ -152,31 +209,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _recipe(args: argparse.Namespace, kind: str) -> object:
-    common = {"batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay}
-    if kind == "classification":
-        from ..tasks.classification.recipe import get_recipe
+    """The task's recipe (its class from the task table) with the settings the command line gave."""
+    from ..task_table import task
 
-        return get_recipe(
-            args.recipe or "paper", **common, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
-            min_lr=args.min_lr, image_size=args.image_size, crop_scale=args.crop_scale,
-            label_smoothing=args.label_smoothing, randaugment_magnitude=args.randaugment,
-            random_erasing=args.random_erasing, mixup=args.mixup, cutmix=args.cutmix, drop_path=args.drop_path,
-            head_dropout=args.head_dropout, optimizer=args.optimizer,
-            clip_grad=args.clip_grad, ema_decay=0.9998 if args.ema else None,
-            augment=False if args.no_augment else None,
-        )  # fmt: skip
-    if kind == "segmentation":
-        from ..tasks.segmentation.recipe import SegmentationRecipe
-
-        values = {**common, "iterations": args.iterations, "crop_size": args.crop_size, "scale": args.scale,
-                  "num_classes": args.num_classes, "ignore_index": args.ignore_index}  # fmt: skip
-        return SegmentationRecipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
-                                     if v is not None})  # fmt: skip
-    from ..tasks.detection.recipe import DetectionRecipe
-
-    values = {**common, "epochs": args.epochs, "warmup_iters": args.warmup_iters, "min_size": args.min_size,
-              "max_size": args.max_size}  # fmt: skip
-    return DetectionRecipe(**{k: v for k, v in values.items() if v is not None})
+    settings = {"batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay}
+    for dest, (_, tasks) in FLAGS.flags.items():
+        if kind in tasks and dest not in RUN_FLAGS:
+            value = getattr(args, dest)
+            settings[RECIPE_FIELDS.get(dest, dest)] = RECIPE_VALUES[dest](value) if dest in RECIPE_VALUES else value
+    return task(kind).load("recipe").preset(settings.pop("name", None), **settings)
 
 
 def _summary(output: str, records: list[dict]) -> None:

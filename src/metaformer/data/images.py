@@ -30,8 +30,9 @@ def load_image(path: str | os.PathLike, *, exif_transpose: bool = True) -> Image
     return open_image(path, path, exif_transpose=exif_transpose)
 
 
-def open_image(source: str | os.PathLike | IO[bytes], name: str | os.PathLike, *,
-               exif_transpose: bool = True) -> Image.Image:  # fmt: skip
+def open_image(
+    source: str | os.PathLike | IO[bytes], name: str | os.PathLike, *, exif_transpose: bool = True
+) -> Image.Image:
     """A file or a stream of bytes (an upload) as 8-bit RGB, as ``load_image``; a specific ``ImageLoadError``
     naming ``name`` otherwise."""
     try:
@@ -42,8 +43,9 @@ def open_image(source: str | os.PathLike | IO[bytes], name: str | os.PathLike, *
         reason = f"cannot read as an image: refused as a possible decompression bomb ({error})"
         raise ImageLoadError(name, reason) from error
     except UnidentifiedImageError as error:
-        raise ImageLoadError(name, "cannot read as an image: not an image in a format Pillow reads (JPEG, PNG, WebP, "
-                             "TIFF, ...)") from error  # fmt: skip
+        raise ImageLoadError(
+            name, "cannot read as an image: not an image in a format Pillow reads (JPEG, PNG, WebP, TIFF, ...)"
+        ) from error
     except (OSError, ValueError, SyntaxError) as error:  # truncated data, bad chunks, broken headers
         raise ImageLoadError(name, f"cannot read as an image: corrupt or truncated ({error})") from error
 

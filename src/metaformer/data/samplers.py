@@ -31,8 +31,9 @@ class StreamSampler(Sampler[int]):
     split of one global batch.
     """
 
-    def __init__(self, length: int, batch_size: int, rank: int, world_size: int, seed: int, start: int,
-                 stop: int) -> None:  # fmt: skip
+    def __init__(
+        self, length: int, batch_size: int, rank: int, world_size: int, seed: int, start: int, stop: int
+    ) -> None:
         self.global_batch = batch_size * world_size
         self.steps_per_epoch = length // self.global_batch
         if self.steps_per_epoch == 0:

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import io
 
-NOT_PLOTTED = {"epoch", "iteration", "train_loss", "val_loss", "lr", "images_per_s", "time_s", "skipped_images",
-               "images", "unreadable", "detections"}  # fmt: skip
+NOT_PLOTTED = {
+    "epoch",
+    "iteration",
+    "train_loss",
+    "val_loss",
+    "lr",
+    "images_per_s",
+    "time_s",
+    "skipped_images",
+    "images",
+    "unreadable",
+    "detections",
+}
 
 
 def plot_metrics(records: list[dict], x_key: str) -> bytes:

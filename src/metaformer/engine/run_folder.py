@@ -50,10 +50,13 @@ class RunFolder:
             if STATE in present:
                 advice = f"continue it with `metaformer train --resume {self.path}`, or start afresh with --force"
             else:
-                advice = "it stopped before its first checkpoint, so there is nothing to resume: start afresh " \
-                         "with --force"  # fmt: skip
-            raise RunFolderError(f"{self.path} already holds a run ({self.describe()}): {advice} (which deletes "
-                                 "those files), or choose another --output")  # fmt: skip
+                advice = (
+                    "it stopped before its first checkpoint, so there is nothing to resume: start afresh with --force"
+                )
+            raise RunFolderError(
+                f"{self.path} already holds a run ({self.describe()}): {advice} (which deletes "
+                "those files), or choose another --output"
+            )
         for name in present:
             (self.path / name).unlink()
         remove_temporaries(self.path)
@@ -64,8 +67,9 @@ class RunFolder:
             raise RunFolderError(f"--resume {self.path}: no such folder")
         if not (self.path / CONFIG).is_file():
             found = ", ".join(sorted(p.name for p in self.path.iterdir())[:8]) or "nothing"
-            raise RunFolderError(f"{self.path} has no {CONFIG}, so it is not a run folder of `metaformer train` "
-                                 f"(it holds {found})")  # fmt: skip
+            raise RunFolderError(
+                f"{self.path} has no {CONFIG}, so it is not a run folder of `metaformer train` (it holds {found})"
+            )
         config = self.read_config()
         if not (self.path / STATE).is_file():
             raise RunFolderError(
@@ -81,8 +85,9 @@ class RunFolder:
             raise RunFolderError(f"{self.path / CONFIG}: not valid JSON ({error}); was it edited?") from error
         for key in ("task", "settings", "recipe"):
             if key not in config:
-                raise RunFolderError(f"{self.path / CONFIG} lacks {key!r}: written by another version of metaformer "
-                                     "train, or edited")  # fmt: skip
+                raise RunFolderError(
+                    f"{self.path / CONFIG} lacks {key!r}: written by another version of metaformer train, or edited"
+                )
         return config
 
     def write_config(self, config: dict) -> None:
@@ -103,8 +108,9 @@ class RunFolder:
             return torch.load(path, map_location=device, weights_only=True)
         except Exception as error:  # noqa: BLE001  torch raises several unrelated types for a damaged file
             reason = (str(error) or type(error).__name__).splitlines()[0]
-            raise RunFolderError(f"{path}: not a readable training state ({reason}); the run cannot be resumed "
-                                 "from it") from error  # fmt: skip
+            raise RunFolderError(
+                f"{path}: not a readable training state ({reason}); the run cannot be resumed from it"
+            ) from error
 
     def write_metrics(self, records: list[dict], x_key: str) -> None:
         """``metrics.jsonl`` rewritten from the whole history, then the plot."""

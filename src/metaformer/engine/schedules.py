@@ -7,8 +7,7 @@ import math
 from collections.abc import Sequence
 
 
-def cosine(epoch: float, base_lr: float, epochs: float, warmup_epochs: float, warmup_lr: float,
-           min_lr: float) -> float:  # fmt: skip
+def cosine(epoch: float, base_lr: float, epochs: float, warmup_epochs: float, warmup_lr: float, min_lr: float) -> float:
     """Linear warm-up from ``warmup_lr`` to ``base_lr``, then cosine decay to ``min_lr`` at ``epochs``."""
     if epoch < warmup_epochs:
         return warmup_lr + (base_lr - warmup_lr) * epoch / warmup_epochs
@@ -21,8 +20,9 @@ def poly(iteration: int, base_lr: float, iterations: int, power: float, min_lr: 
     return max(base_lr * max(1 - iteration / iterations, 0.0) ** power, min_lr)
 
 
-def steps_with_warmup(iteration: int, epoch: float, base_lr: float, decay_epochs: Sequence[int], warmup_iters: int,
-                      warmup_ratio: float) -> float:  # fmt: skip
+def steps_with_warmup(
+    iteration: int, epoch: float, base_lr: float, decay_epochs: Sequence[int], warmup_iters: int, warmup_ratio: float
+) -> float:
     """mmdet's step schedule: x0.1 at each of ``decay_epochs``, after a linear warm-up over ``warmup_iters``."""
     factor = 0.1 ** bisect.bisect_right(list(decay_epochs), epoch)
     if iteration < warmup_iters:

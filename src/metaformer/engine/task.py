@@ -35,6 +35,9 @@ class RunSettings:
     seed: int = 0
     amp: str = "none"  # none, bf16 or fp16 (fp16 uses a gradient scaler)
     compile: bool = False
+    # PoolFormer's blocks through the custom autograd functions of ``fast.training`` (less memory, fewer passes on
+    # some CPUs, slower on others; README "Training speed"); off: the reference modules, hooks and all.
+    custom_backward: bool = False
     channels_last: bool = True
     num_workers: int = dataclasses.field(default_factory=default_num_workers)
     progress: bool = True

@@ -13,8 +13,7 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,72 +28,11 @@ from ..data.guarded import Batch, Guarded, GuardedCollate
 from ..data.samplers import StreamSampler
 from ..errors import ConfigError, DatasetError, MetaformerError, NonFiniteLossError, RunFolderError
 from .distributed import DistributedContext, init_distributed, shutdown_distributed
+from .plan import Plan
 from .run_folder import RunFolder, random_state, set_random_state
 from .task import RunSettings, TrainingTask
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How a run's optimizer steps fall into rounds, and which rounds evaluate. A round ends at the next multiple
-    of ``round_steps`` (an epoch, or ``--eval-every`` iterations), at the end of the run, or at ``--stop-after``,
-    so a run extended or stopped anywhere continues from the step it reached."""
-
-    unit: str
-    steps_per_epoch: int
-    total_steps: int
-    round_steps: int
-    eval_every: int
-    last_step: int  # where this invocation stops: the end, or --stop-after
-
-    @classmethod
-    def make(cls, task: TrainingTask, steps_per_epoch: int) -> Plan:
-        total = task.total_steps(steps_per_epoch)
-        eval_every = task.settings.eval_every or task.default_eval_every
-        if eval_every < 1:
-            raise ConfigError(f"--eval-every must be a positive number of {task.unit}s, got {eval_every}")
-        per_unit = steps_per_epoch if task.unit == "epoch" else 1
-        round_steps = steps_per_epoch if task.unit == "epoch" else eval_every
-        stop = task.settings.stop_after
-        last = total if stop is None else min(total, stop * per_unit)
-        return cls(task.unit, steps_per_epoch, total, round_steps, eval_every, last)
-
-    def rounds_from(self, step: int) -> Iterator[tuple[int, int]]:
-        """The ``(start, stop)`` steps of each round from ``step`` to ``last_step``."""
-        while step < self.last_step:
-            stop = min((step // self.round_steps + 1) * self.round_steps, self.last_step)
-            yield step, stop
-            step = stop
-
-    @property
-    def epochs(self) -> int:
-        return -(-self.total_steps // self.steps_per_epoch)
-
-    def evaluates(self, stop: int) -> bool:
-        if self.unit == "iteration" or stop == self.total_steps:
-            return True
-        return (stop // self.steps_per_epoch) % self.eval_every == 0
-
-    def position(self, stop: int) -> dict:
-        if self.unit == "epoch":
-            return {"epoch": stop // self.steps_per_epoch}
-        return {"iteration": stop, "epoch": round(stop / self.steps_per_epoch, 3)}
-
-    def title(self, stop: int) -> str:
-        if self.unit == "epoch":
-            return f"epoch {stop // self.steps_per_epoch}/{self.epochs}"
-        return f"iterations to {stop}/{self.total_steps}"
-
-    def where(self, step: int) -> str:
-        if self.unit == "epoch":
-            return f"epoch {step // self.steps_per_epoch + 1}, step {step % self.steps_per_epoch + 1}"
-        return f"iteration {step + 1}"
-
-    def reached(self, step: int) -> str:
-        if self.unit == "epoch":
-            return f"epoch {step // self.steps_per_epoch}"
-        return f"iteration {step}"
 
 
 class Trainer:
@@ -137,10 +75,19 @@ class Trainer:
     def config_record(self, kind: str) -> dict:
         """config.json: every setting, the recipe, and what the task and the plan resolved."""
         settings = {k: v for k, v in self.settings.to_dict().items() if k != "stop_after"}
-        resolved = {**self.task.describe(), "world_size": self.context.world_size,
-                    "steps_per_epoch": self.plan.steps_per_epoch, "total_steps": self.plan.total_steps}  # fmt: skip
-        return {"task": kind, "model": self.settings.model, "settings": settings,
-                "recipe": dataclasses.asdict(self.task.recipe), "resolved": resolved}  # fmt: skip
+        resolved = {
+            **self.task.describe(),
+            "world_size": self.context.world_size,
+            "steps_per_epoch": self.plan.steps_per_epoch,
+            "total_steps": self.plan.total_steps,
+        }
+        return {
+            "task": kind,
+            "model": self.settings.model,
+            "settings": settings,
+            "recipe": dataclasses.asdict(self.task.recipe),
+            "resolved": resolved,
+        }
 
     # ------------------------------------------------------------------------------------------------ loop
 
@@ -168,22 +115,37 @@ class Trainer:
 
     def _loader(self, start: int, stop: int) -> DataLoader:
         context = self.context
-        sampler = StreamSampler(len(self.dataset), self.task.batch_size, context.rank, context.world_size,
-                                self.settings.seed, start, stop)  # fmt: skip
-        return DataLoader(Guarded(self.dataset), batch_size=self.task.batch_size, sampler=sampler,
-                          num_workers=self.settings.num_workers, collate_fn=GuardedCollate(self.task.collate),
-                          pin_memory=self.device.type == "cuda")  # fmt: skip
+        sampler = StreamSampler(
+            len(self.dataset), self.task.batch_size, context.rank, context.world_size, self.settings.seed, start, stop
+        )
+        return DataLoader(
+            Guarded(self.dataset),
+            batch_size=self.task.batch_size,
+            sampler=sampler,
+            num_workers=self.settings.num_workers,
+            collate_fn=GuardedCollate(self.task.collate),
+            pin_memory=self.device.type == "cuda",
+        )
 
     def _train_round(self, start: int, stop: int) -> dict[str, float]:
         plan = self.plan
         self.model.train()
         totals = torch.zeros(3, dtype=torch.float64)  # loss * count, count, skipped
         began = time.perf_counter()
-        autocast = (torch.autocast(self.device.type, dtype=AMP_DTYPES[self.settings.amp])
-                    if self.settings.amp != "none" else contextlib.nullcontext())  # fmt: skip
+        autocast = (
+            torch.autocast(self.device.type, dtype=AMP_DTYPES[self.settings.amp])
+            if self.settings.amp != "none"
+            else contextlib.nullcontext()
+        )
         title = plan.title(stop)
-        bar = tqdm(self._loader(start, stop), total=stop - start, desc=title, unit="batch", leave=False,
-                   disable=not self._progress)  # fmt: skip
+        bar = tqdm(
+            self._loader(start, stop),
+            total=stop - start,
+            desc=title,
+            unit="batch",
+            leave=False,
+            disable=not self._progress,
+        )
         lr = 0.0
         for offset, batch in enumerate(bar):
             step = start + offset
@@ -214,12 +176,19 @@ class Trainer:
         loss_sum, count, skipped = self.context.all_reduce_sum(totals).tolist()
         if count == 0:
             where = plan.reached(stop) if plan.unit == "epoch" else f"iterations {start + 1}-{stop}"
-            raise DatasetError(f"no training sample could be read in {where} ({int(skipped)} unreadable, see the "
-                               f"warnings above): check {self.settings.data}")  # fmt: skip
+            raise DatasetError(
+                f"no training sample could be read in {where} ({int(skipped)} unreadable, see the "
+                f"warnings above): check {self.settings.data}"
+            )
         if skipped and self.context.is_main:
             print(f"{title}: skipped {int(skipped)} unreadable image(s) (see the warnings above)")
-        return {"train_loss": loss_sum / count, "lr": lr, "images_per_s": count / elapsed, "time_s": elapsed,
-                "skipped_images": int(skipped)}  # fmt: skip
+        return {
+            "train_loss": loss_sum / count,
+            "lr": lr,
+            "images_per_s": count / elapsed,
+            "time_s": elapsed,
+            "skipped_images": int(skipped),
+        }
 
     def _warn_skipped(self, messages: list[str]) -> None:
         for message in messages:
@@ -269,8 +238,9 @@ class Trainer:
         self.context.raise_together(failure, "writing the run's files")
         if self.context.is_main:
             record = self.records[-1]
-            print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()),
-                  flush=True)  # fmt: skip
+            print(
+                "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()), flush=True
+            )
 
     def _write_files(self, step: int, is_best: bool, rng_states: list) -> None:
         output = self.folder.path
@@ -279,26 +249,30 @@ class Trainer:
             self.task.save_weights(self.ema.module, output / "last_ema.safetensors")
         if is_best:
             self.task.save_weights(self.module, output / "best.safetensors")
-        self.folder.save_state({
-            "step": step,
-            "round": len(self.records),
-            "model": self.module.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "best": self.best,
-            "records": self.records,
-            "steps_per_epoch": self.plan.steps_per_epoch,
-            "rng": rng_states,
-        })  # fmt: skip
+        self.folder.save_state(
+            {
+                "step": step,
+                "round": len(self.records),
+                "model": self.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "best": self.best,
+                "records": self.records,
+                "steps_per_epoch": self.plan.steps_per_epoch,
+                "rng": rng_states,
+            }
+        )
         self.folder.write_metrics(self.records, self.plan.unit)
 
     def load_state(self) -> None:
         """Continue from the run folder's last.state.pt: weights, optimizer, random streams and the step reached."""
         state = self.folder.load_state(self.device)
         if "step" not in state:
-            raise RunFolderError(f"{self.folder.path}: the training state was written by another version of "
-                                 "metaformer train; it cannot be resumed")  # fmt: skip
+            raise RunFolderError(
+                f"{self.folder.path}: the training state was written by another version of "
+                "metaformer train; it cannot be resumed"
+            )
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -308,9 +282,12 @@ class Trainer:
         self.start_step = state["step"]
         plan = self.plan
         if state["steps_per_epoch"] != plan.steps_per_epoch:
-            warnings.warn(f"the training set changed since the run started ({state['steps_per_epoch']} steps per "
-                          f"epoch, now {plan.steps_per_epoch}): the continuation is not the run it would have "
-                          "been", stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"the training set changed since the run started ({state['steps_per_epoch']} steps per "
+                f"epoch, now {plan.steps_per_epoch}): the continuation is not the run it would have "
+                "been",
+                stacklevel=2,
+            )
             if plan.unit == "epoch":  # the epochs done stay done
                 self.start_step = state["step"] // state["steps_per_epoch"] * plan.steps_per_epoch
         saved = state["rng"]
@@ -321,9 +298,12 @@ class Trainer:
             torch.manual_seed(self.settings.seed + 1_000_003 * self.start_step + self.context.rank)
             random.seed(self.settings.seed + 1_000_003 * self.start_step + self.context.rank)
             if self.context.is_main:
-                warnings.warn(f"the run was saved by {len(saved)} process(es) and resumes with "
-                              f"{self.context.world_size}: each process draws a new random stream, so the "
-                              "continuation is not bit-identical", stacklevel=2)  # fmt: skip
+                warnings.warn(
+                    f"the run was saved by {len(saved)} process(es) and resumes with "
+                    f"{self.context.world_size}: each process draws a new random stream, so the "
+                    "continuation is not bit-identical",
+                    stacklevel=2,
+                )
         _on_main(self.context, self._heal_folder)
         if self.context.is_main:
             self._say_if_idle()
@@ -337,8 +317,11 @@ class Trainer:
         plan, path = self.plan, self.folder.path
         more = "--epochs" if plan.unit == "epoch" else "--iterations"
         if self.start_step >= plan.total_steps:
-            print(f"{path}: the run had already finished at {plan.reached(self.start_step)} (its log and plot are up "
-                  f"to date); pass a larger {more} with --resume to extend it", flush=True)  # fmt: skip
+            print(
+                f"{path}: the run had already finished at {plan.reached(self.start_step)} (its log and plot are up "
+                f"to date); pass a larger {more} with --resume to extend it",
+                flush=True,
+            )
         elif self.start_step >= plan.last_step:
             print(
                 f"{path}: the run is already at {plan.reached(self.start_step)}, beyond --stop-after "
@@ -347,8 +330,14 @@ class Trainer:
             )
 
 
-def run_training(make_task: Callable[[DistributedContext], TrainingTask], settings: RunSettings, kind: str, *,
-                 resume: bool = False, force: bool = False) -> list[dict]:  # fmt: skip
+def run_training(
+    make_task: Callable[[DistributedContext], TrainingTask],
+    settings: RunSettings,
+    kind: str,
+    *,
+    resume: bool = False,
+    force: bool = False,
+) -> list[dict]:
     """Start (or resume) the run ``make_task`` describes in ``settings.output``, in one process or under torchrun."""
     context = init_distributed(settings.device)
     try:

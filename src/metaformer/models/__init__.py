@@ -1,12 +1,3 @@
-from .metaformer import MetaFormer, MetaFormerConfig, MetaFormerFeatures
-from .zoo import ModelSpec, get_spec, list_models, resolve_config
-
-__all__ = [
-    "MetaFormer",
-    "MetaFormerConfig",
-    "MetaFormerFeatures",
-    "ModelSpec",
-    "get_spec",
-    "list_models",
-    "resolve_config",
-]
+"""The reference model: the MetaFormer's configuration, layers, token mixers, blocks, classifier and backbone, the
+dense models on it, the registry of named variants (``zoo.py``) and the records of their weights
+(``pretrained.py``). ``config``, ``zoo`` and ``pretrained`` import no torch."""

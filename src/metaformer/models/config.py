@@ -1,61 +1,117 @@
-"""What defines a MetaFormer's architecture, and the preprocessing it was trained with."""
+"""What defines a MetaFormer's architecture: the shapes of its weights and the computation of its forward pass.
+
+Nothing here imports torch, so the zoo can be listed and described without it. Names (blocks, mixers, norms,
+activations) are checked when a model is built, against the registries that ``blocks.py``, ``mixers.py`` and
+``layers.py`` fill (user code can add to them).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 
 from ..errors import ConfigError
-from .layers import ACTIVATIONS, NORMS
-from .mixers import MIXERS
 
 STEM = (7, 4, 2)  # kernel, stride, padding of the patch embedding
 DOWNSAMPLE = (3, 2, 1)  # the same for the embedding between stages
 MIN_INPUT_SIDE = 32
 HEADS = ("poolformer", "linear", "mlp")
+INITS = ("poolformer", "baselines")
+# The fields with one entry per stage.
+PER_STAGE = ("depths", "widths", "blocks", "mixers", "mixer_settings", "pos_embed", "res_scale_init")
+# The fields a checkpoint must agree with to be this architecture's (the others are sizes and training settings).
+STRUCTURE = (*PER_STAGE, "norm", "act", "mlp_ratio", "mlp_bias", "stem_norm", "downsample_norm", "head", "in_chans")
+
+
+class Settings(Mapping):
+    """A mixer's keyword arguments: an immutable, hashable mapping (configs are hashable, and cached by)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping | None = None) -> None:
+        values = dict(items or {})
+        if not all(isinstance(key, str) for key in values):
+            raise ConfigError(f"mixer settings are keyword arguments: names must be strings, got {list(values)}")
+        self._items = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in values.items()))
+
+    def __getitem__(self, key: str) -> object:
+        for name, value in self._items:
+            if name == key:
+                return value
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        return dict(self) == dict(other) if isinstance(other, Mapping) else NotImplemented
+
+    def __repr__(self) -> str:
+        return repr(dict(self._items))
+
+
+def registrar(table: dict[str, type], what: str, name: str) -> Callable[[type], type]:
+    """The decorator that registers a class in ``table`` under ``name`` (a token mixer, a block kind)."""
+
+    def register(cls: type) -> type:
+        if name in table and table[name] is not cls:
+            raise ConfigError(f"a {what} is already registered as {name!r} ({table[name].__qualname__})")
+        table[name] = cls
+        return cls
+
+    return register
 
 
 @dataclass(frozen=True)
 class MetaFormerConfig:
-    """Everything that defines a MetaFormer's architecture, and the preprocessing it was trained with."""
+    """A MetaFormer's architecture. The per-stage fields have one entry per stage.
+
+    ``blocks`` names each stage's block kind (``metaformer``: the two-branch block; ``mixer_only`` and
+    ``no_residual``: two ablations), ``mixers`` its token mixer and ``mixer_settings`` the mixer's keyword
+    arguments (a mixer is built as ``cls(dim, **settings)``). A single mapping for ``mixer_settings`` applies to every
+    stage. Preprocessing (crop, mean, std) and class names are not architecture: they are in the model's
+    ``pretrained_cfg``.
+    """
 
     depths: tuple[int, ...] = (2, 2, 6, 2)
     widths: tuple[int, ...] = (64, 128, 320, 512)
+    blocks: tuple[str, ...] = ("metaformer",) * 4
     mixers: tuple[str, ...] = ("pooling",) * 4
-    pool_size: int = 3
+    mixer_settings: tuple[Settings, ...] = (Settings(),) * 4
     norm: str = "groupnorm"
     act: str = "gelu"
     mlp_ratio: float = 4.0
-    layer_scale_init: float | None = 1e-5
+    mlp_bias: bool = True  # the Baselines' MLPs have no biases
+    layer_scale_init: float | None = 1e-5  # PoolFormer's per-channel scale of each branch
+    res_scale_init: tuple[float | None, ...] = (None,) * 4  # the Baselines': a learnable scale of each residual
     pos_embed: tuple[bool, ...] = (False,) * 4
-    residual: bool = True
-    use_mlp: bool = True
-    num_classes: int = 1000
-    in_chans: int = 3
-    image_size: int = 224
-    drop_rate: float = 0.0
-    drop_path_rate: float = 0.0
-    crop_pct: float = 0.9
-    # What the Baselines (Yu et al., TPAMI 2024) changed; the defaults are PoolFormer v1's.
-    res_scale_init: tuple[float | None, ...] = (None,) * 4  # a learnable per-channel scale of each residual
-    bias: bool = True  # biases in the MLP's and the mixers' pointwise layers (the Baselines have none)
-    stem_norm: str = "none"  # a norm after the stem convolution
-    downsample_norm: str = "none"  # a norm before each downsampling convolution
+    stem_norm: str = "none"  # the Baselines: a norm after the stem convolution
+    downsample_norm: str = "none"  # ... and before each downsampling convolution
     head: str = "poolformer"  # poolformer: norm, pool, linear; linear: pool, LayerNorm, linear; mlp: ... MLP head
     head_dropout: float = 0.0  # before the MLP head's last layer
     init: str = "poolformer"  # truncated normal for linear maps and the MLP's convolutions; baselines: every conv
-    labels: tuple[str, ...] | None = field(default=None, compare=False)
+    num_classes: int = 1000
+    in_chans: int = 3
+    image_size: int = 224  # the size the model is built for (fixed-grid mixers and position tables depend on it)
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
 
     def __post_init__(self) -> None:
+        settings = self.mixer_settings
+        if isinstance(settings, Mapping):
+            settings = (settings,) * len(self.depths)
+        object.__setattr__(self, "mixer_settings", tuple(Settings(s) for s in settings))
         stages = len(self.depths)
-        for name in ("widths", "mixers", "pos_embed", "res_scale_init"):
+        for name in PER_STAGE:
             if len(getattr(self, name)) != stages:
                 raise ConfigError(f"{name} has {len(getattr(self, name))} entries but depths has {stages}")
-        unknown = [m for m in self.mixers if m not in MIXERS]
-        if unknown:
-            raise ConfigError(f"unknown token mixer(s) {unknown}; choose from {list(MIXERS)}")
-        if self.labels is not None and len(self.labels) != self.num_classes:
-            raise ConfigError(f"{len(self.labels)} labels given for {self.num_classes} classes")
         if self.num_classes < 0:
             raise ConfigError(f"num_classes must be >= 0 (0: no head), got {self.num_classes}")
         for name in ("drop_rate", "drop_path_rate", "head_dropout"):
@@ -65,16 +121,10 @@ class MetaFormerConfig:
             raise ConfigError(f"head_dropout applies to the MLP head only; this model's head is {self.head!r}")
         if self.image_size < MIN_INPUT_SIDE:
             raise ConfigError(f"image_size must be >= {MIN_INPUT_SIDE}, got {self.image_size}")
-        if self.pool_size < 1 or self.pool_size % 2 == 0:
-            raise ConfigError(f"pool_size must be odd and positive to keep the token grid, got {self.pool_size}")
-        for name in ("norm", "stem_norm", "downsample_norm"):
-            if getattr(self, name) not in NORMS:
-                raise ConfigError(f"{name} must be one of {sorted(NORMS)}, got {getattr(self, name)!r}")
-        if self.act not in ACTIVATIONS:
-            raise ConfigError(f"act must be one of {sorted(ACTIVATIONS)}, got {self.act!r}")
-        if self.head not in HEADS or self.init not in ("poolformer", "baselines"):
-            raise ConfigError(f"head must be one of {HEADS} and init poolformer or baselines, got {self.head!r}, "
-                              f"{self.init!r}")  # fmt: skip
+        if self.head not in HEADS:
+            raise ConfigError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.init not in INITS:
+            raise ConfigError(f"init must be one of {INITS}, got {self.init!r}")
 
     def stage_grids(self, image_size: int | None = None) -> list[tuple[int, int]]:
         """Token grid (H, W) of each stage for a square input of ``image_size``."""
@@ -92,17 +142,18 @@ class MetaFormerConfig:
         head that pools before its norm is theirs alone."""
         return self.head != "poolformer"
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def first_stages(self, count: int) -> MetaFormerConfig:
+        """The architecture of the first ``count`` stages (a model pruned for its intermediate features)."""
+        return dataclasses.replace(self, **{name: getattr(self, name)[:count] for name in PER_STAGE})
 
-    @classmethod
-    def from_dict(cls, data: dict) -> MetaFormerConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"unknown MetaFormerConfig field(s) {unknown}")
-        tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
-        return cls(**{**data, **tuples})
+    def replace(self, **changes: object) -> MetaFormerConfig:
+        """This architecture with some fields changed (checked again, as a new config)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["mixer_settings"] = [dict(s) for s in self.mixer_settings]
+        return values
 
 
 def class_layer(config: MetaFormerConfig) -> str:

@@ -1,4 +1,5 @@
-"""Building blocks shared by every MetaFormer: norms, activations, the channel MLP and the embeddings."""
+"""Building blocks shared by every MetaFormer: norms, activations, scales, stochastic depth, the channel MLP, the
+embeddings and the heads."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..errors import ConfigError
 
 NormFactory = Callable[[int], nn.Module]
 
@@ -87,14 +90,55 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "si
 
 def make_norm(kind: str, num_channels: int) -> nn.Module:
     if kind not in NORMS:
-        raise ValueError(f"unknown norm {kind!r}; choose one of {sorted(NORMS)}")
+        raise ConfigError(f"norm must be one of {sorted(NORMS)}, got {kind!r}")
     return NORMS[kind](num_channels)
 
 
 def make_activation(kind: str) -> nn.Module:
     if kind not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {kind!r}; choose one of {sorted(ACTIVATIONS)}")
+        raise ConfigError(f"act must be one of {sorted(ACTIVATIONS)}, got {kind!r}")
     return ACTIVATIONS[kind]()
+
+
+class Scale(nn.Module):
+    """A learnable per-channel scale of a ``[B, C, H, W]`` map: PoolFormer's layer scale, the Baselines' residual
+    scale."""
+
+    def __init__(self, dim: int, init: float) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((dim,), float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale.view(1, -1, 1, 1)
+
+
+def scale_or_identity(dim: int, init: float | None) -> nn.Module:
+    return nn.Identity() if init is None else Scale(dim, init)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: in training, each sample's branch is dropped with probability ``p`` and the others scaled
+    by ``1 / (1 - p)``; the identity otherwise."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def sample_scale(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The per-sample factor ``[B, 1, 1, 1]`` of this call, or None when nothing is dropped. The fast training
+        functions draw theirs here, so both paths consume the random stream alike."""
+        if not (self.training and self.p > 0):
+            return None
+        keep = 1.0 - self.p
+        noise = torch.empty((x.shape[0], 1, 1, 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
+        return noise.div_(keep) if keep > 0 else noise
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.sample_scale(x)
+        return x if scale is None else x * scale
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class ConvMlp(nn.Module):
@@ -115,8 +159,17 @@ class ConvEmbed(nn.Module):
     """Patch embedding and between-stage downsampling: one strided convolution, in the Baselines with a norm
     after it (the stem) or before it (downsampling)."""
 
-    def __init__(self, in_dim: int, out_dim: int, kernel_size: int, stride: int, padding: int, *,
-                 norm: str = "none", norm_first: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        *,
+        norm: str = "none",
+        norm_first: bool = False,
+    ) -> None:
         super().__init__()
         self.norm_first = norm_first
         self.norm = None if norm == "none" else make_norm(norm, in_dim if norm_first else out_dim)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .config import registrar
 from .layers import StarReLU
 
 
@@ -19,7 +20,7 @@ class Pooling(nn.Module):
 
     def __init__(self, dim: int, pool_size: int = 3) -> None:
         super().__init__()
-        if pool_size % 2 != 1:
+        if pool_size < 1 or pool_size % 2 != 1:
             raise ValueError(f"pool_size must be odd to keep the token grid, got {pool_size}")
         self.pool = nn.AvgPool2d(pool_size, stride=1, padding=pool_size // 2, count_include_pad=False)
 
@@ -60,6 +61,8 @@ class RandomMixing(nn.Module):
     Kept as a parameter that never trains so checkpoints carry it and parameter counts include it.
     """
 
+    fixed_grid: ClassVar[bool] = True
+
     def __init__(self, dim: int, grid: tuple[int, int]) -> None:
         super().__init__()
         self.grid = tuple(grid)
@@ -74,6 +77,8 @@ class RandomMixing(nn.Module):
 
 class SpatialFc(nn.Module):
     """Spatial MLP mixer: one bias-free linear layer over the tokens of each channel (official ``SpatialFc``)."""
+
+    fixed_grid: ClassVar[bool] = True
 
     def __init__(self, dim: int, grid: tuple[int, int]) -> None:
         super().__init__()
@@ -106,6 +111,9 @@ class Attention(nn.Module):
     """Multi-head self-attention over the ``H*W`` tokens, heads of ``head_dim`` channels, no position embedding
     (PoolFormer's hybrids: a bias in the output projection; CAFormer: none)."""
 
+    # It mixes a sequence of tokens: timm runs the stages of such mixers channels-last, with nn.Linear MLPs.
+    sequence_mixer: ClassVar[bool] = True
+
     def __init__(self, dim: int, head_dim: int = 32, proj_bias: bool = True, attn_drop: float = 0.0) -> None:
         super().__init__()
         if dim % head_dim != 0:
@@ -127,31 +135,42 @@ class Attention(nn.Module):
         return out.transpose(1, 2).reshape(batch, channels, height, width)
 
 
-@dataclass(frozen=True)
-class MixerSite:
-    """Where a mixer is built: its stage's width and token grid, and the model's settings mixers read."""
+def register_mixer(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Register a token mixer class under ``name``, for ``MetaFormerConfig.mixers`` (also from user code).
 
-    dim: int
-    grid: tuple[int, int]
-    pool_size: int = 3
-    bias: bool = True
-
-
-# A token mixer is a class and one line here.
-MIXER_BUILDERS: dict[str, Callable[[MixerSite], nn.Module]] = {
-    "pooling": lambda site: Pooling(site.dim, site.pool_size),
-    "identity": lambda site: IdentityMixer(site.dim),
-    "random": lambda site: RandomMixing(site.dim, site.grid),
-    "dwconv": lambda site: DepthwiseConv(site.dim),
-    "attention": lambda site: Attention(site.dim, proj_bias=site.bias),
-    "spatial_mlp": lambda site: SpatialFc(site.dim, site.grid),
-    "sepconv": lambda site: SepConv(site.dim, bias=site.bias),
-}
-MIXERS = tuple(MIXER_BUILDERS)
+    A stage builds it as ``cls(dim, **settings)``: ``dim`` the stage's width, ``settings`` the config's
+    ``mixer_settings`` of that stage, and ``grid=(H, W)``, the stage's token grid, when the class says
+    ``fixed_grid = True`` (a mixer holding a matrix over the tokens, which takes only the size it was built for).
+    """
+    return registrar(MIXERS, "token mixer", name)
 
 
-def make_mixer(kind: str, dim: int, grid: tuple[int, int], *, pool_size: int = 3, bias: bool = True) -> nn.Module:
-    """Build the mixer ``kind`` for a stage of width ``dim`` whose token grid is ``grid`` (for fixed-size mixers)."""
-    if kind not in MIXER_BUILDERS:
-        raise ValueError(f"unknown token mixer {kind!r}; choose one of {list(MIXERS)}")
-    return MIXER_BUILDERS[kind](MixerSite(dim, tuple(grid), pool_size, bias))
+MIXERS: dict[str, type[nn.Module]] = {}
+for _name, _class in {
+    "pooling": Pooling,
+    "identity": IdentityMixer,
+    "random": RandomMixing,
+    "dwconv": DepthwiseConv,
+    "attention": Attention,
+    "spatial_mlp": SpatialFc,
+    "sepconv": SepConv,
+}.items():
+    register_mixer(_name)(_class)
+
+
+def mixer_class(kind: str) -> type[nn.Module]:
+    if kind not in MIXERS:
+        raise ConfigError(
+            f"unknown token mixer {kind!r}; choose one of {list(MIXERS)} or register one (metaformer.register_mixer)"
+        )
+    return MIXERS[kind]
+
+
+def make_mixer(kind: str, dim: int, grid: tuple[int, int], settings: Mapping[str, object]) -> nn.Module:
+    """The mixer ``kind`` for a stage of width ``dim`` whose token grid is ``grid``, built with ``settings``."""
+    cls = mixer_class(kind)
+    extra = {"grid": tuple(grid)} if getattr(cls, "fixed_grid", False) else {}
+    try:
+        return cls(dim, **settings, **extra)
+    except (TypeError, ValueError) as error:  # an unknown or impossible setting: say which mixer and stage
+        raise ConfigError(f"token mixer {kind!r} ({cls.__name__}) with settings {dict(settings)}: {error}") from error

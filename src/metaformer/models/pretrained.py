@@ -1,6 +1,10 @@
-"""The released weights of the PoolFormers and the MetaFormer Baselines, one tag per file, spelled as timm spells
-them (``caformer_s18.sail_in22k_ft_in1k_384``): where each file lives, how it was evaluated, and what the papers
-report.
+"""One record per set of weights (``PretrainedCfg``): where it lives, how it is evaluated, its classes, its license
+and what the papers report. The released weights of the PoolFormers and the MetaFormer Baselines have one tag per
+file, spelled as timm spells them (``caformer_s18.sail_in22k_ft_in1k_384``); the official hybrids have one untagged
+file each.
+
+Every built model carries such a record as ``model.pretrained_cfg`` (a release's, or its architecture's with what a
+checkpoint says), which the processor, ``info``, the Hugging Face and timm folder writers and the service read.
 
 The official files (sail-sg/metaformer) are plain state_dicts on Hugging Face (``huggingface.co/sail/dl``); timm's
 copies (``timm/<arch>.<tag>``) are safetensors. Every tag is evaluated at its input size with crop_pct 1.0,
@@ -10,8 +14,11 @@ own terms are for non-commercial research).
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from ..data.imagenet import IMAGENET_MEAN, IMAGENET_STD, class_names
 from ..errors import ConfigError
 
 OFFICIAL_HOST = "https://huggingface.co/sail/dl/resolve/main/"
@@ -64,59 +71,190 @@ POOLFORMER = {
     "poolformer_m36": (82.1, 8.8, 0.95),
     "poolformer_m48": (82.5, 11.6, 0.95),
 }
+# The official hybrid and identity models of Table 5 (sail-sg/poolformer, one untagged file each) and their
+# evaluation crop (the official code's default_cfgs).
+HYBRIDS = {
+    "metaformer_id_s12": 0.9,
+    "metaformer_pppa_s12_224": 0.95,
+    "metaformer_ppaa_s12_224": 0.95,
+    "metaformer_pppf_s12_224": 0.9,
+    "metaformer_ppff_s12_224": 0.95,
+}
 
 
-@dataclass(frozen=True)
-class Pretrained:
-    """One released set of weights of an architecture."""
+class Recorded:
+    """What a model with a ``pretrained_cfg`` record answers from it: its architecture's name and its classes'."""
 
-    arch: str
-    tag: str
-    url: str  # the official file (a plain state_dict in the official format)
-    hf_hub_id: str | None  # timm's safetensors copy on the Hugging Face Hub
-    image_size: int
-    num_classes: int
-    top1: float | None  # the paper's ImageNet-1k top-1, %
-    macs_g: float | None  # the paper's MACs at image_size
-    crop_pct: float = 1.0
-    interpolation: str = "bicubic"
-    license: str = "apache-2.0"
+    pretrained_cfg: PretrainedCfg
 
     @property
     def name(self) -> str:
-        return f"{self.arch}.{self.tag}"
+        """The registered architecture (empty for a model built from a bare config)."""
+        return self.pretrained_cfg.architecture
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.pretrained_cfg.labels
 
 
-def _releases() -> dict[str, Pretrained]:
-    releases = {}
+@dataclass(frozen=True)
+class PretrainedCfg(Mapping):
+    """What a model's weights are, where they come from and how they are evaluated, with timm's key names
+    (``cfg["crop_pct"]`` works as for timm's ``pretrained_cfg``)."""
+
+    architecture: str
+    tag: str | None = None  # the release, as timm spells it (sail_in1k_384); None: untagged, or no release
+    url: str | None = None  # the official file (a plain state_dict in the official format)
+    hf_hub_id: str | None = None  # timm's safetensors copy on the Hugging Face Hub
+    hf_transformers_id: str | None = None  # the Hugging Face transformers copy (PoolFormer v1)
+    timm_architecture: str | None = None  # the same architecture in timm, where timm has it
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    crop_pct: float = 0.9
+    interpolation: str = "bicubic"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    num_classes: int = 1000
+    label_names: tuple[str, ...] | None = None  # None: ImageNet-1k's names for 1000 classes, else class_<i>
+    license: str | None = None
+    top1: float | None = None  # the paper's ImageNet-1k top-1, %
+    macs_g: float | None = None  # the paper's MACs at the input size
+
+    def __post_init__(self) -> None:
+        if not 0 < self.crop_pct <= 1:
+            raise ConfigError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        if self.label_names is not None:
+            object.__setattr__(self, "label_names", tuple(self.label_names))
+            if len(self.label_names) != self.num_classes:
+                raise ConfigError(f"{len(self.label_names)} class names given for {self.num_classes} classes")
+
+    @property
+    def name(self) -> str:
+        return f"{self.architecture}.{self.tag}" if self.tag else self.architecture
+
+    @property
+    def image_size(self) -> int:
+        return self.input_size[-1]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The class names: the record's own, else ImageNet-1k's for 1000 classes, else ``class_<i>``."""
+        return class_names(self.num_classes, self.label_names)
+
+    @property
+    def has_weights(self) -> bool:
+        return self.url is not None or self.hf_hub_id is not None
+
+    def replace(self, **changes: object) -> PretrainedCfg:
+        return dataclasses.replace(self, **changes)
+
+    def without_weights(self) -> PretrainedCfg:
+        """The record of a model of this architecture and evaluation whose weights are not the release's."""
+        return self.replace(
+            tag=None, url=None, hf_hub_id=None, hf_transformers_id=None, license=None, top1=None, macs_g=None
+        )
+
+    def __getitem__(self, key: str) -> object:
+        if key not in self._keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+    @classmethod
+    def _keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def to_dict(self) -> dict:
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in zip(self, self.values(), strict=True)
+        }
+
+
+def _releases() -> dict[str, PretrainedCfg]:
+    releases = []
     for arch, (top1, macs, crop_pct) in POOLFORMER.items():
-        release = Pretrained(arch, "sail_in1k", f"{POOLFORMER_HOST}{arch}.pth.tar", f"timm/{arch}.sail_in1k", 224, 1000,
-                             top1, macs, crop_pct)  # fmt: skip
-        releases[release.name] = release
+        releases.append(
+            PretrainedCfg(
+                arch,
+                "sail_in1k",
+                f"{POOLFORMER_HOST}{arch}.pth.tar",
+                f"timm/{arch}.sail_in1k",
+                f"sail/{arch}",
+                arch,
+                crop_pct=crop_pct,
+                license="apache-2.0",
+                top1=top1,
+                macs_g=macs,
+            )
+        )
+    for arch, crop_pct in HYBRIDS.items():
+        releases.append(
+            PretrainedCfg(arch, None, f"{POOLFORMER_HOST}{arch}.pth.tar", crop_pct=crop_pct, license="apache-2.0")
+        )
     for arch, (top1s, (macs_224, macs_384)) in PAPER.items():
         family = arch.split("_")[0]
+        in_timm = family in IN_TIMM
         for (tag, (suffix, size, classes)), top1 in zip(TAG_KINDS.items(), top1s, strict=False):
-            hub = f"timm/{arch}.{tag}" if family in IN_TIMM else None
-            release = Pretrained(arch, tag, f"{OFFICIAL_HOST}{family}/{arch}{suffix}.pth", hub, size, classes, top1,
-                                 macs_384 if size == 384 else macs_224)  # fmt: skip
-            releases[release.name] = release
-    return releases
+            releases.append(
+                PretrainedCfg(
+                    arch,
+                    tag,
+                    f"{OFFICIAL_HOST}{family}/{arch}{suffix}.pth",
+                    f"timm/{arch}.{tag}" if in_timm else None,
+                    None,
+                    arch if in_timm else None,
+                    (3, size, size),
+                    crop_pct=1.0,
+                    num_classes=classes,
+                    license="apache-2.0",
+                    top1=top1,
+                    macs_g=macs_384 if size == 384 else macs_224,
+                )
+            )
+    return {release.name: release for release in releases}
 
 
 RELEASES = _releases()
+TAGGED = [release for release in RELEASES.values() if release.tag]
 
 
-def releases_of(arch: str) -> list[Pretrained]:
+def releases_of(arch: str) -> list[PretrainedCfg]:
     """The released weights of ``arch``, the default (ImageNet-1k at 224) first."""
-    return [r for r in RELEASES.values() if r.arch == arch]
+    return [r for r in RELEASES.values() if r.architecture == arch]
 
 
-def split_tag(name: str) -> tuple[str, Pretrained | None]:
+def release_of(arch: str, tag: str | None = None) -> PretrainedCfg:
+    """The release ``tag`` of ``arch``, or its first (ImageNet-1k at 224) without a tag; an error naming what there
+    is otherwise."""
+    releases = releases_of(arch)
+    if not releases:
+        raise ConfigError(f"{arch} has no released weights; train it or pass checkpoint=PATH (--checkpoint PATH)")
+    if tag is None:
+        return releases[0]
+    if releases[0].tag is None:
+        raise ConfigError(f"{arch} has one release, without tags; pass pretrained=True (--pretrained)")
+    return split_tag(f"{arch}.{tag}")[1]
+
+
+def default_cfg(arch: str, image_size: int = 224, in_chans: int = 3) -> PretrainedCfg:
+    """The record of a model of ``arch`` without released weights: its release's evaluation settings (and what
+    timm calls it), else PoolFormer's (crop 0.9, bicubic, ImageNet mean and std)."""
+    releases = releases_of(arch)
+    record = releases[0].without_weights() if releases else PretrainedCfg(arch)
+    return record.replace(input_size=(in_chans, image_size, image_size), num_classes=1000)
+
+
+def split_tag(name: str) -> tuple[str, PretrainedCfg | None]:
     """The architecture of ``name`` and the release its tag names (``caformer_s18.sail_in1k_384``), if any."""
     arch, _, tag = name.partition(".")
     if not tag:
         return arch, None
     if name not in RELEASES:
-        known = ", ".join(r.tag for r in releases_of(arch)) or "none tagged"
+        known = ", ".join(r.tag for r in releases_of(arch) if r.tag) or "none tagged"
         raise ConfigError(f"{arch} has no release {tag!r}; its releases: {known}")
     return arch, RELEASES[name]

@@ -19,8 +19,10 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from ..errors import ImageLoadError
+from ..task_table import task as task_entry
+from ..tasks.drawing import to_base64
 from .batching import Batcher, Stopped
-from .inference import Classifier, Detector, Segmenter, decode, to_base64
+from .inference import MAX_DENSE_SIDE, decode
 from .limits import BodyLimit, UploadTooLarge
 
 FIELD = "image"  # the multipart form field that carries the image
@@ -47,12 +49,13 @@ def create_app(
     not). ``explain_model``: the unfused classifier, for Grad-CAM (``?cam=1``); ``parameters``: the count /info
     shows (default: ``model``'s, which fusing lowers). Classifier requests that arrive within ``max_wait_ms`` of
     each other run as one batch of up to ``max_batch``; dense models run one photo at a time."""
-    task = getattr(model, "task", "classification")
-    if task == "classification":
-        runner: Classifier | Segmenter | Detector = Classifier(model, explain_model)
+    task = model.task
+    entry = task_entry(task)
+    predictor = entry.load("predictor")  # the one `predict`, `segment` and `detect` run
+    runner = predictor(model, explain_model=explain_model) if "cam" in predictor.queries else predictor(model)
+    if runner.batching:
         batcher = Batcher(runner.classify, max_batch, max_wait_ms / 1000)
     else:
-        runner = Segmenter(model) if task == "segmentation" else Detector(model)
         batcher = Batcher(lambda jobs: [job() for job in jobs], 1, 0.0)  # photos of different sizes: one at a time
     cam_lock = asyncio.Lock()  # Grad-CAM runs beside the batches; one at a time keeps the CPU for them
 
@@ -66,18 +69,19 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=int(max_upload_mb * 2**20))
     _add_error_handlers(app)
     info = {
-        "model": name or getattr(model, "name", None) or type(model).__name__,
+        "model": name or model.name,
         "task": task,
         "classes": runner.labels,
         "parameters": parameters if parameters is not None else sum(p.numel() for p in model.parameters()),
         "device": str(next(model.parameters()).device),
-        "image_size": runner.input_size if isinstance(runner, Classifier) else model.input_settings(),
+        "image_size": runner.input_size if runner.batching else model.input_settings(),
+        "pretrained_cfg": model.pretrained_cfg.to_dict(),
         "fused": bool(getattr(model, "is_fused", False)),
         "batching": runner.batching,
         "max_batch": max_batch if runner.batching else 1,
         "max_wait_ms": max_wait_ms if runner.batching else 0,
         "max_upload_mb": max_upload_mb,
-        "grad_cam": isinstance(runner, Classifier) and runner.explain_model is not None,
+        "grad_cam": getattr(runner, "explain_model", None) is not None,
     }
     page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
 
@@ -91,9 +95,14 @@ def create_app(
 
     @app.get("/info")
     async def get_info() -> dict:
-        return {**info, "batches_run": batcher.batches_run, "images_run": batcher.items_run,
-                "largest_batch": batcher.largest_batch, "arriving": batcher.arriving_now,
-                "waiting": batcher.waiting}  # fmt: skip
+        return {
+            **info,
+            "batches_run": batcher.batches_run,
+            "images_run": batcher.items_run,
+            "largest_batch": batcher.largest_batch,
+            "arriving": batcher.arriving_now,
+            "waiting": batcher.waiting,
+        }
 
     @app.post("/predict")
     async def predict(
@@ -103,10 +112,10 @@ def create_app(
         png: bool = Query(False, description="add the overlay or detections picture (dense models)"),
         score_threshold: float | None = Query(None, ge=0, le=1, description="detections at least this (default 0.5)"),
     ) -> dict:
-        _refuse_foreign(task, topk=topk, cam=cam, png=png, score_threshold=score_threshold)
+        _refuse_foreign(entry.title, runner.queries, topk=topk, cam=cam, png=png, score_threshold=score_threshold)
         if cam and not info["grad_cam"]:
             raise BadRequest("this server has no unfused model for Grad-CAM (it was given a fused model only)")
-        if isinstance(runner, Classifier):
+        if runner.batching:
             with batcher.arriving():  # a batch being gathered waits for this request
                 data, path = await _read_upload(request)
                 image = await asyncio.to_thread(_decode, data, path)
@@ -119,24 +128,19 @@ def create_app(
             return result
         data, path = await _read_upload(request)
         image = await asyncio.to_thread(_decode, data, path)
-        if isinstance(runner, Segmenter):
-            found = await _submit(batcher, lambda: runner.run(image, png))
-        else:
-            threshold = 0.5 if score_threshold is None else score_threshold
-            found = await _submit(batcher, lambda: runner.run(image, png, threshold))
+        asked = {"png": png, "score_threshold": score_threshold}
+        options = {key: value for key, value in asked.items() if key in runner.queries}
+        found = await _submit(batcher, lambda: runner.respond(image, MAX_DENSE_SIDE, **options))
         return {"path": path, **found}
 
     return app
 
 
-def _refuse_foreign(task: str, **given: object) -> None:
-    """A query setting the model's task does not use is refused, not silently ignored."""
-    users = {"topk": ("classification",), "cam": ("classification",), "png": ("segmentation", "detection",
-             "instance_segmentation"), "score_threshold": ("detection", "instance_segmentation")}  # fmt: skip
-    foreign = [key for key, value in given.items() if value not in (None, False) and task not in users[key]]
+def _refuse_foreign(title: str, queries: tuple[str, ...], **given: object) -> None:
+    """A query setting the model's predictor does not take is refused, not silently ignored."""
+    foreign = [key for key, value in given.items() if value not in (None, False) and key not in queries]
     if foreign:
-        raise BadRequest(f"{', '.join(foreign)} is not used for a {task.replace('_', ' ')} model (topk and cam: "
-                         "classifiers; png: segmentation and detection; score_threshold: detection)")  # fmt: skip
+        raise BadRequest(f"{', '.join(foreign)} is not used for a {title} model (it takes {', '.join(queries)})")
 
 
 async def _submit(batcher: Batcher, item: object) -> object:
@@ -153,7 +157,7 @@ def _decode(data: bytes, path: str) -> Image.Image:
         raise BadRequest(f"{path}: {error.reason}") from error
 
 
-def _prepare(runner: Classifier, image: Image.Image, path: str) -> torch.Tensor:
+def _prepare(runner: object, image: Image.Image, path: str) -> torch.Tensor:
     try:
         return runner.prepare(image, path)
     except ImageLoadError as error:
@@ -180,8 +184,11 @@ async def _read_upload(request: Request) -> tuple[bytes, str]:
             await form.close()  # the spooled temporary file
     if not content_type.startswith(RAW_TYPES):
         what = f"Content-Type {content_type!r} is not an image" if content_type else "no Content-Type"
-        raise BadRequest(f"{what}: send the image bytes with Content-Type image/jpeg (image/png, ...), or a "
-                         f"multipart/form-data form with the file in field {FIELD!r}", 415)  # fmt: skip
+        raise BadRequest(
+            f"{what}: send the image bytes with Content-Type image/jpeg (image/png, ...), or a "
+            f"multipart/form-data form with the file in field {FIELD!r}",
+            415,
+        )
     return await request.body(), "upload"
 
 

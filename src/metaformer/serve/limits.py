@@ -43,5 +43,7 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
     def _message(self, what: str) -> str:
-        return (f"the upload is too large ({what}); this server takes at most {_megabytes(self.max_bytes)} "
-                "(its --max-upload-mb): send a smaller image")  # fmt: skip
+        return (
+            f"the upload is too large ({what}); this server takes at most {_megabytes(self.max_bytes)} "
+            "(its --max-upload-mb): send a smaller image"
+        )

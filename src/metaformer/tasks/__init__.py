@@ -7,48 +7,44 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..engine.run_folder import RunFolder
-from ..engine.task import RunSettings, TrainingTask, dataclass_from_dict
-from ..engine.trainer import run_training
 from ..errors import UsageError
 from ..models.zoo import get_spec
+from ..task_table import task
+
+if TYPE_CHECKING:  # the engine (torch) is imported when a run starts: the recipes are read without it
+    from ..engine.task import RunSettings, TrainingTask
 
 __all__ = ["RunSettings", "resume", "train", "training_parts"]
 
 
 def training_parts(kind: str) -> tuple[type[TrainingTask], type]:
-    """The task class and recipe class that train models of ``kind`` (a model spec's task)."""
-    if kind == "classification":
-        from .classification.recipe import Recipe
-        from .classification.task import ClassificationTask
-
-        return ClassificationTask, Recipe
-    if kind == "segmentation":
-        from .segmentation.recipe import SegmentationRecipe
-        from .segmentation.task import SegmentationTask
-
-        return SegmentationTask, SegmentationRecipe
-    from .detection.recipe import DetectionRecipe
-    from .detection.task import DetectionTask
-
-    return DetectionTask, DetectionRecipe
+    """The task class and recipe class that train models of ``kind`` (from the task table)."""
+    entry = task(kind)
+    return entry.load("training"), entry.load("recipe")
 
 
 def train(settings: RunSettings, recipe: Any | None = None, *, force: bool = False) -> list[dict]:
     """Train ``settings.model`` on ``settings.data`` into ``settings.output`` with ``recipe`` (default: the
     paper's for that task); returns a metrics record per round. ``force`` replaces a run already in the folder."""
+    from ..engine.trainer import run_training
+
     kind = get_spec(settings.model).task
     task_class, recipe_class = training_parts(kind)
     recipe = recipe if recipe is not None else recipe_class()
     return run_training(lambda context: task_class(settings, recipe, context), settings, kind, force=force)
 
 
-def resume(run: str | os.PathLike, *, stop_after: int | None = None, progress: bool | None = None,
-           **longer: int) -> list[dict]:  # fmt: skip
+def resume(
+    run: str | os.PathLike, *, stop_after: int | None = None, progress: bool | None = None, **longer: int
+) -> list[dict]:
     """Continue the run in folder ``run`` exactly where it stopped; ``longer`` extends it (``epochs=`` or
     ``iterations=``, by task)."""
+    from ..engine.run_folder import RunFolder
+    from ..engine.task import RunSettings, dataclass_from_dict
+    from ..engine.trainer import run_training
+
     config = RunFolder(run).check_resumable()
     kind = config["task"]
     task_class, recipe_class = training_parts(kind)
@@ -63,7 +59,7 @@ def resume(run: str | os.PathLike, *, stop_after: int | None = None, progress: b
 
 def extended(recipe: Any, kind: str, longer: dict[str, int], run: str) -> Any:
     """``recipe`` made longer by ``longer`` (``epochs=`` or ``iterations=``, whichever ``kind`` counts in)."""
-    unit = "iterations" if kind == "segmentation" else "epochs"
+    unit = f"{task(kind).unit}s"
     for name in longer:
         if name != unit:
             raise UsageError(f"{run} is a {kind} run, which is extended with --{unit}, not --{name}")
@@ -71,3 +67,11 @@ def extended(recipe: Any, kind: str, longer: dict[str, int], run: str) -> Any:
         # Step decays placed by the run's length stay where they were: a longer run goes on at the last rate.
         recipe = dataclasses.replace(recipe, decay_epochs=recipe.resolved_decay_epochs())
     return dataclasses.replace(recipe, **longer)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RunSettings":  # ``metaformer.tasks.RunSettings``: the engine's, imported when asked for
+        from ..engine.task import RunSettings
+
+        return RunSettings
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

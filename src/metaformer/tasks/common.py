@@ -6,7 +6,9 @@ import os
 from collections.abc import Iterable, Iterator
 
 import torch
+from PIL import Image
 from torch import nn
+from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from ..checkpoints import save_checkpoint
@@ -32,6 +34,16 @@ def decay_groups(model: nn.Module, weight_decay: float, skip: set[str] = frozens
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def photo_tensor(image: Image.Image, max_side: int | None = None) -> tuple[torch.Tensor, float]:
+    """A photo as a uint8 ``[3, H, W]`` tensor, scaled down to ``max_side`` if larger, and the factor applied."""
+    tensor = TF.pil_to_tensor(image)
+    factor = 1.0 if max_side is None else min(1.0, max_side / max(image.size))
+    if factor < 1.0:
+        size = [max(1, round(side * factor)) for side in tensor.shape[-2:]]
+        tensor = TF.resize(tensor, size, antialias=True)
+    return tensor, factor
+
+
 def to_device(value: object, device: torch.device) -> object:
     """Tensors in nested lists and dicts (detection targets) moved to ``device``."""
     if torch.is_tensor(value):
@@ -43,8 +55,9 @@ def to_device(value: object, device: torch.device) -> object:
     return value
 
 
-def readable_batches(batches: Iterable[Batch], context: DistributedContext, errors: list[str],
-                     progress: bool) -> Iterator[object]:  # fmt: skip
+def readable_batches(
+    batches: Iterable[Batch], context: DistributedContext, errors: list[str], progress: bool
+) -> Iterator[object]:
     """The collated data of each batch of a ``Guarded`` loader to evaluate, behind a progress bar on the main
     process; unreadable images' messages go to ``errors``. A dataset error ends the loop and stops every process once
     all have left theirs: one that went on alone would wait forever in the next collective."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import colorsys
 import contextlib
 import functools
@@ -28,6 +29,11 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def to_base64(png: bytes) -> str:
+    """PNG bytes for a JSON answer."""
+    return base64.b64encode(png).decode("ascii")
 
 
 @functools.cache

@@ -24,8 +24,14 @@ class ImageFolder(Dataset):
     """Images under ``root/<class>/`` (searched recursively), as ``(image, class index)``. An unreadable image
     raises ``ImageLoadError`` when read: training skips and counts it, evaluation reports it."""
 
-    def __init__(self, root: str | os.PathLike, transform: Callable, classes: Sequence[str] | None = None, *,
-                 exif_transpose: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        transform: Callable,
+        classes: Sequence[str] | None = None,
+        *,
+        exif_transpose: bool = True,
+    ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: no such folder")
@@ -39,8 +45,12 @@ class ImageFolder(Dataset):
                 f"{self.root} has class folders that are not among the training classes: {strangers[:10]}"
             )
         index = {name: i for i, name in enumerate(self.classes)}
-        self.samples = [(path, index[name]) for name in found
-                        for path in sorted((self.root / name).rglob("*")) if is_image_file(path)]  # fmt: skip
+        self.samples = [
+            (path, index[name])
+            for name in found
+            for path in sorted((self.root / name).rglob("*"))
+            if is_image_file(path)
+        ]
         if not self.samples:
             raise DatasetError(f"{self.root}: its class folders hold no image files ({', '.join(found[:5])} ...)")
         empty = sorted(set(self.classes) - {self.classes[label] for _, label in self.samples})
@@ -99,9 +109,12 @@ class NoisyRandAugment(v2.Transform):
         super().__init__()
         self.magnitude, self.std = magnitude, std
         self.augment = v2.RandAugment(
-            num_ops=num_ops, magnitude=int(magnitude), num_magnitude_bins=11,
-            interpolation=v2.InterpolationMode.BILINEAR, fill=(124, 116, 104),
-        )  # fmt: skip
+            num_ops=num_ops,
+            magnitude=int(magnitude),
+            num_magnitude_bins=11,
+            interpolation=v2.InterpolationMode.BILINEAR,
+            fill=(124, 116, 104),
+        )
 
     def forward(self, *inputs: object) -> object:
         level = self.magnitude + self.std * torch.randn(()).item() if self.std > 0 else self.magnitude

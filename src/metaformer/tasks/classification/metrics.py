@@ -51,8 +51,16 @@ class Evaluation:
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, dataset: ImageFolder, outputs: list[int], context: DistributedContext, *,
-             batch_size: int, num_workers: int, progress: bool = False) -> Evaluation:  # fmt: skip
+def evaluate(
+    model: torch.nn.Module,
+    dataset: ImageFolder,
+    outputs: list[int],
+    context: DistributedContext,
+    *,
+    batch_size: int,
+    num_workers: int,
+    progress: bool = False,
+) -> Evaluation:
     """Every image of ``dataset`` once; ``outputs[c]`` is the model output that stands for dataset class ``c``."""
     model.eval()
     device = context.device
@@ -66,16 +74,24 @@ def evaluate(model: torch.nn.Module, dataset: ImageFolder, outputs: list[int], c
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, top-k hits: summed on the device
     errors: list[str] = []
     dtype = input_dtype(model)
-    loader = DataLoader(Guarded(dataset), batch_size=batch_size, collate_fn=GuardedCollate(default_collate),
-                        sampler=ShardSampler(len(dataset), context.rank, context.world_size),
-                        num_workers=num_workers, pin_memory=device.type == "cuda")  # fmt: skip
+    loader = DataLoader(
+        Guarded(dataset),
+        batch_size=batch_size,
+        collate_fn=GuardedCollate(default_collate),
+        sampler=ShardSampler(len(dataset), context.rank, context.world_size),
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
     for images, labels in readable_batches(loader, context, errors, progress):
         images = images.to(device, dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
         labels = labels.to(device)
         logits = model(images).float()
         targets = lookup[labels]
-        confusion.index_put_((labels, to_class[logits.argmax(-1)]), torch.ones(len(labels), dtype=torch.float64,
-                             device=device), accumulate=True)  # fmt: skip
+        confusion.index_put_(
+            (labels, to_class[logits.argmax(-1)]),
+            torch.ones(len(labels), dtype=torch.float64, device=device),
+            accumulate=True,
+        )
         hits = (logits.topk(max(k, 1), dim=-1).indices == targets[:, None]).any(-1).sum()
         loss = F.cross_entropy(logits, targets, reduction="sum")
         totals += torch.stack([loss.double(), hits.double()])
@@ -85,6 +101,12 @@ def evaluate(model: torch.nn.Module, dataset: ImageFolder, outputs: list[int], c
     images = int(confusion.sum().item())
     top1 = 100 * confusion.diagonal().sum().item() / images if images else None
     return Evaluation(
-        classes=list(dataset.classes), confusion=confusion, loss=loss_sum / images if images else None, top1=top1,
-        topk=100 * topk_hits / images if images and k > 1 else None, k=k, images=images, errors=errors,
-    )  # fmt: skip
+        classes=list(dataset.classes),
+        confusion=confusion,
+        loss=loss_sum / images if images else None,
+        top1=top1,
+        topk=100 * topk_hits / images if images and k > 1 else None,
+        k=k,
+        images=images,
+        errors=errors,
+    )

@@ -1,20 +1,25 @@
-"""Classifying image files: decoded and preprocessed in worker processes, the model run in batches."""
+"""Classifying photos: ``Classifier``, the one predictor that ``metaformer predict`` and the service run."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ...data import ImageLoadError, class_names, find_images
-from ...errors import ConfigError
-from ...models.metaformer import MetaFormer
-from ...processor import ImageProcessor
+from ...data import load_image
+from ...errors import ConfigError, ImageLoadError
+from ...processor import ImageInput, ImageProcessor
+
+# The resize keeps the aspect: a 1 x 100000 px strip (a few hundred bytes as a PNG) would grow to gigabytes.
+MAX_RESIZED_PIXELS = 50_000_000
 
 
 @dataclass
@@ -29,81 +34,114 @@ class Prediction:
         return {"path": self.path, "topk": self.topk}
 
 
-class _ImageFiles(Dataset):
-    def __init__(self, paths: Sequence[Path], processor: ImageProcessor) -> None:
+def input_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype of the pixels a model takes: its weights' (an int8 program says float32 itself)."""
+    return getattr(model, "input_dtype", None) or next(iter(model.parameters()), torch.empty(0)).dtype
+
+
+class Classifier:
+    """A classifier ready to run (``fast.prepare``) on photos: its evaluation preprocessing, batched forward passes
+    and the top-k entries ``predict --json`` prints; Grad-CAM pictures from ``explain_model``, the unfused model,
+    when given."""
+
+    task = "classification"
+    batching = True  # requests of the service share forward passes
+    queries = ("topk", "cam")  # what a request of the service may ask
+
+    def __init__(
+        self, model: torch.nn.Module, *, explain_model: torch.nn.Module | None = None, exif_transpose: bool = True
+    ) -> None:
+        if model.num_classes == 0:
+            raise ConfigError("the model has no classifier head (num_classes=0); load a classification checkpoint")
+        self.model = model.eval()
+        self.explain_model = explain_model.eval() if explain_model is not None else None
+        # Grad-CAM hooks the layer it explains: a batch must not run through the same module meanwhile (--no-fuse).
+        self._shared = threading.Lock() if explain_model is model else contextlib.nullcontext()
+        self.processor = ImageProcessor.from_record(model.pretrained_cfg, exif_transpose=exif_transpose)
+        self.labels = list(model.labels)
+        self.device = next(iter(model.parameters()), torch.empty(0)).device
+        self.dtype = input_dtype(model)
+
+    @property
+    def input_size(self) -> int:
+        return self.processor.size
+
+    def prepare(self, image: ImageInput, name: str | os.PathLike = "image") -> torch.Tensor:
+        """The normalised centre crop ``[3, size, size]`` the model sees, of a photo (PIL image or file)."""
+        return _prepare(self.processor, image, name)
+
+    @torch.inference_mode()
+    def classify(self, batch: Sequence[tuple[torch.Tensor, int]]) -> list[list[dict]]:
+        """The top-k entries of each ``(pixels, k)`` of one forward pass, most probable first."""
+        images = torch.stack([x for x, _ in batch]).to(self.device, self.dtype)
+        with self._shared:
+            probs = self.model(images.contiguous(memory_format=torch.channels_last)).float().softmax(-1)
+        values, indices = probs.topk(min(max(k for _, k in batch), len(self.labels)), dim=-1)
+        return [
+            [{"index": c, "label": self.labels[c], "prob": round(p, 6)} for p, c in zip(vs[:k], cs[:k], strict=True)]
+            for (_, k), vs, cs in zip(batch, values.tolist(), indices.tolist(), strict=True)
+        ]
+
+    def predict_files(
+        self, files: Sequence[Path], topk: int = 5, batch_size: int = 32, num_workers: int = 0, progress: bool = False
+    ) -> Iterator[Prediction]:
+        """Top-k predictions for each file, in order; the files are decoded and preprocessed in ``num_workers``
+        processes. An unreadable file yields a ``Prediction`` with ``error`` set."""
+        loader = DataLoader(
+            _Files(files, self),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=list,
+            pin_memory=torch.device(self.device).type == "cuda",
+        )
+        with tqdm(total=len(files), unit="img", disable=not progress, leave=False) as bar:
+            for batch in loader:
+                good = [(i, x) for i, x, _ in batch if x is not None]
+                tops = iter(self.classify([(x, topk) for _, x in good]) if good else [])
+                for i, x, error in batch:
+                    yield Prediction(str(files[i]), error=error) if x is None else Prediction(str(files[i]), next(tops))
+                bar.update(len(batch))
+
+    def cam_png(self, pixels: torch.Tensor, index: int) -> bytes:
+        """Grad-CAM of class ``index`` blended over the crop the model saw, as PNG."""
+        from ...explain import cam_overlay, grad_cam
+        from ..drawing import png_bytes
+
+        if self.explain_model is None:
+            raise ConfigError("no unfused model was given for Grad-CAM")
+        x = pixels[None].to(self.device, next(self.explain_model.parameters()).dtype)
+        with self._shared:
+            cam = grad_cam(self.explain_model, x, targets=[index])[0]
+        return png_bytes(cam_overlay(self.processor.to_uint8(pixels), cam))
+
+
+def _prepare(processor: ImageProcessor, image: ImageInput, name: str | os.PathLike) -> torch.Tensor:
+    if not isinstance(image, Image.Image):
+        name, image = image, load_image(image, exif_transpose=processor.exif_transpose)
+    width, height = image.size
+    short = int(processor.size / processor.crop_pct)
+    if short * short * max(width, height) / min(width, height) > MAX_RESIZED_PIXELS:
+        raise ImageLoadError(
+            name,
+            f"a {width}x{height} image is too elongated to classify (resized to a "
+            f"{short}-pixel short side, over {MAX_RESIZED_PIXELS:,} pixels)",
+        )
+    return processor.transform(image)
+
+
+class _Files(Dataset):
+    """The files to classify, decoded and preprocessed in the loader's worker processes (which get the processor,
+    not the model)."""
+
+    def __init__(self, paths: Sequence[Path], classifier: Classifier) -> None:
         self.paths = paths
-        self.processor = processor
+        self.processor = classifier.processor
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
-        path = self.paths[index]
         try:
-            return index, self.processor.transform(path), None
+            return index, _prepare(self.processor, self.paths[index], self.paths[index]), None
         except ImageLoadError as error:
             return index, None, error.reason
-
-
-def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> list:
-    return items
-
-
-def input_dtype(model: torch.nn.Module) -> torch.dtype:
-    """The dtype of the pixels a model takes: its weights' (an int8 program says float32 itself)."""
-    return getattr(model, "input_dtype", None) or next(model.parameters()).dtype
-
-
-def class_labels(model: MetaFormer) -> Sequence[str]:
-    """The model's class names: from its checkpoint, else ImageNet-1k's for 1000 classes, else ``class_<i>``."""
-    return class_names(model.num_classes, model.config.labels)
-
-
-@torch.inference_mode()
-def predict(
-    model: MetaFormer,
-    paths: Sequence[str | os.PathLike],
-    processor: ImageProcessor,
-    topk: int = 5,
-    batch_size: int = 32,
-    device: str | torch.device = "cpu",
-    num_workers: int = 0,
-    progress: bool = False,
-) -> Iterator[Prediction]:
-    """Top-k predictions for each file, in order; unreadable files yield a ``Prediction`` with ``error`` set."""
-    files = find_images(paths)
-    labels = class_labels(model)
-    topk = min(topk, model.num_classes)
-    model = model.eval().to(device)
-    if model.num_classes == 0:
-        raise ConfigError("the model has no classifier head (num_classes=0); load a classification checkpoint")
-    dtype = input_dtype(model)
-    loader = DataLoader(
-        _ImageFiles(files, processor),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=_collate,
-        pin_memory=torch.device(device).type == "cuda",
-    )
-    with tqdm(total=len(files), unit="img", disable=not progress, leave=False) as bar:
-        for batch in loader:
-            good = [(i, x) for i, x, _ in batch if x is not None]
-            results: dict[int, Prediction] = {}
-            if good:
-                images = (
-                    torch.stack([x for _, x in good]).to(device, dtype).contiguous(memory_format=torch.channels_last)
-                )
-                probs = model(images).float().softmax(-1)
-                values, indices = probs.topk(topk, dim=-1)
-                for (i, _), top_values, top_indices in zip(good, values.tolist(), indices.tolist(), strict=False):
-                    top = [
-                        {"index": c, "label": labels[c], "prob": round(p, 6)}
-                        for p, c in zip(top_values, top_indices, strict=False)
-                    ]
-                    results[i] = Prediction(str(files[i]), top)
-            for i, _, error in batch:
-                if error is not None:
-                    results[i] = Prediction(str(files[i]), error=error)
-            for i, _, _ in batch:
-                yield results[i]
-            bar.update(len(batch))

@@ -8,8 +8,60 @@ from dataclasses import dataclass
 
 from ...errors import ConfigError
 from ...models.zoo import get_spec
+from ..presets import changed
 
 OPTIMIZERS = ("adamw", "lamb")
+
+
+@dataclass(frozen=True)
+class Official:
+    """What a model's official ImageNet-1k training script sets (300 epochs; the rest is the shared recipe)."""
+
+    drop_path: float = 0.1
+    optimizer: str = "adamw"  # or lamb (CAFormer)
+    base_lr: float = 1e-3  # per 1024 images of global batch: PoolFormer's 1e-3, the Baselines' 4e-3 at 4096
+    warmup_epochs: float = 5
+    head_dropout: float = 0.0  # the MLP head's (ConvFormer, CAFormer)
+    # The official fine-tuning at 384 from the 224 weights (30 epochs, constant lr): lr per 1024 images, drop path,
+    # head dropout; None where none was published.
+    finetune_384: tuple[float, float, float] | None = None
+
+
+# PoolFormer's train.py: AdamW, lr 1e-3 per 1024 images, 5 warm-up epochs; drop path by size.
+_POOLFORMER_DROP_PATH = {"s12": 0.1, "s24": 0.1, "s36": 0.2, "m36": 0.3, "m48": 0.4}
+# The Baselines' scripts/*.sh: AdamW at 4e-3 for 4096 images (LAMB at 8e-3 for CAFormer), a warm-up of 5 epochs (20
+# for ConvFormer and CAFormer), a drop path per size (and CAFormer a head dropout).
+_V2_SIZES = ("s12", "s24", "s36", "m36", "m48")
+_CONV_SIZES = ("s18", "s36", "m36", "b36")
+_BASELINES = {  # family: sizes, optimizer, lr per 1024 images, warm-up, drop path per size, head dropout per size
+    "identityformer": (_V2_SIZES, "adamw", 1e-3, 5, (0.1, 0.1, 0.2, 0.3, 0.4), (0.0,) * 5),
+    "randformer": (_V2_SIZES, "adamw", 1e-3, 5, (0.1, 0.1, 0.2, 0.3, 0.3), (0.0,) * 5),
+    "poolformerv2": (_V2_SIZES, "adamw", 1e-3, 5, (0.1, 0.1, 0.2, 0.3, 0.4), (0.0,) * 5),
+    "convformer": (_CONV_SIZES, "adamw", 1e-3, 20, (0.2, 0.3, 0.4, 0.6), (0.0,) * 4),
+    "caformer": (_CONV_SIZES, "lamb", 2e-3, 20, (0.15, 0.3, 0.4, 0.6), (0.0, 0.4, 0.4, 0.5)),
+}
+_FINETUNE_384 = {  # family: lr at 1024 images, drop path per size, head dropout per size (finetune_*_384.sh)
+    "convformer": (5e-5, (0.3, 0.5, 0.8, 0.8), (0.4, 0.4, 0.5, 0.5)),
+    "caformer": (1e-4, (0.3, 0.5, 0.7, 0.8), (0.4, 0.4, 0.4, 0.5)),
+}
+
+
+def _official_table() -> dict[str, Official]:
+    table = {f"poolformer_{size}": Official(drop_path) for size, drop_path in _POOLFORMER_DROP_PATH.items()}
+    for family, (sizes, optimizer, lr, warmup, drops, heads) in _BASELINES.items():
+        tuned = _FINETUNE_384.get(family)
+        for i, size in enumerate(sizes):
+            finetune = (tuned[0], tuned[1][i], tuned[2][i]) if tuned else None
+            table[f"{family}_{size}"] = Official(drops[i], optimizer, lr, warmup, heads[i], finetune)
+    return table
+
+
+OFFICIAL = _official_table()  # the released classifiers; the ablations and hybrids train as PoolFormer-S12 does
+
+
+def official(model_name: str) -> Official:
+    """The official training settings of ``model_name`` (the defaults for a registered model of the user's)."""
+    return OFFICIAL.get(model_name, Official())
 
 
 @dataclass(frozen=True)
@@ -55,26 +107,34 @@ class Recipe:
         """This recipe with every setting left to the model (None) set to the model's official value."""
         spec = get_spec(model_name)
         if self.head_dropout and spec.config.head != "mlp":
-            raise ConfigError(f"--head-dropout applies to an MLP head (ConvFormer, CAFormer); {model_name} has a "
-                              f"{spec.config.head} head")  # fmt: skip
-        official = spec.training
+            raise ConfigError(
+                f"--head-dropout applies to an MLP head (ConvFormer, CAFormer); {model_name} has a "
+                f"{spec.config.head} head"
+            )
+        official = OFFICIAL.get(model_name, Official())
         if self.name == "finetune_384":
             if official.finetune_384 is None:
-                raise ConfigError(f"the official 384 fine-tuning recipe exists for ConvFormer and CAFormer only, not "
-                                  f"{model_name}; use --recipe finetune --image-size 384")  # fmt: skip
+                raise ConfigError(
+                    f"the official 384 fine-tuning recipe exists for ConvFormer and CAFormer only, not "
+                    f"{model_name}; use --recipe finetune --image-size 384"
+                )
             lr, drop_path, head_dropout = official.finetune_384
-            official = dataclasses.replace(official, base_lr=lr, drop_path=drop_path, head_dropout=head_dropout,
-                                           warmup_epochs=0)  # fmt: skip
-        chosen = {name: getattr(self, name) for name in ("optimizer", "base_lr", "warmup_epochs", "drop_path",
-                                                           "head_dropout")}  # fmt: skip
+            official = dataclasses.replace(
+                official, base_lr=lr, drop_path=drop_path, head_dropout=head_dropout, warmup_epochs=0
+            )
+        chosen = {
+            name: getattr(self, name) for name in ("optimizer", "base_lr", "warmup_epochs", "drop_path", "head_dropout")
+        }
         return dataclasses.replace(self, **{k: getattr(official, k) if v is None else v for k, v in chosen.items()})
+
+    @classmethod
+    def preset(cls, name: str | None = None, **settings: object) -> Recipe:
+        """A named recipe (paper, finetune, finetune_384) with some settings changed (None leaves them)."""
+        return get_recipe(name or "paper", **settings)
 
     def resolved_lr(self, global_batch: int) -> float:
         """The learning rate for ``global_batch`` images a step (of a recipe ``resolved`` for its model)."""
         return self.lr if self.lr is not None else self.base_lr * global_batch / 1024
-
-    def resolved_drop_path(self, model_name: str) -> float:
-        return self.resolved(model_name).drop_path
 
 
 PAPER = Recipe()
@@ -99,9 +159,15 @@ FINETUNE = dataclasses.replace(
 # The official fine-tuning of ConvFormer and CAFormer at 384 from their 224 weights: 30 epochs at a constant lr
 # (batch 1024, 8 x 128), no MixUp or CutMix, EMA 0.9999; lr, drop path and head dropout per model.
 FINETUNE_384 = dataclasses.replace(
-    PAPER, name="finetune_384", epochs=30, image_size=384, schedule="constant", mixup=0.0, cutmix=0.0,
+    PAPER,
+    name="finetune_384",
+    epochs=30,
+    image_size=384,
+    schedule="constant",
+    mixup=0.0,
+    cutmix=0.0,
     ema_decay=0.9999,
-)  # fmt: skip
+)
 
 RECIPES = {"paper": PAPER, "finetune": FINETUNE, "finetune_384": FINETUNE_384}
 
@@ -110,9 +176,4 @@ def get_recipe(name: str = "paper", **overrides: object) -> Recipe:
     """A named recipe with some settings changed (None leaves a setting as the recipe has it)."""
     if name not in RECIPES:
         raise ConfigError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
-    fields = {f.name for f in dataclasses.fields(Recipe)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ConfigError(f"unknown recipe setting(s) {unknown}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None}
-    return dataclasses.replace(RECIPES[name], **values)
+    return changed(RECIPES[name], overrides)

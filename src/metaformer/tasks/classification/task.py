@@ -13,6 +13,7 @@ from ...engine.distributed import DistributedContext
 from ...engine.schedules import cosine
 from ...engine.task import RunSettings
 from ...errors import ConfigError, DatasetError
+from ...fast import use_custom_backward
 from ...processor import ImageProcessor
 from ..common import LibraryTask, decay_groups
 from .data import ImageFolder, batch_mixer, class_to_output, train_transform, train_val_folders
@@ -37,8 +38,10 @@ class ClassificationTask(LibraryTask):
     def train_dataset(self) -> ImageFolder:
         dataset = ImageFolder(self.folders[0], train_transform(self.recipe))
         if len(dataset.classes) < 2:
-            raise DatasetError(f"{dataset.root} has a single class folder ({dataset.classes[0]}): a classifier "
-                               "needs at least two classes to learn anything")  # fmt: skip
+            raise DatasetError(
+                f"{dataset.root} has a single class folder ({dataset.classes[0]}): a classifier "
+                "needs at least two classes to learn anything"
+            )
         self.classes = dataset.classes
         return dataset
 
@@ -54,7 +57,9 @@ class ClassificationTask(LibraryTask):
             image_size=recipe.image_size,  # the recipe's, not the size an --init checkpoint was trained at
         )
         self.mixer = batch_mixer(len(self.classes), recipe)
-        self.crop_pct = model.config.crop_pct
+        self.crop_pct = model.pretrained_cfg.crop_pct
+        if self.settings.custom_backward:  # opt-in; the blocks keep their modules, so checkpoints are unchanged
+            use_custom_backward(model)
         return model
 
     @property
@@ -86,8 +91,9 @@ class ClassificationTask(LibraryTask):
     def clip_grad(self) -> float | None:
         return self.recipe.clip_grad
 
-    def training_step(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
-                      device: torch.device) -> torch.Tensor:  # fmt: skip
+    def training_step(
+        self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device
+    ) -> torch.Tensor:
         images, labels = (t.to(device, non_blocking=True) for t in batch)
         if self.mixer is not None:
             images, labels = self.mixer(images, labels)
@@ -103,14 +109,26 @@ class ClassificationTask(LibraryTask):
 
     def evaluate(self, model: nn.Module, progress: bool) -> dict:
         dataset, outputs = self.validation
-        result = evaluate(model, dataset, outputs, self.context, batch_size=self.recipe.batch_size,
-                          num_workers=self.settings.num_workers, progress=progress)  # fmt: skip
+        result = evaluate(
+            model,
+            dataset,
+            outputs,
+            self.context,
+            batch_size=self.recipe.batch_size,
+            num_workers=self.settings.num_workers,
+            progress=progress,
+        )
         return result.metrics()
 
     def describe(self) -> dict:
-        return {"lr": self.recipe.resolved_lr(self.global_batch), "global_batch": self.global_batch,
-                "optimizer": self.recipe.optimizer, "drop_path": self.recipe.drop_path, "classes": self.classes,
-                "top_k": top_k(len(self.classes))}  # fmt: skip
+        return {
+            "lr": self.recipe.resolved_lr(self.global_batch),
+            "global_batch": self.global_batch,
+            "optimizer": self.recipe.optimizer,
+            "drop_path": self.recipe.drop_path,
+            "classes": self.classes,
+            "top_k": top_k(len(self.classes)),
+        }
 
 
 def lamb(groups: list[dict], lr: float) -> torch.optim.Optimizer:
@@ -122,6 +140,8 @@ def _lamb_class() -> type[torch.optim.Optimizer]:
     try:
         from timm.optim import Lamb
     except ImportError as error:
-        raise ConfigError('this recipe trains with LAMB, which comes from timm: `pip install "metaformer[train]"` '
-                          "(or timm), or pass --optimizer adamw") from error  # fmt: skip
+        raise ConfigError(
+            'this recipe trains with LAMB, which comes from timm: `pip install "metaformer[train]"` '
+            "(or timm), or pass --optimizer adamw"
+        ) from error
     return Lamb

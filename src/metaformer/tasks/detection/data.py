@@ -72,8 +72,10 @@ class CocoDetection(Dataset):
             if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
                 raise DatasetError(f"{path}: annotation {ann.get('id')} has no [x, y, width, height] box: {box!r}")
             if box[2] <= 0 or box[3] <= 0:
-                raise DatasetError(f"{path}: annotation {ann.get('id')} (image {ann.get('image_id')}) has a box of "
-                                   f"width {box[2]} and height {box[3]}; boxes need a positive size")  # fmt: skip
+                raise DatasetError(
+                    f"{path}: annotation {ann.get('id')} (image {ann.get('image_id')}) has a box of "
+                    f"width {box[2]} and height {box[3]}; boxes need a positive size"
+                )
             if ann.get("category_id") not in self.coco.cats:
                 raise DatasetError(f"{path}: annotation {ann.get('id')} has unknown category {ann.get('category_id')}")
         if not any(not ann.get("iscrowd", 0) for ann in anns):
@@ -101,11 +103,12 @@ class CocoDetection(Dataset):
             if self.masks:
                 masks.append(torch.from_numpy(self.coco.annToMask(ann)))
         target = {
-            "boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                                              format="XYXY", canvas_size=(height, width)),
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), format="XYXY", canvas_size=(height, width)
+            ),
             "labels": torch.tensor(labels, dtype=torch.int64),
             "image_id": image_id,
-        }  # fmt: skip
+        }
         if self.masks:
             target["masks"] = tv_tensors.Mask(
                 torch.stack(masks) if masks else torch.zeros(0, height, width, dtype=torch.uint8)

@@ -39,13 +39,24 @@ class Detections:
 
 
 @torch.inference_mode()
-def coco_results(model: torch.nn.Module, dataset: CocoDetection, context: DistributedContext, batch_size: int = 2,
-                 num_workers: int = 0, progress: bool = False) -> Detections:  # fmt: skip
+def coco_results(
+    model: torch.nn.Module,
+    dataset: CocoDetection,
+    context: DistributedContext,
+    batch_size: int = 2,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> Detections:
     """This process's share of the detections. An unreadable image is reported and left out of the evaluation
     (not counted as missed objects)."""
     model.eval()
-    loader = DataLoader(Guarded(dataset), batch_size, sampler=ShardSampler(len(dataset), context.rank,
-                        context.world_size), collate_fn=GuardedCollate(collate), num_workers=num_workers)  # fmt: skip
+    loader = DataLoader(
+        Guarded(dataset),
+        batch_size,
+        sampler=ShardSampler(len(dataset), context.rank, context.world_size),
+        collate_fn=GuardedCollate(collate),
+        num_workers=num_workers,
+    )
     found = Detections()
     for images, targets in readable_batches(loader, context, found.errors, progress):
         outputs = model([image.to(context.device) for image in images])
@@ -65,8 +76,12 @@ def _to_coco(output: dict, image_id: int, dataset: CocoDetection) -> list[dict]:
     for k, (box, score, label) in enumerate(
         zip(boxes.tolist(), output["scores"].tolist(), output["labels"].tolist(), strict=True)
     ):
-        entry = {"image_id": image_id, "category_id": dataset.label_to_category(label),
-                 "bbox": [round(v, 2) for v in box], "score": round(score, 5)}  # fmt: skip
+        entry = {
+            "image_id": image_id,
+            "category_id": dataset.label_to_category(label),
+            "bbox": [round(v, 2) for v in box],
+            "score": round(score, 5),
+        }
         if masks is not None:
             rle = mask_utils.encode(np.asfortranarray(masks[k]))
             rle["counts"] = rle["counts"].decode("ascii")
@@ -79,8 +94,15 @@ def _defined(value: float) -> float | None:
     return None if value < 0 else 100 * float(value)
 
 
-def coco_evaluate(model: torch.nn.Module, dataset: CocoDetection, context: DistributedContext, *,
-                  batch_size: int = 2, num_workers: int = 0, progress: bool = False) -> dict:  # fmt: skip
+def coco_evaluate(
+    model: torch.nn.Module,
+    dataset: CocoDetection,
+    context: DistributedContext,
+    *,
+    batch_size: int = 2,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> dict:
     """The 12 COCO figures (percent) for boxes, and ``mask_``-prefixed for Mask R-CNN, plus ``per_class`` AP, the
     number of ``detections``, the ``images`` read and the ``errors`` of those that were not; the same dict in every
     process. Figures are undefined (None) when no image could be read."""

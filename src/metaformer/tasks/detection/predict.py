@@ -1,4 +1,5 @@
-"""Detecting objects in images and drawing them: boxes (and Mask R-CNN's masks) in their class colour, captioned."""
+"""Detecting objects in photos: ``Detector``, the one predictor that ``metaformer detect`` and the service run,
+and drawing its boxes (and Mask R-CNN's masks) in their class colour, captioned."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from ..drawing import caption_font, palette
-from .metrics import is_instance
+from ..common import photo_tensor
+from ..drawing import caption_font, palette, png_bytes, to_base64
 
 
 @torch.inference_mode()
@@ -27,9 +29,9 @@ def draw(image: torch.Tensor, output: dict, model: torch.nn.Module, threshold: f
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
     keep = output["scores"] >= threshold
-    offset = 1 if is_instance(model) else 0  # Mask R-CNN's labels start at 1 (0: background)
+    offset = 1 if model.task == "instance_segmentation" else 0  # Mask R-CNN's labels start at 1 (0: background)
     indices = [i - offset for i in output["labels"][keep].tolist()]
-    names = _names(indices, model.labels)
+    names = _names(indices, list(model.labels))
     scores = output["scores"][keep].tolist()
     captions = [f"{n} {s:.2f}" for n, s in zip(names, scores, strict=True)]
     if captions:  # torchvision warns on an empty box list; the picture is then the photo as it is
@@ -37,13 +39,54 @@ def draw(image: torch.Tensor, output: dict, model: torch.nn.Module, threshold: f
         colours = [tuple(table[i].tolist()) for i in indices]  # one colour per class, as in the segmentation masks
         if "masks" in output:
             image = draw_segmentation_masks(image, output["masks"][keep, 0] > 0.5, alpha=0.45, colors=colours)
-        image = draw_bounding_boxes(image, output["boxes"][keep], captions, colours,
-                                    width=max(2, side // 160), font=caption_font(), font_size=max(12, side // 28),
-                                    label_colors="black", fill_labels=True)  # fmt: skip
-    found = [{"label": n, "score": round(s, 4), "box": [round(v, 1) for v in b]}
-             for n, s, b in zip(names, scores, output["boxes"][keep].tolist(), strict=True)]  # fmt: skip
+        image = draw_bounding_boxes(
+            image,
+            output["boxes"][keep],
+            captions,
+            colours,
+            width=max(2, side // 160),
+            font=caption_font(),
+            font_size=max(12, side // 28),
+            label_colors="black",
+            fill_labels=True,
+        )
+    found = [
+        {"label": n, "score": round(s, 4), "box": [round(v, 1) for v in b]}
+        for n, s, b in zip(names, scores, output["boxes"][keep].tolist(), strict=True)
+    ]
     return image.permute(1, 2, 0).numpy(), found
 
 
-def _names(indices: list[int], labels: Sequence[str] | None) -> list[str]:
-    return [labels[i] if labels and 0 <= i < len(labels) else str(i) for i in indices]
+def _names(indices: list[int], labels: Sequence[str]) -> list[str]:
+    return [labels[i] if 0 <= i < len(labels) else str(i) for i in indices]
+
+
+class Detector:
+    """A detector on photos: each photo's detections above a score and their picture."""
+
+    batching = False  # photos differ in size: one at a time
+    queries = ("png", "score_threshold")
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model.eval()
+        self.task = model.task
+        self.labels = list(model.labels)
+
+    def detect(self, image: torch.Tensor, threshold: float) -> tuple[np.ndarray, list[dict]]:
+        """The picture of a uint8 ``[3, H, W]`` photo with its detections scoring at least ``threshold``, and
+        those detections as ``{"label", "score", "box"}``."""
+        return draw(image, detect(self.model, image), self.model, threshold)
+
+    def respond(
+        self, image: Image.Image, max_side: int, png: bool = False, score_threshold: float | None = None
+    ) -> dict:
+        """What the service answers for one photo (scaled down to ``max_side`` first, boxes in the photo's
+        pixels): the detections, and with ``png`` their picture as base64."""
+        tensor, factor = photo_tensor(image, max_side)
+        pixels, found = self.detect(tensor, 0.5 if score_threshold is None else score_threshold)
+        if factor < 1.0:
+            found = [{**d, "box": [round(v / factor, 1) for v in d["box"]]} for d in found]
+        result: dict = {"detections": found}
+        if png:
+            result["png"] = to_base64(png_bytes(pixels))
+        return result

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..presets import single_preset
+
 
 @dataclass(frozen=True)
 class DetectionRecipe:
@@ -18,6 +20,8 @@ class DetectionRecipe:
     max_size: int = 1333
     train_split: str = "train2017"
     val_split: str = "val2017"
+
+    preset = classmethod(single_preset)  # the settings the command line gave; this task has no named presets
 
     def resolved_decay_epochs(self) -> tuple[int, ...]:
         """The 1x schedule's decays (epochs 8 and 11 of 12) at the same fractions of a longer or shorter run; 24

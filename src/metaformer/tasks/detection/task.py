@@ -34,11 +34,13 @@ class DetectionTask(LibraryTask):
         return get_spec(self.settings.model).task
 
     def train_dataset(self) -> CocoDetection:
-        dataset = coco_dataset(self.settings.data, self.recipe.train_split, self.kind == "instance_segmentation",
-                               train=True)  # fmt: skip
+        dataset = coco_dataset(
+            self.settings.data, self.recipe.train_split, self.kind == "instance_segmentation", train=True
+        )
         if not dataset.has_objects:
-            raise DatasetError(f"{self.settings.data}: the {self.recipe.train_split} annotations hold no objects to "
-                               "learn from")  # fmt: skip
+            raise DatasetError(
+                f"{self.settings.data}: the {self.recipe.train_split} annotations hold no objects to learn from"
+            )
         self.labels = dataset.labels
         return dataset
 
@@ -47,8 +49,14 @@ class DetectionTask(LibraryTask):
 
     def build_model(self) -> nn.Module:
         recipe = self.recipe
-        return create_model(self.settings.model, num_classes=len(self.labels), checkpoint=self.settings.init,
-                            labels=self.labels, min_size=recipe.min_size, max_size=recipe.max_size)  # fmt: skip
+        return create_model(
+            self.settings.model,
+            num_classes=len(self.labels),
+            checkpoint=self.settings.init,
+            labels=self.labels,
+            min_size=recipe.min_size,
+            max_size=recipe.max_size,
+        )
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         groups = decay_groups(model, self.recipe.weight_decay)
@@ -59,9 +67,14 @@ class DetectionTask(LibraryTask):
 
     def lr_at(self, step: int, steps_per_epoch: int) -> float:
         recipe = self.recipe
-        return steps_with_warmup(step, step / steps_per_epoch, recipe.resolved_lr(self.kind),
-                                 recipe.resolved_decay_epochs(),
-                                 recipe.warmup_iters, recipe.warmup_ratio)  # fmt: skip
+        return steps_with_warmup(
+            step,
+            step / steps_per_epoch,
+            recipe.resolved_lr(self.kind),
+            recipe.resolved_decay_epochs(),
+            recipe.warmup_iters,
+            recipe.warmup_ratio,
+        )
 
     @property
     def channels_last(self) -> bool:
@@ -73,17 +86,29 @@ class DetectionTask(LibraryTask):
 
     @functools.cached_property
     def validation(self) -> CocoDetection:
-        return coco_dataset(self.settings.data, self.recipe.val_split, self.kind == "instance_segmentation",
-                            train=False)  # fmt: skip
+        return coco_dataset(
+            self.settings.data, self.recipe.val_split, self.kind == "instance_segmentation", train=False
+        )
 
     def evaluate(self, model: nn.Module, progress: bool) -> dict:
-        result = coco_evaluate(model, self.validation, self.context, batch_size=self.recipe.batch_size,
-                               num_workers=self.settings.num_workers, progress=progress)  # fmt: skip
+        result = coco_evaluate(
+            model,
+            self.validation,
+            self.context,
+            batch_size=self.recipe.batch_size,
+            num_workers=self.settings.num_workers,
+            progress=progress,
+        )
         logged = [prefix + name for prefix in ("", "mask_") for name in LOGGED]
-        return {**{k: v for k, v in result.items() if k in logged or k in ("detections", "images")},
-                "unreadable": len(result["errors"])}  # fmt: skip
+        return {
+            **{k: v for k, v in result.items() if k in logged or k in ("detections", "images")},
+            "unreadable": len(result["errors"]),
+        }
 
     def describe(self) -> dict:
-        return {"lr": self.recipe.resolved_lr(self.kind), "decay_epochs": list(self.recipe.resolved_decay_epochs()),
-                "classes": list(self.labels),
-                "global_batch": self.recipe.batch_size * self.context.world_size}  # fmt: skip
+        return {
+            "lr": self.recipe.resolved_lr(self.kind),
+            "decay_epochs": list(self.recipe.resolved_decay_epochs()),
+            "classes": list(self.labels),
+            "global_batch": self.recipe.batch_size * self.context.world_size,
+        }

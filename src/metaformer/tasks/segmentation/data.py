@@ -34,8 +34,13 @@ class SegmentationLayout:
     classes: tuple[str, ...] | None = None
 
 
-def detect_layout(root: str | os.PathLike, num_classes: int | None = None, ignore_index: int = 255, *,
-                  model_classes: int | None = None) -> SegmentationLayout:  # fmt: skip
+def detect_layout(
+    root: str | os.PathLike,
+    num_classes: int | None = None,
+    ignore_index: int = 255,
+    *,
+    model_classes: int | None = None,
+) -> SegmentationLayout:
     """ADE20K (``images/training``, 150 classes unless ``num_classes`` says otherwise, reduce_zero_label) or
     generic ``images/{train,val}`` with ``num_classes`` or a ``classes.txt`` (one name per line); failing both,
     ``model_classes`` (the classes of the model being evaluated)."""
@@ -51,8 +56,10 @@ def detect_layout(root: str | os.PathLike, num_classes: int | None = None, ignor
     if (root / "classes.txt").exists():
         classes = tuple(line.strip() for line in (root / "classes.txt").read_text().splitlines() if line.strip())
         if num_classes is not None and num_classes != len(classes):
-            raise DatasetError(f"{root / 'classes.txt'} names {len(classes)} classes but --num-classes is "
-                               f"{num_classes}; drop one of them")  # fmt: skip
+            raise DatasetError(
+                f"{root / 'classes.txt'} names {len(classes)} classes but --num-classes is "
+                f"{num_classes}; drop one of them"
+            )
         num_classes = len(classes)
     num_classes = num_classes or model_classes
     if not num_classes:
@@ -64,8 +71,14 @@ class SegmentationFolder(Dataset):
     """Pairs ``images/<split>/<name>.*`` with ``annotations/<split>/<name>.png``. Mask values are checked: a value
     that is neither a class nor the ignore index is an error naming the file."""
 
-    def __init__(self, root: str | os.PathLike, split: str, layout: SegmentationLayout, transform=None,
-                 exif_transpose: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str,
+        layout: SegmentationLayout,
+        transform=None,
+        exif_transpose: bool = False,
+    ) -> None:
         root = Path(root)
         images = root / "images" / split
         masks = root / "annotations" / split
@@ -180,8 +193,10 @@ def rescale(image: torch.Tensor, mask: torch.Tensor | None, scale: tuple[float, 
 def eval_size(height: int, width: int, scale: tuple[int, int] = (2048, 512), multiple: int = 32) -> list[int]:
     """The evaluation input size: keep-ratio resize to ``scale``, sides rounded to multiples of 32."""
     factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
-    return [max(multiple, math.ceil(height * factor / multiple - 0.5) * multiple),
-            max(multiple, math.ceil(width * factor / multiple - 0.5) * multiple)]  # fmt: skip
+    return [
+        max(multiple, math.ceil(height * factor / multiple - 0.5) * multiple),
+        max(multiple, math.ceil(width * factor / multiple - 0.5) * multiple),
+    ]
 
 
 def collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:

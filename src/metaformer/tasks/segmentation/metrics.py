@@ -54,9 +54,16 @@ class SegmentationEvaluation:
         return {**result, "images": self.images, "unreadable": len(self.errors)}
 
 
-def evaluate(model: torch.nn.Module, dataset: SegmentationFolder, context: DistributedContext, *,
-             scale: tuple[int, int] | None = None, scales: tuple[float, ...] = (1.0,), flip: bool = False,
-             progress: bool = False) -> SegmentationEvaluation:  # fmt: skip
+def evaluate(
+    model: torch.nn.Module,
+    dataset: SegmentationFolder,
+    context: DistributedContext,
+    *,
+    scale: tuple[int, int] | None = None,
+    scales: tuple[float, ...] = (1.0,),
+    flip: bool = False,
+    progress: bool = False,
+) -> SegmentationEvaluation:
     """Whole-image inference on every image of ``dataset`` once (sharded over the processes). An unreadable image
     is reported and left out; a mask value that is no class stops with its message."""
     matrix = torch.zeros(model.num_classes, model.num_classes, dtype=torch.float64)

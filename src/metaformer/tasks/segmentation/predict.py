@@ -1,25 +1,29 @@
-"""Segmenting images: whole-image inference at the model's test scale (with optional multi-scale and flip), and
-the colour mask and overlay pictures."""
+"""Segmenting photos: ``Segmenter``, the one predictor that ``metaformer segment`` and the service run, on
+whole-image inference at the model's test scale (with optional multi-scale and flip)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from ...files import atomic_write
-from ..drawing import palette, png_bytes
+from ..common import photo_tensor
+from ..drawing import palette, png_bytes, to_base64
 from .data import eval_size, normalize
 
 TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
 @torch.inference_mode()
-def predict_probs(model: torch.nn.Module, image: torch.Tensor, scale: tuple[int, int] | None = None,
-                  scales: tuple[float, ...] = (1.0,), flip: bool = False) -> torch.Tensor:  # fmt: skip
+def predict_probs(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    scale: tuple[int, int] | None = None,
+    scales: tuple[float, ...] = (1.0,),
+    flip: bool = False,
+) -> torch.Tensor:
     """Class probabilities ``[K, H, W]`` of a uint8 ``[3, H, W]`` image: whole-image inference after resizing to
     ``scale`` (default: the model's test scale; sides multiples of 32), averaged over ``scales`` and horizontal
     flips when asked."""
@@ -46,15 +50,6 @@ def colour_pictures(image: torch.Tensor, prediction: torch.Tensor, num_classes: 
     return colours, (0.5 * photo + 0.5 * colours).astype(np.uint8)
 
 
-def write_pictures(image: torch.Tensor, prediction: torch.Tensor, num_classes: int, stem: Path) -> tuple[Path, Path]:
-    """``<stem>_mask.png`` and ``<stem>_overlay.png`` (see ``colour_pictures``)."""
-    mask, overlay = colour_pictures(image, prediction, num_classes)
-    mask_path, overlay_path = stem.with_name(stem.name + "_mask.png"), stem.with_name(stem.name + "_overlay.png")
-    atomic_write(mask_path, png_bytes(mask))
-    atomic_write(overlay_path, png_bytes(overlay))
-    return mask_path, overlay_path
-
-
 def class_shares(prediction: torch.Tensor, names: list[str], top: int = 5) -> dict[str, float]:
     """The ``top`` classes covering most pixels, with their shares."""
     counts = torch.bincount(prediction.flatten(), minlength=len(names)).double() / prediction.numel()
@@ -62,3 +57,35 @@ def class_shares(prediction: torch.Tensor, names: list[str], top: int = 5) -> di
     return {
         names[i]: round(v, 4) for v, i in zip(values.values.tolist(), values.indices.tolist(), strict=True) if v > 0
     }
+
+
+class Segmenter:
+    """A segmentation model on photos: each photo's class map, the classes covering most of it, and its mask and
+    overlay pictures."""
+
+    task = "segmentation"
+    batching = False  # photos differ in size: one at a time
+    queries = ("png",)
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model.eval()
+        self.labels = list(model.labels)
+
+    def segment(self, image: torch.Tensor, tta: bool = False) -> tuple[torch.Tensor, dict]:
+        """The class of every pixel of a uint8 ``[3, H, W]`` photo, and ``{"classes": shares}`` of the top ones."""
+        probs = predict_probs(self.model, image, scales=TTA_SCALES if tta else (1.0,), flip=tta)
+        prediction = probs.argmax(0).cpu()
+        return prediction, {"classes": class_shares(prediction, self.labels)}
+
+    def pictures(self, image: torch.Tensor, prediction: torch.Tensor) -> tuple[bytes, bytes]:
+        """The mask and overlay PNGs (``colour_pictures``)."""
+        return tuple(png_bytes(picture) for picture in colour_pictures(image, prediction, self.model.num_classes))
+
+    def respond(self, image: Image.Image, max_side: int, png: bool = False) -> dict:
+        """What the service answers for one photo (scaled down to ``max_side`` first): the class shares, and with
+        ``png`` the overlay as base64."""
+        tensor, _ = photo_tensor(image, max_side)
+        prediction, result = self.segment(tensor)
+        if png:
+            result["png"] = to_base64(self.pictures(tensor, prediction)[1])
+        return result

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..presets import single_preset
+
 
 @dataclass(frozen=True)
 class SegmentationRecipe:
@@ -17,3 +19,5 @@ class SegmentationRecipe:
     cat_max_ratio: float = 0.75  # a random crop may hold at most this share of one class
     num_classes: int | None = None  # None: ADE20K's 150, or the classes.txt
     ignore_index: int = 255
+
+    preset = classmethod(single_preset)  # the settings the command line gave; this task has no named presets

@@ -39,8 +39,13 @@ class SegmentationTask(LibraryTask):
         return collate(samples)
 
     def build_model(self) -> nn.Module:
-        model = create_model(self.settings.model, num_classes=self.layout.num_classes, checkpoint=self.settings.init,
-                             labels=self.layout.classes, test_scale=self.recipe.scale)  # fmt: skip
+        model = create_model(
+            self.settings.model,
+            num_classes=self.layout.num_classes,
+            checkpoint=self.settings.init,
+            labels=self.layout.classes,
+            test_scale=self.recipe.scale,
+        )
         if self.context.enabled and self.context.device.type == "cuda":
             # The official head syncs BatchNorm statistics across GPUs; SyncBatchNorm has no CPU kernel, so CPU
             # (gloo) runs keep per-process statistics.
@@ -60,8 +65,9 @@ class SegmentationTask(LibraryTask):
     def channels_last(self) -> bool:
         return False
 
-    def training_step(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
-                      device: torch.device) -> torch.Tensor:  # fmt: skip
+    def training_step(
+        self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device
+    ) -> torch.Tensor:
         images, masks = (t.to(device, non_blocking=True) for t in batch)
         logits = model(images).float()  # through the DDP wrapper, at the crop's (= the masks') resolution
         return F.cross_entropy(logits, masks, ignore_index=IGNORE)
@@ -75,6 +81,10 @@ class SegmentationTask(LibraryTask):
 
     def describe(self) -> dict:
         layout = self.layout
-        return {"num_classes": layout.num_classes, "classes": list(layout.classes) if layout.classes else None,
-                "splits": [layout.train_split, layout.val_split], "reduce_zero_label": layout.reduce_zero_label,
-                "global_batch": self.recipe.batch_size * self.context.world_size}  # fmt: skip
+        return {
+            "num_classes": layout.num_classes,
+            "classes": list(layout.classes) if layout.classes else None,
+            "splits": [layout.train_split, layout.val_split],
+            "reduce_zero_label": layout.reduce_zero_label,
+            "global_batch": self.recipe.batch_size * self.context.world_size,
+        }

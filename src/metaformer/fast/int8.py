@@ -19,13 +19,12 @@ import warnings
 from collections.abc import Iterable, Iterator
 
 import torch
-import torch._inductor.config as inductor_config
 from torch import nn
 
-from .errors import ConfigError, UsageError
-from .models.fused import FusedBlock, FusedMlp, fuse
-from .models.layers import SquaredReLU
-from .models.metaformer import MetaFormer
+from ..errors import ConfigError, UsageError
+from ..models.metaformer import MetaFormer
+from ..models.pretrained import Recorded
+from .apply import fuse, swap_modules
 
 CL = torch.channels_last
 # Kept in float32: the classifier (an error there is an error in the logits, and it is one small product).
@@ -37,8 +36,10 @@ def int8_unsupported_reason() -> str | None:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"int8 inference runs on x86 CPUs (oneDNN's VNNI/AMX kernels); this machine is {platform.machine()}"
     if not torch.cpu._is_vnni_supported():
-        return ("this CPU has no VNNI or AMX int8 instructions, where int8 would be emulated and slower than float32; "
-                "use --dtype bfloat16 or float32")  # fmt: skip
+        return (
+            "this CPU has no VNNI or AMX int8 instructions, where int8 would be emulated and slower than float32; "
+            "use --dtype bfloat16 or float32"
+        )
     try:
         with _quiet():
             import torchao  # noqa: F401
@@ -64,51 +65,15 @@ def _quiet() -> Iterator[None]:
             logger.setLevel(level)
 
 
-class LinearMlp(nn.Module):
-    """A folded MLP branch ``r2 * y + fc2(act(fc1(normalize(y))))`` as token-wise linear layers on the channels-last
-    map, so that the quantizer fuses the activation into ``fc1``'s int8 kernel and the residual add into ``fc2``'s."""
-
-    def __init__(self, mlp: FusedMlp) -> None:
-        super().__init__()
-        self.normalize = mlp.normalize
-        self.fc1 = _linear(mlp.fc1_weight, mlp.fc1_bias)
-        # StarReLU was folded into fc2 as a squared ReLU: the quantizer fuses the ReLU, the square is one pass.
-        self.act = nn.ReLU() if mlp.square else mlp.act
-        self.square = mlp.square
-        self.fc2 = _linear(mlp.fc2_weight, mlp.fc2_bias)
-        self.res_scale = mlp.res_scale
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        tokens = self.normalize(y).permute(0, 2, 3, 1)  # a view: y is channels-last
-        hidden = self.act(self.fc1(tokens))
-        if self.square:
-            hidden = hidden * hidden
-        residual = y.permute(0, 2, 3, 1)
-        out = self.fc2(hidden) + (residual if self.res_scale is None else residual * self.res_scale.view(-1))
-        return out.permute(0, 3, 1, 2)
-
-
-def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
-    with torch.device("meta"):
-        layer = nn.Linear(weight.shape[1], weight.shape[0])
-    layer.weight = nn.Parameter(weight.detach().flatten(1).clone(), requires_grad=False)
-    layer.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
-    return layer
-
-
 def quantization_form(model: MetaFormer) -> nn.Module:
-    """The folded float32 model in the form the quantizer sees: same outputs as ``model`` (to rounding)."""
+    """The folded float32 model in the form the quantizer sees (the table's int8 rows): same outputs as ``model``
+    (to rounding)."""
     folded = fuse(model)
-    for block in folded.modules():
-        if isinstance(block, FusedBlock) and isinstance(block.mlp, FusedMlp):
-            act = block.mlp.act
-            if not isinstance(act, (nn.GELU, nn.ReLU, nn.SiLU, SquaredReLU)):
-                continue
-            block.mlp = LinearMlp(block.mlp)
+    swap_modules(folded, "int8")
     return folded
 
 
-class Int8MetaFormer(nn.Module):
+class Int8MetaFormer(Recorded, nn.Module):
     """What ``quantize`` returns: the int8 program of a classifier, compiled by inductor on the first call (about
     half a minute on two cores, once per process and image size; the batch size may vary, though a batch of one
     compiles once more, PyTorch specialising the size 1). Takes float32 pixels as the float model does and returns
@@ -121,7 +86,7 @@ class Int8MetaFormer(nn.Module):
         super().__init__()
         self.program = program
         self.config = model.config
-        self.name = getattr(model, "name", None)
+        self.pretrained_cfg = model.pretrained_cfg
         self.image_size = image_size
         self._num_classes = model.num_classes
         self._compiled: nn.Module | None = None
@@ -139,19 +104,25 @@ class Int8MetaFormer(nn.Module):
     def _apply(self, fn, recurse: bool = True) -> nn.Module:  # noqa: ANN001
         probe = fn(torch.zeros(1))
         if probe.device.type != "cpu" or probe.dtype != torch.float32:
-            raise ConfigError(f"an int8 model stays on the CPU and takes float32 pixels (asked for {probe.dtype} on "
-                              f"{probe.device.type}); quantize runs on x86 CPUs only")  # fmt: skip
+            raise ConfigError(
+                f"an int8 model stays on the CPU and takes float32 pixels (asked for {probe.dtype} on "
+                f"{probe.device.type}); quantize runs on x86 CPUs only"
+            )
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != self.image_size:
-            raise ConfigError(f"this int8 model was calibrated and exported at {self.image_size[0]}x"
-                              f"{self.image_size[1]}; got images of {x.shape[-2]}x{x.shape[-1]}: quantize again at "
-                              "that size")  # fmt: skip
+            raise ConfigError(
+                f"this int8 model was calibrated and exported at {self.image_size[0]}x"
+                f"{self.image_size[1]}; got images of {x.shape[-2]}x{x.shape[-1]}: quantize again at "
+                "that size"
+            )
         if self._compiled is None:
             self._compiled = torch.compile(self.program)
         x = x.float().contiguous(memory_format=CL)
         torch._dynamo.mark_dynamic(x, 0)  # one program for every batch size, not one compile each
+        import torch._inductor.config as inductor_config  # inductor is imported only when an int8 model runs
+
         # int8 kernels need the weights folded in as constants and prepacked: freezing, for this program only
         with torch.no_grad(), _quiet(), inductor_config.patch(freezing=True):
             return self._compiled(x)
@@ -160,8 +131,10 @@ class Int8MetaFormer(nn.Module):
 def _batches(images: torch.Tensor | Iterable[torch.Tensor]) -> list[torch.Tensor]:
     batches = [images] if isinstance(images, torch.Tensor) else list(images)
     if not batches or any(b.ndim != 4 or b.shape[1] != 3 or not b.is_floating_point() for b in batches):
-        raise UsageError("calibration images must be float tensors [N, 3, H, W] (processed pixels, as the model "
-                         "takes them), or a non-empty list of such batches")  # fmt: skip
+        raise UsageError(
+            "calibration images must be float tensors [N, 3, H, W] (processed pixels, as the model "
+            "takes them), or a non-empty list of such batches"
+        )
     sizes = {tuple(b.shape[-2:]) for b in batches}
     if len(sizes) > 1:
         raise UsageError(f"calibration batches must share one image size; got {sorted(sizes)}")
@@ -176,7 +149,7 @@ def quantize(model: nn.Module, calibration_images: torch.Tensor | Iterable[torch
     calibration's observed ranges. Norms, the pooling mixer's blend, the residual stream and the head stay in
     float32. The model runs at the calibration's image size, at any batch size.
     """
-    if not isinstance(model, MetaFormer) or getattr(model, "is_fused", False):
+    if type(model) is not MetaFormer:
         raise UsageError(f"quantize takes a plain MetaFormer classifier (not fused), got {type(model).__name__}")
     reason = int8_unsupported_reason()
     if reason is not None:
@@ -192,8 +165,9 @@ def quantize(model: nn.Module, calibration_images: torch.Tensor | Iterable[torch
         quantizer.set_module_name_qconfig(name, None)
     example = batches[0][:2] if batches[0].shape[0] >= 2 else batches[0].expand(2, -1, -1, -1)
     with torch.no_grad():
-        program = torch.export.export(form, (example.contiguous(memory_format=CL),),
-                                      dynamic_shapes=({0: torch.export.Dim.DYNAMIC},)).module()  # fmt: skip
+        program = torch.export.export(
+            form, (example.contiguous(memory_format=CL),), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},)
+        ).module()
         prepared = prepare_pt2e(program, quantizer)
         for batch in batches:
             prepared(batch)

@@ -1,5 +1,7 @@
-"""Training only: PoolFormer's two branches, each as one autograd function with a custom backward that keeps less
-for it and makes fewer passes over memory. (Inference folding is another thing: ``fused.py``.)
+"""Training only, and opt-in (``train --custom-backward``, ``use_custom_backward``): PoolFormer's two branches,
+each as one autograd function with a custom backward that keeps less for it and makes fewer passes over memory.
+``table.py`` says which blocks they apply to; every other block, and any part with a hook or of another class,
+trains through the reference modules. (Inference folding is another thing: ``inference.py``.)
 
 The token mixer ``x + ls * (P(n(x)) - n(x))``:
 
@@ -20,10 +22,23 @@ GELU's input are kept, and the backward recomputes GELU's output from its input.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from .layers import average_pool, group_statistics
+from ..models.blocks import MetaFormerBlock
+from ..models.layers import average_pool, group_statistics
+from .folding import scale_of
+
+
+class BranchRow(Protocol):
+    """A training row of ``table.py``: whether it fits a block, and the branch it computes."""
+
+    fits: Callable[[nn.Module], str | None]
+    replacement: Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 
 class _PoolingBranchFunction(torch.autograd.Function):
@@ -51,8 +66,9 @@ class _PoolingBranchFunction(torch.autograd.Function):
         grad_weight, grad_layer_scale = layer_scale * shared, weight * shared
         grad_rstd = (sums * scale).sum(1) * sample_scale  # [B]
         blended = grad * (scale[None, :, None, None] * per_sample[:, None, None, None]).to(grad.dtype)
-        pool_adjoint = torch.ops.aten.avg_pool2d_backward(blended, x, [size, size], [1, 1], [size // 2, size // 2],
-                                                          False, False, None)  # fmt: skip
+        pool_adjoint = torch.ops.aten.avg_pool2d_backward(
+            blended, x, [size, size], [1, 1], [size // 2, size // 2], False, False, None
+        )
         # d(1/sigma)/dx = -(x - mean) / (N sigma^3) with N = C*H*W values per sample.
         coefficient = (-grad_rstd * rstd.pow(3) / x[0].numel())[:, None, None, None]
         grad_x = grad - blended + pool_adjoint
@@ -99,8 +115,9 @@ def _feature_map(tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return tokens.view(batch, height, width, -1).permute(0, 3, 1, 2)
 
 
-def _folded_weights(w1: torch.Tensor, w2: torch.Tensor, norm_weight: torch.Tensor, layer_scale: torch.Tensor,
-                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def _folded_weights(
+    w1: torch.Tensor, w2: torch.Tensor, norm_weight: torch.Tensor, layer_scale: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """fc1's weight with the norm's scale folded in, fc2's with the layer scale, as ``[out, in]`` in ``dtype``."""
     return (w1.flatten(1) * norm_weight).to(dtype), (w2.flatten(1) * layer_scale[:, None]).to(dtype)
 
@@ -147,8 +164,17 @@ class _MlpBranchFunction(torch.autograd.Function):
             # (in float32: under autocast the block input may be bfloat16 while its statistics are float32)
             normalised = _feature_map(tokens, grad).to(rstd.dtype)
             bracket = torch.ops.aten.native_group_norm_backward(
-                _feature_map(grad_tokens, grad).to(rstd.dtype), normalised, torch.zeros_like(rstd),
-                torch.ones_like(rstd), None, batch, channels, height * width, 1, [True, False, False])[0]  # fmt: skip
+                _feature_map(grad_tokens, grad).to(rstd.dtype),
+                normalised,
+                torch.zeros_like(rstd),
+                torch.ones_like(rstd),
+                None,
+                batch,
+                channels,
+                height * width,
+                1,
+                [True, False, False],
+            )[0]
             grad_x = torch.addcmul(grad, bracket.to(grad.dtype), rstd.view(-1, 1, 1, 1).to(grad.dtype))
             grad_w2 = (grad_w2_folded * layer_scale[:, None]).view_as(w2)
             grad_layer_scale = (grad_w2_folded * w2_2d).sum(1) + grad_b2_folded * b2
@@ -159,8 +185,18 @@ class _MlpBranchFunction(torch.autograd.Function):
             grad_w1 = grad_w1.view_as(w1)
             grad_norm_weight = (grad_w1_folded * w1_2d).sum(0)
             grad_norm_bias = w1_2d.t().mv(grad_b1_folded) if ctx.has_norm_bias else None
-        return (grad_x, grad_norm_weight, grad_norm_bias, grad_w1, grad_b1_folded, grad_w2, grad_b2,
-                grad_layer_scale, None, None)  # fmt: skip
+        return (
+            grad_x,
+            grad_norm_weight,
+            grad_norm_bias,
+            grad_w1,
+            grad_b1_folded,
+            grad_w2,
+            grad_b2,
+            grad_layer_scale,
+            None,
+            None,
+        )
 
 
 def mlp_branch_with_custom_backward(
@@ -175,5 +211,67 @@ def mlp_branch_with_custom_backward(
 ) -> torch.Tensor:
     """``x + m * layer_scale * fc2(gelu(fc1(n(x))))`` with ``n`` the one-group GroupNorm ``(norm_weight, norm_bias,
     eps)``, ``fc1``/``fc2`` 1x1 convolutions with biases and ``m`` a per-sample factor (stochastic depth)."""
-    return _MlpBranchFunction.apply(x, norm_weight, norm_bias, fc1.weight, fc1.bias, fc2.weight, fc2.bias,
-                                    layer_scale, sample_scale, eps)  # fmt: skip
+    return _MlpBranchFunction.apply(
+        x, norm_weight, norm_bias, fc1.weight, fc1.bias, fc2.weight, fc2.bias, layer_scale, sample_scale, eps
+    )
+
+
+def _ones_like_norm(norm: nn.Module, scale: torch.Tensor | None) -> torch.Tensor:
+    return scale if scale is not None else torch.ones_like(norm.weight)
+
+
+def _sample_scale(drop_path: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    scale = drop_path.sample_scale(x)
+    return None if scale is None else scale.view(-1).float()
+
+
+def pooling_branch(block: MetaFormerBlock, x: torch.Tensor) -> torch.Tensor:
+    """The block's token branch through ``_PoolingBranchFunction``."""
+    norm = block.norm1
+    layer_scale = _ones_like_norm(norm, scale_of(block.layer_scale1))
+    return pooling_branch_with_custom_backward(
+        x,
+        norm.weight,
+        norm.bias,
+        layer_scale,
+        block.token_mixer.pool.kernel_size,
+        norm.eps,
+        _sample_scale(block.drop_path1, x),
+    )
+
+
+def mlp_branch(block: MetaFormerBlock, x: torch.Tensor) -> torch.Tensor:
+    """The block's channel-MLP branch through ``_MlpBranchFunction``."""
+    norm = block.norm2
+    layer_scale = _ones_like_norm(norm, scale_of(block.layer_scale2))
+    return mlp_branch_with_custom_backward(
+        x,
+        norm.weight,
+        norm.bias,
+        block.mlp.fc1,
+        block.mlp.fc2,
+        layer_scale,
+        norm.eps,
+        _sample_scale(block.drop_path2, x),
+    )
+
+
+class TrainingBlock(MetaFormerBlock):
+    """A reference block's own parts (the same modules, so the same parameters and state-dict keys) with each
+    branch run through its training function where ``token``/``mlp`` (rows of the table) still fit the parts:
+    checked at every call, so a part swapped or hooked later runs as the reference module. In evaluation mode, or
+    without gradients, both branches are the reference ones."""
+
+    def __init__(self, block: MetaFormerBlock, token: BranchRow | None, mlp: BranchRow | None) -> None:
+        nn.Module.__init__(self)  # the parts are adopted, not built
+        self.dim = block.dim
+        for name, child in block.named_children():
+            self.add_module(name, child)
+        self.token_swap, self.mlp_swap = token, mlp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        training = self.training and torch.is_grad_enabled()
+        token = self.token_swap if training and self.token_swap and not self.token_swap.fits(self) else None
+        x = token.replacement(self, x) if token else self.token_branch(x)
+        mlp = self.mlp_swap if training and self.mlp_swap and not self.mlp_swap.fits(self) else None
+        return mlp.replacement(self, x) if mlp else self.mlp_branch(x)

@@ -1,11 +1,8 @@
 """Export for runtimes without this library: ONNX (checked in ONNX Runtime) and ``torch.export`` programs.
 
-The one-group GroupNorm (PoolFormer's norm) is written out as its arithmetic: mean and variance by ``ReduceMean``
-over (C, H, W), then ``(x - mean) / sqrt(var + eps) * weight + bias``. PyTorch's exporter would emit a reshape to
-one "channel" and ``InstanceNormalization`` (or, at opset 18+, a ``GroupNormalization`` elsewhere), and runtimes
-differ on those: TensorRT 10.16 computes ``GroupNormalization(num_groups=1)`` per channel, which is wrong. Plain
-reductions are computed alike everywhere. PoolFormer's pooling (``count_include_pad=False``) maps to ONNX's
-``AveragePool`` as it is.
+The exporters trace the reference model with the table's export rows swapped in: the one-group GroupNorm
+(PoolFormer's norm) as plain reductions (``inference.DecomposedGroupNorm1`` says why). PoolFormer's pooling
+(``count_include_pad=False``) maps to ONNX's ``AveragePool`` as it is.
 """
 
 from __future__ import annotations
@@ -18,31 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ConfigError, MetaformerError
-from .files import atomic_write
-from .models.dense import SemanticFPN, is_dense
-from .models.fused import is_fused
-from .models.layers import GroupNorm1
+from ..errors import ConfigError, MetaformerError
+from ..files import atomic_write
+from ..models.dense import SemanticFPN, is_dense
+from .apply import is_fused, swap_modules
 
 ONNX_TOLERANCE = 1e-4  # the largest logit difference ONNX Runtime may show against PyTorch
 EXPORT_EXTRA = 'pip install "metaformer[export]" (onnx, onnxscript, onnxruntime)'
-
-
-class DecomposedGroupNorm1(nn.Module):
-    """GroupNorm with one group as plain reductions, for exporters (see the module's docstring)."""
-
-    def __init__(self, norm: GroupNorm1) -> None:
-        super().__init__()
-        self.weight = norm.weight
-        self.bias = norm.bias
-        self.eps = norm.eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean((1, 2, 3), keepdim=True)
-        centred = x - mean
-        variance = (centred * centred).mean((1, 2, 3), keepdim=True)
-        x = centred / torch.sqrt(variance + self.eps) * self.weight[:, None, None]
-        return x if self.bias is None else x + self.bias[:, None, None]
 
 
 def export_form(model: nn.Module) -> nn.Module:
@@ -52,22 +31,19 @@ def export_form(model: nn.Module) -> nn.Module:
     if is_dense(model) and not isinstance(model, SemanticFPN):
         # torch.export stops at the box selection, whose output sizes depend on the data; torchvision supports
         # these models only through the TorchScript-based ONNX exporter (the README shows it).
-        raise ConfigError(f"{model.name}: torch.export cannot trace torchvision's detection post-processing (box "
-                          "counts depend on the data); export its ONNX with torch.onnx.export(model, ([image],), "
-                          "path, dynamo=False, opset_version=17) as the README shows")  # fmt: skip
+        raise ConfigError(
+            f"{model.name}: torch.export cannot trace torchvision's detection post-processing (box "
+            "counts depend on the data); export its ONNX with torch.onnx.export(model, ([image],), "
+            "path, dynamo=False, opset_version=17) as the README shows"
+        )
     model = copy.deepcopy(model).eval()
-    for name, module in list(model.named_modules()):
-        if isinstance(module, GroupNorm1):
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, DecomposedGroupNorm1(module))
+    swap_modules(model, "export")
     return model
 
 
 def fixed_grid(model: nn.Module) -> bool:
     """Whether the model takes only its training size: a mixer holds a matrix over a fixed token grid."""
-    backbone = getattr(model, "backbone", model)
-    config = getattr(backbone, "config", None)
-    return config is not None and bool({"random", "spatial_mlp"} & set(config.mixers))
+    return any(getattr(type(m), "fixed_grid", False) for m in model.modules())
 
 
 def _dynamic_shapes(model: nn.Module, static: bool) -> dict | None:
@@ -102,8 +78,9 @@ class OnnxCheck:
         return self.max_abs_diff <= ONNX_TOLERANCE
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor, *, static: bool = False,
-                opset: int | None = None) -> Path:  # fmt: skip
+def export_onnx(
+    model: nn.Module, path: str | os.PathLike, example: torch.Tensor, *, static: bool = False, opset: int | None = None
+) -> Path:
     """Write ``model`` as ONNX through ``torch.onnx.export`` (the dynamo exporter), batch and image size dynamic
     unless ``static`` (sides multiples of 32); input ``pixel_values``, output ``logits``."""
     try:
@@ -116,9 +93,16 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor
         shapes = {_input_name(model): shapes["x"]}
     try:
         with torch.no_grad():  # the literal modules, not the training path's custom autograd function
-            program = torch.onnx.export(model, (_traced_with(example, static),), dynamo=True, dynamic_shapes=shapes,
-                                        opset_version=opset, input_names=["pixel_values"], output_names=["logits"],
-                                        verbose=False)  # fmt: skip
+            program = torch.onnx.export(
+                model,
+                (_traced_with(example, static),),
+                dynamo=True,
+                dynamic_shapes=shapes,
+                opset_version=opset,
+                input_names=["pixel_values"],
+                output_names=["logits"],
+                verbose=False,
+            )
     except Exception as error:  # the exporter raises many types; the user needs its message, not a traceback
         raise MetaformerError(f"torch.onnx.export failed: {str(error).splitlines()[0]}") from error
     data = program.model_proto.SerializeToString()
@@ -141,8 +125,9 @@ def check_onnx(path: str | os.PathLike, model: nn.Module, pixel_values: torch.Te
     return OnnxCheck(float((got - expected).abs().max()), tuple(got.shape))
 
 
-def export_program(model: nn.Module, path: str | os.PathLike, example: torch.Tensor, *, static: bool = False,
-                   aot: bool = False) -> Path:  # fmt: skip
+def export_program(
+    model: nn.Module, path: str | os.PathLike, example: torch.Tensor, *, static: bool = False, aot: bool = False
+) -> Path:
     """Write a ``torch.export`` program (``.pt2``; ``torch.export.load(path).module()`` runs it without this
     library) or, with ``aot``, an AOTInductor package (``torch._inductor.aoti_load_package(path)``: compiled code
     for this machine's CPU or GPU)."""

@@ -11,7 +11,7 @@ import time
 import torch
 from torch import nn
 
-from .models.fused import is_fused
+from .apply import is_fused
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

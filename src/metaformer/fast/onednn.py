@@ -104,16 +104,24 @@ class Packing(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
 
-def conv_pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: OneDnnWeight,
-                   attr: str = "none", algorithm: str = "") -> torch.Tensor:  # fmt: skip
+def conv_pointwise(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    packed: OneDnnWeight,
+    attr: str = "none",
+    algorithm: str = "",
+) -> torch.Tensor:
     """``act(conv(x))`` through oneDNN with the weight packed for ``x``'s shape (``attr``: the epilogue)."""
-    return torch.ops.mkldnn._convolution_pointwise(x, packed(weight, x), bias, packed.padding, packed.stride, [1, 1],
-                                                   1, attr, [], algorithm)  # fmt: skip
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, packed(weight, x), bias, packed.padding, packed.stride, [1, 1], 1, attr, [], algorithm
+    )
 
 
-def conv_add_(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-              packed: OneDnnWeight) -> torch.Tensor:  # fmt: skip
+def conv_add_(
+    y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: OneDnnWeight
+) -> torch.Tensor:
     """``y += conv(x)`` in one oneDNN call (the sum epilogue writes into ``y``)."""
-    return torch.ops.mkldnn._convolution_pointwise_.binary(y, x, packed(weight, x), bias, packed.padding,
-                                                           packed.stride, [1, 1], 1, "add", 1.0, None, [None],
-                                                           None)  # fmt: skip
+    return torch.ops.mkldnn._convolution_pointwise_.binary(
+        y, x, packed(weight, x), bias, packed.padding, packed.stride, [1, 1], 1, "add", 1.0, None, [None], None
+    )

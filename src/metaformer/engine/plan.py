@@ -1,0 +1,71 @@
+"""A run's plan: how its optimizer steps fall into rounds (epochs or evaluation intervals), and how to name them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from .task import TrainingTask
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a run's optimizer steps fall into rounds, and which rounds evaluate. A round ends at the next multiple
+    of ``round_steps`` (an epoch, or ``--eval-every`` iterations), at the end of the run, or at ``--stop-after``,
+    so a run extended or stopped anywhere continues from the step it reached."""
+
+    unit: str
+    steps_per_epoch: int
+    total_steps: int
+    round_steps: int
+    eval_every: int
+    last_step: int  # where this invocation stops: the end, or --stop-after
+
+    @classmethod
+    def make(cls, task: TrainingTask, steps_per_epoch: int) -> Plan:
+        total = task.total_steps(steps_per_epoch)
+        eval_every = task.settings.eval_every or task.default_eval_every
+        if eval_every < 1:
+            raise ConfigError(f"--eval-every must be a positive number of {task.unit}s, got {eval_every}")
+        per_unit = steps_per_epoch if task.unit == "epoch" else 1
+        round_steps = steps_per_epoch if task.unit == "epoch" else eval_every
+        stop = task.settings.stop_after
+        last = total if stop is None else min(total, stop * per_unit)
+        return cls(task.unit, steps_per_epoch, total, round_steps, eval_every, last)
+
+    def rounds_from(self, step: int) -> Iterator[tuple[int, int]]:
+        """The ``(start, stop)`` steps of each round from ``step`` to ``last_step``."""
+        while step < self.last_step:
+            stop = min((step // self.round_steps + 1) * self.round_steps, self.last_step)
+            yield step, stop
+            step = stop
+
+    @property
+    def epochs(self) -> int:
+        return -(-self.total_steps // self.steps_per_epoch)
+
+    def evaluates(self, stop: int) -> bool:
+        if self.unit == "iteration" or stop == self.total_steps:
+            return True
+        return (stop // self.steps_per_epoch) % self.eval_every == 0
+
+    def position(self, stop: int) -> dict:
+        if self.unit == "epoch":
+            return {"epoch": stop // self.steps_per_epoch}
+        return {"iteration": stop, "epoch": round(stop / self.steps_per_epoch, 3)}
+
+    def title(self, stop: int) -> str:
+        if self.unit == "epoch":
+            return f"epoch {stop // self.steps_per_epoch}/{self.epochs}"
+        return f"iterations to {stop}/{self.total_steps}"
+
+    def where(self, step: int) -> str:
+        if self.unit == "epoch":
+            return f"epoch {step // self.steps_per_epoch + 1}, step {step % self.steps_per_epoch + 1}"
+        return f"iteration {step + 1}"
+
+    def reached(self, step: int) -> str:
+        if self.unit == "epoch":
+            return f"epoch {step // self.steps_per_epoch}"
+        return f"iteration {step}"

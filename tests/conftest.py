@@ -66,3 +66,21 @@ def random_model():
         return randomize(metaformer.create_model(name, **kwargs), seed).eval()
 
     return make
+
+
+INTERMEDIATE_CALLS = ({}, {"indices": 2, "norm": True}, {"indices": [0, 3], "stop_early": True},
+                      {"intermediates_only": True})  # fmt: skip
+
+
+def assert_intermediates_equal(ours: torch.nn.Module, theirs: torch.nn.Module, x: torch.Tensor) -> None:
+    """``forward_intermediates`` as timm's, for each way of calling it: the final map and each stage's."""
+    with torch.no_grad():
+        for kwargs in INTERMEDIATE_CALLS:
+            mine, reference = ours.forward_intermediates(x, **kwargs), theirs.forward_intermediates(x, **kwargs)
+            if kwargs.get("intermediates_only"):  # the maps alone; otherwise (the final features, the maps)
+                mine, reference = (None, mine), (None, reference)
+            assert len(mine[1]) == len(reference[1]), kwargs
+            for a, b in zip(mine[1], reference[1], strict=True):
+                torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+            if mine[0] is not None:
+                torch.testing.assert_close(mine[0], reference[0], atol=1e-4, rtol=1e-4)

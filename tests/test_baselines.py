@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from baselines_reference import official_forward
-from conftest import randomize
+from conftest import assert_intermediates_equal, randomize
 
 import metaformer
 from metaformer.checkpoints import open_checkpoint
@@ -108,6 +108,7 @@ def test_equal_to_timm_both_ways(name):
         back = metaformer.create_model(name, checkpoint=theirs.state_dict(), strict=True).eval()
         assert torch.allclose(back(x), expected, atol=1e-4, rtol=0)
         assert torch.allclose(ours.forward_features(x), theirs.forward_features(x), atol=1e-4, rtol=0)
+    assert_intermediates_equal(ours, theirs, x[:1])  # the 13 timm Baselines architectures
 
 
 @pytest.mark.parametrize("name", SMALLEST)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import assert_intermediates_equal
 
 import metaformer
 from metaformer.checkpoints import save_checkpoint
@@ -35,6 +36,7 @@ def test_logits_equal_hugging_face_and_features_equal_timm(name, random_model, t
     assert ours.std() > 0.1  # the logits carry signal, not just the head's bias
     assert (ours - theirs).abs().max() <= 1e-4
     assert (features - timm_features).abs().max() <= 1e-4
+    assert_intermediates_equal(model, timm_model, x[:1])
     # timm pools before its final norm (unlike the official head): our head gives the official logits.
     assert ours.argmax(-1).tolist() == theirs.argmax(-1).tolist()
 

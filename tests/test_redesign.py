@@ -5,7 +5,6 @@ task table."""
 from __future__ import annotations
 
 import copy
-import itertools
 
 import pytest
 import torch
@@ -284,53 +283,26 @@ def test_newcomer_walk_through_add_a_mixer_train_fuse_export(tmp_path):
     assert check_onnx(path, model, images[:2]).max_abs_diff < 1e-4
 
 
-TIMM_ARCHITECTURES = (
-    [f"poolformer_{s}" for s in ("s12", "s24", "s36", "m36", "m48")]
-    + [f"{family}_{size}" for family, size in itertools.product(("poolformerv2",), ("s12", "s24", "s36", "m36", "m48"))]
-    + [f"{family}_{size}" for family in ("convformer", "caformer") for size in ("s18", "s36", "m36", "b36")]
-)
 SMALLEST = ["poolformer_s12", "poolformerv2_s12", "convformer_s18", "caformer_s18"]
 
 
-def _intermediates_against_timm(name: str) -> None:
+@pytest.mark.parametrize("name", SMALLEST)
+def test_forward_intermediates_and_pruning_equal_timms(name):
+    """One model per family here, at 96 px; test_baselines and test_parity check every timm architecture."""
+    from conftest import assert_intermediates_equal
+
     timm = pytest.importorskip("timm")
-    theirs = timm.create_model(name, pretrained=False).eval()
+    theirs = randomize(timm.create_model(name, pretrained=False)).eval()
     ours = metaformer.create_model(name).eval()
-    randomize(theirs)
     metaformer.checkpoints.load_checkpoint(ours, theirs.state_dict(), strict=True)
     x = torch.randn(1, 3, 96, 96)
+    assert_intermediates_equal(ours, theirs, x)
+    assert ours.prune_intermediate_layers(2) == theirs.prune_intermediate_layers(2)
     with torch.no_grad():
-        for kwargs in (
-            {},
-            {"indices": 2, "norm": True},
-            {"indices": [0, 3], "stop_early": True},
-            {"output_fmt": "NCHW", "intermediates_only": True},
-        ):
-            mine, reference = ours.forward_intermediates(x, **kwargs), theirs.forward_intermediates(x, **kwargs)
-            if kwargs.get("intermediates_only"):  # the maps alone; otherwise (the final features, the maps)
-                mine, reference = (None, mine), (None, reference)
-            assert len(mine[1]) == len(reference[1])
-            for a, b in zip(mine[1], reference[1], strict=True):
-                torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
-            if mine[0] is not None:
-                torch.testing.assert_close(mine[0], reference[0], atol=1e-4, rtol=1e-4)
-        assert ours.prune_intermediate_layers(2) == theirs.prune_intermediate_layers(2)
         torch.testing.assert_close(
             ours.forward_intermediates(x, intermediates_only=True)[-1],
             theirs.forward_intermediates(x, intermediates_only=True)[-1],
         )
-
-
-@pytest.mark.parametrize("name", SMALLEST)
-def test_forward_intermediates_equal_timms(name):
-    _intermediates_against_timm(name)
-
-
-@pytest.mark.slow
-@pytest.mark.peer
-@pytest.mark.parametrize("name", [n for n in TIMM_ARCHITECTURES if n not in SMALLEST])
-def test_forward_intermediates_equal_timms_on_every_timm_architecture(name):
-    _intermediates_against_timm(name)
 
 
 @pytest.mark.parametrize("name", ["poolformer_s12", "caformer_s18", "metaformer_random_s12", "fpn_poolformer_s12"])

@@ -6,13 +6,16 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch._inductor.config as inductor_config
 from conftest import randomize
 from PIL import Image
+from tiny import TINY
 
+import metaformer
 from metaformer.checkpoints import save_checkpoint
 from metaformer.cli import main
 from metaformer.data import imagenet_labels
@@ -20,13 +23,17 @@ from metaformer.data import imagenet_labels
 
 @pytest.fixture(scope="module")
 def official_checkpoint(tmp_path_factory):
-    import metaformer
-
     model = randomize(metaformer.create_model("poolformer_s12"), seed=11).eval()
     path = tmp_path_factory.mktemp("weights") / "poolformer_s12.pth.tar"
     save_checkpoint(model, path, to="official")
     hf_folder = save_checkpoint(model, path.parent / "hf", to="hf")
     return path, hf_folder
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    model = randomize(metaformer.create_model(TINY), seed=12).eval()
+    return metaformer.save_checkpoint(model, tmp_path_factory.mktemp("tiny") / "tiny.safetensors")
 
 
 def run_json(capsys, *args: str) -> tuple[int, list[dict]]:
@@ -210,7 +217,6 @@ def test_console_script_runs():
 
 
 def test_predict_uses_a_fine_tuned_checkpoints_labels(imagenet_samples, tmp_path, capsys):
-    import metaformer
     from metaformer.tasks.classification.predict import Classifier
 
     model = randomize(metaformer.create_model("poolformer_s12", num_classes=4), seed=5).eval()
@@ -257,14 +263,14 @@ def test_cli_usage_errors(capsys):
 
 
 @pytest.mark.slow
-def test_predict_fused_plain_compiled_and_bfloat16_agree(official_checkpoint, imagenet_samples, capsys):
+def test_predict_fused_plain_compiled_and_bfloat16_agree(tiny_checkpoint, imagenet_samples, capsys):
     photos = imagenet_samples[:12]
     runs = {}
     variants = (("fused", []), ("plain", ["--no-fuse"]), ("compiled", ["--compile"]), ("bf16", ["--dtype", "bfloat16"]))
     for name, flags in variants:
-        weights = ["--checkpoint", str(official_checkpoint[0])]
+        weights = ["--checkpoint", str(tiny_checkpoint)]
         with inductor_config.patch(freezing=False):  # --compile turns freezing on for its process; not for the others
-            assert main(["predict", *map(str, photos), "--model", "poolformer_s12", *weights, "--json", *flags]) == 0
+            assert main(["predict", *map(str, photos), "--model", TINY, *weights, "--json", *flags]) == 0
         runs[name] = [json.loads(line)["topk"] for line in capsys.readouterr().out.splitlines()]
     for other in ("plain", "compiled"):
         for fused, theirs in zip(runs["fused"], runs[other], strict=True):
@@ -274,10 +280,11 @@ def test_predict_fused_plain_compiled_and_bfloat16_agree(official_checkpoint, im
     assert agree >= 10, agree  # bf16 keeps 8 bits of mantissa: near-ties may flip
 
 
-def test_predict_into_a_closed_pipe_stops_quietly(official_checkpoint, imagenet_samples):
-    weights = ["--model", "poolformer_s12", "--checkpoint", str(official_checkpoint[0])]
+def test_predict_into_a_closed_pipe_stops_quietly(tiny_checkpoint, imagenet_samples):
+    weights = ["--model", TINY, "--checkpoint", str(tiny_checkpoint)]
     photos = [str(p) for p in imagenet_samples[:40]]
-    command = [sys.executable, "-m", "metaformer", "predict", *photos, *weights, "--json", "--batch-size", "8"]
+    command = [sys.executable, str(Path(__file__).with_name("tiny.py")), "predict", *photos, *weights, "--json"]
+    command += ["--batch-size", "8"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = process.stdout.readline()
     process.stdout.close()  # as `| head -1` does

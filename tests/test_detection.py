@@ -9,6 +9,7 @@ import torch
 from conftest import DATA_DIR
 from PIL import Image
 from safetensors.torch import load_file
+from tiny import TINY_MASK_RCNN, TINY_RETINANET
 
 import metaformer
 from metaformer.cli import main
@@ -31,7 +32,7 @@ def test_parameter_counts(name):
     assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - PARAMS[name]) <= 0.3
 
 
-@pytest.mark.parametrize("name", ["retinanet_poolformer_s12", "mask_rcnn_poolformer_s12"])
+@pytest.mark.parametrize("name", [TINY_RETINANET, TINY_MASK_RCNN])
 def test_forward_backward_on_odd_sizes(name):
     model = metaformer.create_model(name, num_classes=3, min_size=96, max_size=160).train()
     images = [torch.rand(3, 97, 131), torch.rand(3, 120, 71)]
@@ -39,7 +40,7 @@ def test_forward_backward_on_odd_sizes(name):
         {"boxes": torch.tensor([[10.0, 12.0, 60.0, 80.0]]), "labels": torch.tensor([1])},
         {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
     ]
-    if name.startswith("mask"):
+    if name == TINY_MASK_RCNN:
         targets[0]["masks"] = torch.zeros(1, 97, 131, dtype=torch.uint8)
         targets[0]["masks"][0, 12:80, 10:60] = 1
         targets[1]["masks"] = torch.zeros(0, 120, 71, dtype=torch.uint8)
@@ -115,9 +116,7 @@ def test_bad_annotations(coco, tmp_path):
         coco_split(data, "test2017")
 
 
-@pytest.mark.parametrize(
-    "name", ["retinanet_poolformer_s12", pytest.param("mask_rcnn_poolformer_s12", marks=pytest.mark.slow)]
-)
+@pytest.mark.parametrize("name", [TINY_RETINANET, pytest.param(TINY_MASK_RCNN, marks=pytest.mark.slow)])
 def test_train_resume_eval_and_detect(name, coco, tmp_path, capsys):
     data = write_subset(coco, tmp_path / "data")
     common = [
@@ -140,8 +139,8 @@ def test_train_resume_eval_and_detect(name, coco, tmp_path, capsys):
     assert main(["train", str(data), "--output", str(tmp_path / "run"), *common]) == 0
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2] and "AP50" in records[-1]
-    assert ("mask_AP" in records[-1]) == name.startswith("mask")
-    if name.startswith("retinanet"):  # the engine resumes every task alike; Mask R-CNN's own run is slow on CPU
+    assert ("mask_AP" in records[-1]) == (name == TINY_MASK_RCNN)
+    if name == TINY_RETINANET:  # the engine resumes every task alike; Mask R-CNN's own run is slow on CPU
         assert main(["train", str(data), "--output", str(tmp_path / "cut"), "--stop-after", "1", *common]) == 0
         assert main(["train", "--resume", str(tmp_path / "cut")]) == 0
         straight, resumed = (
@@ -157,7 +156,7 @@ def test_train_resume_eval_and_detect(name, coco, tmp_path, capsys):
     assert result["images"] == 2 and result["AP"] == pytest.approx(records[-1]["AP"])
     assert (result["min_size"], result["max_size"]) == (96, 128)  # the size it was trained at, from the checkpoint
     assert {"AR1", "AR10", "AR100", "ARs", "ARm", "ARl"} <= set(result)  # pycocotools' whole table
-    kinds = ["bbox", "segm"] if name.startswith("mask") else ["bbox"]
+    kinds = ["bbox", "segm"] if name == TINY_MASK_RCNN else ["bbox"]
     assert sorted(result["per_class"]) == kinds and set(result["per_class"]["bbox"]) <= set(
         metaformer.create_model(name, checkpoint=checkpoint).labels
     )

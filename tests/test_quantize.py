@@ -5,17 +5,17 @@ in benchmarks/speed.py, not here.)"""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import randomize
+from tiny import TINY
 
 import metaformer
 import metaformer.data
 from metaformer import ImageProcessor
+from metaformer.cli import main
 from metaformer.errors import ConfigError, UsageError
 from metaformer.fast.inference import LinearMlp
 from metaformer.fast.int8 import int8_unsupported_reason, quantization_form, quantize
@@ -94,14 +94,10 @@ def test_a_cpu_without_vnni_gets_a_clear_message(monkeypatch):
     assert "no VNNI or AMX" in reason and "bfloat16" in reason
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "metaformer", *args], capture_output=True, text=True, timeout=600)
-
-
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory) -> str:
-    # The commands build the named architecture: a 10-class PoolFormer-S12 at 64x64 pixels.
-    model = randomize(metaformer.create_model("poolformer_s12", num_classes=10, image_size=64)).eval()
+    # The commands build the named architecture: the tests' tiny PoolFormer, 10 classes at 64x64 pixels.
+    model = randomize(metaformer.create_model(TINY, num_classes=10, image_size=64)).eval()
     path = tmp_path_factory.mktemp("int8") / "small.safetensors"
     metaformer.save_checkpoint(model, path)
     return str(path)
@@ -109,25 +105,14 @@ def small_checkpoint(tmp_path_factory) -> str:
 
 @pytest.mark.slow
 @needs_int8
-def test_predict_in_int8_agrees_with_float32(small_checkpoint, imagenet_samples):
+def test_predict_in_int8_agrees_with_float32(small_checkpoint, imagenet_samples, capsys):
     folder = imagenet_samples[0].parent
-    run = cli(
-        "predict",
-        str(folder),
-        "--model",
-        "poolformer_s12",
-        "--checkpoint",
-        small_checkpoint,
-        "--json",
-        "--topk",
-        "1",
-        "--dtype",
-        "int8",
-    )
-    assert run.returncode == 0, run.stderr
-    assert "int8: calibrating on" in run.stderr
-    found = {Path(r["path"]).name: r["topk"][0]["index"] for r in map(json.loads, run.stdout.splitlines())}
-    model = metaformer.create_model("poolformer_s12", checkpoint=small_checkpoint).eval()
+    args = ["predict", str(folder), "--model", TINY, "--checkpoint", small_checkpoint, "--json", "--topk", "1"]
+    assert main([*args, "--dtype", "int8"]) == 0
+    said = capsys.readouterr()
+    assert "int8: calibrating on" in said.err
+    found = {Path(r["path"]).name: r["topk"][0]["index"] for r in map(json.loads, said.out.splitlines())}
+    model = metaformer.create_model(TINY, checkpoint=small_checkpoint).eval()
     paths = metaformer.data.find_images([folder])
     with torch.no_grad():  # the float32 model on the pixels predict gives it
         expected = model(ImageProcessor.for_model(model)(paths)).argmax(1).tolist()
@@ -146,11 +131,7 @@ def test_predict_in_int8_agrees_with_float32(small_checkpoint, imagenet_samples)
     ],
 )
 def test_predict_refuses_what_int8_cannot_honour(extra, message, small_checkpoint, imagenet_samples, capsys):
-    from metaformer.cli import main
-
-    code = main(
-        ["predict", str(imagenet_samples[0]), "--model", "poolformer_s12", "--checkpoint", small_checkpoint, *extra]
-    )
+    code = main(["predict", str(imagenet_samples[0]), "--model", TINY, "--checkpoint", small_checkpoint, *extra])
     error = capsys.readouterr().err
     assert code == 2 and error.startswith("error: ") and message in error, error
 
@@ -164,8 +145,6 @@ def test_predict_refuses_what_int8_cannot_honour(extra, message, small_checkpoin
     ],
 )
 def test_eval_and_benchmark_refuse_what_int8_cannot_honour(command, message, capsys):
-    from metaformer.cli import main
-
     code = main(command)
     error = capsys.readouterr().err
     assert code == 2 and error.startswith("error: ") and message in error, error
@@ -173,25 +152,16 @@ def test_eval_and_benchmark_refuse_what_int8_cannot_honour(command, message, cap
 
 @pytest.mark.slow
 @needs_int8
-def test_eval_in_int8_calibrates_on_the_training_split_or_asks(small_checkpoint, tmp_path, imagenet_samples):
+def test_eval_in_int8_calibrates_on_the_training_split_or_asks(small_checkpoint, tmp_path, imagenet_samples, capsys):
     val = tmp_path / "val"
     for index, path in enumerate(imagenet_samples[:20]):  # ten classes, as the model has
         (val / f"class{index % 10}").mkdir(parents=True, exist_ok=True)
         (val / f"class{index % 10}" / path.name).symlink_to(path)
-    run = cli("eval", str(tmp_path), "--model", "poolformer_s12", "--checkpoint", small_checkpoint, "--dtype", "int8")
-    assert run.returncode != 0 and "has no train/ folder" in run.stderr, run.stderr
+    args = ["eval", str(tmp_path), "--model", TINY, "--checkpoint", small_checkpoint, "--dtype", "int8"]
+    assert main([*args, "--num-workers", "0"]) == 2
+    assert "has no train/ folder" in capsys.readouterr().err
     (tmp_path / "train").symlink_to(val)
-    run = cli(
-        "eval",
-        str(tmp_path),
-        "--model",
-        "poolformer_s12",
-        "--checkpoint",
-        small_checkpoint,
-        "--dtype",
-        "int8",
-        "--json",
-    )
-    assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout)["images"] == 20
-    assert f"of {tmp_path / 'train'}" in run.stderr
+    assert main([*args, "--num-workers", "0", "--json"]) == 0
+    said = capsys.readouterr()
+    assert json.loads(said.out)["images"] == 20
+    assert f"of {tmp_path / 'train'}" in said.err

@@ -117,15 +117,18 @@ def test_resume_names_exactly_what_is_missing(tmp_path, capsys):
 @pytest.mark.slow
 def test_a_full_disk_keeps_the_previous_checkpoint(data, tmp_path, capsys):
     run = tmp_path / "run"
-    full_size = ["--model", "poolformer_s12", *COMMON[2:]]  # its files' sizes are what the limit below falls between
-    assert main(["train", str(data), "--output", str(run), "--epochs", "2", "--stop-after", "1", *full_size]) == 0
+    assert main(["train", str(data), "--output", str(run), "--epochs", "2", "--stop-after", "1", *COMMON]) == 0
     state_before = (run / "last.state.pt").read_bytes()
-    # A file-size limit makes every write past 60 MB fail as a full disk does: the weights (46 MB) fit, the
-    # training state (137 MB) does not.
+    # A file-size limit makes every write past it fail as a full disk does: set between the sizes of the weights and
+    # of the training state (weights, EMA and optimizer moments), the weights fit and the state does not.
+    weights, state = (run / "last.safetensors").stat().st_size, len(state_before)
+    assert weights < state
     script = textwrap.dedent(f"""
         import resource, signal, sys
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (60 * 2**20, resource.RLIM_INFINITY))
+        resource.setrlimit(resource.RLIMIT_FSIZE, ({(weights + state) // 2}, resource.RLIM_INFINITY))
+        sys.path.insert(0, {str(TESTS)!r})
+        import tiny
         from metaformer.cli import main
         sys.exit(main(["train", "--resume", {str(run)!r}]))
     """)
@@ -163,7 +166,7 @@ def test_an_epoch_without_one_readable_image_stops_the_run(tmp_path, capsys):
 
 def test_eval_with_no_readable_image_fails_and_says_zero(tmp_path, capsys):
     weights = tmp_path / "w.safetensors"
-    metaformer.save_checkpoint(metaformer.create_model("poolformer_s12", num_classes=2), weights)
+    metaformer.save_checkpoint(metaformer.create_model(TINY, num_classes=2), weights)
     for name in ("cat", "dog"):
         (tmp_path / "val" / name).mkdir(parents=True)
         (tmp_path / "val" / name / "x.png").write_bytes(b"not a png")
@@ -173,7 +176,7 @@ def test_eval_with_no_readable_image_fails_and_says_zero(tmp_path, capsys):
             "eval",
             str(tmp_path),
             "--model",
-            "poolformer_s12",
+            TINY,
             "--checkpoint",
             str(weights),
             "--json",

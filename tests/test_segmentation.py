@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import torch
 from conftest import DATA_DIR
 from PIL import Image
 from safetensors.torch import load_file
+from tiny import TINY_FPN
 
 import metaformer
 from metaformer.cli import main
@@ -143,7 +145,7 @@ def small_camvid(camvid, tmp_path):
 
 SMALL_RUN = [
     "--model",
-    "fpn_poolformer_s12",
+    TINY_FPN,
     "--ignore-index",
     "11",
     "--batch-size",
@@ -178,10 +180,12 @@ def test_train_eval_resume_and_pictures(small_camvid, tmp_path, capsys):
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     capsys.readouterr()
     checkpoint = str(tmp_path / "run" / "last.safetensors")
-    evaluate = ["eval", str(data), "--model", "fpn_poolformer_s12", "--checkpoint", checkpoint, "--ignore-index", "11"]
+    evaluate = ["eval", str(data), "--model", TINY_FPN, "--checkpoint", checkpoint, "--ignore-index", "11"]
     assert main([*evaluate, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["mIoU"] == pytest.approx(records[-1]["mIoU"]) and result["images"] == 3
+    # eval folds the backbone, training evaluates the literal modules: a few of the tiny model's near-tied pixels may
+    # flip (measured: 3e-5 points); a wrong scale, crop or ignore index moves the figure by whole points
+    assert result["mIoU"] == pytest.approx(records[-1]["mIoU"], abs=1e-3) and result["images"] == 3
     assert set(result["IoU"]) >= {"sky", "road", "car"}
     assert main([*evaluate, "--tta"]) == 0
     assert "multi-scale + flip" in capsys.readouterr().out
@@ -192,7 +196,7 @@ def test_train_eval_resume_and_pictures(small_camvid, tmp_path, capsys):
                 "segment",
                 str(photo),
                 "--model",
-                "fpn_poolformer_s12",
+                TINY_FPN,
                 "--checkpoint",
                 checkpoint,
                 "--output",
@@ -212,7 +216,7 @@ def test_train_eval_resume_and_pictures(small_camvid, tmp_path, capsys):
                 "segment",
                 str(photo),
                 "--model",
-                "fpn_poolformer_s12",
+                TINY_FPN,
                 "--checkpoint",
                 checkpoint,
                 "--output",
@@ -229,13 +233,12 @@ def test_train_eval_resume_and_pictures(small_camvid, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_two_process_training_on_cpu(small_camvid, tmp_path):
+def test_two_process_training_on_cpu(small_camvid, tmp_path, capsys):
     # Under torchrun on CPU (gloo) the head's BatchNorm must stay per-process: SyncBatchNorm has no CPU kernel.
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     command = [
         *torchrun,
-        "-m",
-        "metaformer",
+        str(Path(__file__).with_name("tiny.py")),  # the command line, with the tests' models registered
         "train",
         str(small_camvid),
         "--output",
@@ -257,7 +260,7 @@ def test_two_process_training_on_cpu(small_camvid, tmp_path):
         "eval",
         str(small_camvid),
         "--model",
-        "fpn_poolformer_s12",
+        TINY_FPN,
         "--checkpoint",
         str(checkpoint),
         "--ignore-index",
@@ -265,7 +268,7 @@ def test_two_process_training_on_cpu(small_camvid, tmp_path):
         "--json",
     ]
     done = subprocess.run(
-        [*torchrun, "-m", "metaformer", *evaluate],
+        [*torchrun, str(Path(__file__).with_name("tiny.py")), *evaluate],
         capture_output=True,
         text=True,
         timeout=600,
@@ -273,8 +276,9 @@ def test_two_process_training_on_cpu(small_camvid, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     shared = json.loads(done.stdout)  # one line: only the main process prints
-    alone = subprocess.run([sys.executable, "-m", "metaformer", *evaluate], capture_output=True, text=True)
-    alone = json.loads(alone.stdout)
+    capsys.readouterr()
+    assert main(evaluate) == 0
+    alone = json.loads(capsys.readouterr().out)
     assert shared["images"] == alone["images"] == 3 and shared["mIoU"] == pytest.approx(alone["mIoU"], abs=1e-6)
 
 

@@ -71,7 +71,7 @@ def create_model(
         if features_only:
             raise ConfigError(f"{name} is a {spec.task} model; features_only takes a classifier's name")
         if pretrained:
-            checkpoint = pretrained_file(spec.backbone, tag)  # ImageNet weights initialise the backbone
+            checkpoint = pretrained_file(spec.backbone or name, tag)  # ImageNet weights initialise the backbone
         return _create_dense(spec, checkpoint, num_classes, strict, labels, overrides)
     release = release_of(name, tag) if tag or pretrained else None
     record = release if pretrained else release.without_weights() if release else default_cfg(name)

@@ -12,6 +12,7 @@ import difflib
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..task_table import task as task_row
 from .config import MetaFormerConfig
 from .pretrained import split_tag
 
@@ -179,14 +180,19 @@ for _prefix, _task, _title, _classes, _trunks in _DENSE:
         _REGISTRY[_name] = ModelSpec(_name, _trunk.config, _description, _task, _trunk.name, _classes)
 
 
-def register_model(name: str, config: MetaFormerConfig, description: str = "") -> ModelSpec:
-    """Register a classifier of architecture ``config`` under ``name`` (user code: a model with a mixer of its
-    own), for ``create_model``, ``list_models`` and the command line run from that code."""
+def register_model(
+    name: str, config: MetaFormerConfig, description: str = "", *, task: str = "classification", num_classes: int = 1000
+) -> ModelSpec:
+    """Register a model of architecture ``config`` under ``name`` (user code: a model with a mixer of its own), for
+    ``create_model``, ``list_models`` and the command line run from that code. ``task`` makes it a dense model on
+    that trunk (``"segmentation"``: a Semantic FPN; ``"detection"``: RetinaNet; ``"instance_segmentation"``: Mask
+    R-CNN) with ``num_classes`` classes."""
+    task_row(task)  # an unknown kind is an error
     if name in _REGISTRY:
         raise ConfigError(f"a model is already registered as {name!r}")
     if "." in name:
         raise ConfigError(f"{name!r}: a '.' separates a release tag; name the model without one")
-    spec = ModelSpec(name, config, description or f"{name} (registered)")
+    spec = ModelSpec(name, config, description or f"{name} (registered)", task, None, num_classes)
     _REGISTRY[name] = spec
     return spec
 

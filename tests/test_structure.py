@@ -14,7 +14,7 @@ ALLOWED = {
     "task_table": {"errors"},  # names its code as strings: it sits below everything that reads it
     "files": {"errors"},
     "data": {"errors", "files"},
-    "models": {"errors", "data"},  # the reference model only
+    "models": {"errors", "data", "task_table"},  # the reference model only (the table checks a registered task)
     "fast": {"errors", "files", "models"},  # every other execution of it: a swap of its modules
     "engine": {"errors", "files", "data"},  # the training engine knows no model, format or task
     "checkpoints": {"errors", "files", "data", "models", "task_table"},

@@ -30,6 +30,13 @@ FIXED_GRID = {
     n for n in CLASSIFIERS if any(getattr(mixer_class(m), "fixed_grid", False) for m in get_spec(n).config.mixers)
 }
 
+
+def sizes(names, default: tuple[str, ...] | set[str]) -> list:
+    """``names`` as parameters, those not in ``default`` marked slow: the default tier checks one model of each
+    kind, the full suite each size (they differ in depths and widths only)."""
+    return [n if n in default else pytest.param(n, marks=pytest.mark.slow) for n in names]
+
+
 DATA_DIR = Path(os.environ.get("METAFORMER_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
 

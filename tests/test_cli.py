@@ -280,6 +280,7 @@ def test_predict_fused_plain_compiled_and_bfloat16_agree(tiny_checkpoint, imagen
     assert agree >= 10, agree  # bf16 keeps 8 bits of mantissa: near-ties may flip
 
 
+@pytest.mark.slow
 def test_predict_into_a_closed_pipe_stops_quietly(tiny_checkpoint, imagenet_samples):
     weights = ["--model", TINY, "--checkpoint", str(tiny_checkpoint)]
     photos = [str(p) for p in imagenet_samples[:40]]

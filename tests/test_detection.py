@@ -32,7 +32,7 @@ def test_parameter_counts(name):
     assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - PARAMS[name]) <= 0.3
 
 
-@pytest.mark.parametrize("name", [TINY_RETINANET, TINY_MASK_RCNN])
+@pytest.mark.parametrize("name", [TINY_RETINANET, pytest.param(TINY_MASK_RCNN, marks=pytest.mark.slow)])
 def test_forward_backward_on_odd_sizes(name):
     model = metaformer.create_model(name, num_classes=3, min_size=96, max_size=160).train()
     images = [torch.rand(3, 97, 131), torch.rand(3, 120, 71)]

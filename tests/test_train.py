@@ -447,6 +447,7 @@ def test_crop_scale_reaches_the_random_resized_crop():
     assert recipe.crop_scale == (0.35, 1.0) and crops and all(c.scale == (0.35, 1.0) for c in crops)
 
 
+@pytest.mark.slow
 def test_caformer_trains_with_its_official_lamb_and_head_dropout(tiny, tmp_path):
     pytest.importorskip("timm")
     run = tmp_path / "run"

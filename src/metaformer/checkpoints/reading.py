@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ..errors import CheckpointError
@@ -73,9 +73,44 @@ def _read_safetensors(path: Path) -> tuple[StateDict, dict]:
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
-        return load_file(str(path)), metadata
-    except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
+        state_dict = load_file(str(path))
+    except Exception as error:  # noqa: BLE001  SafetensorError, OSError, ValueError and more on a damaged file
+        reason = (str(error) or type(error).__name__).splitlines()[0][:200]
+        raise CheckpointError(f"{path}: not a readable safetensors file ({reason})") from error
+    return _checked(state_dict, metadata, path)
+
+
+# What our metadata keys (and a timm folder's) hold once parsed as JSON: anything else is a damaged or foreign file.
+METADATA_TYPES: dict[str, type | tuple[type, ...]] = {
+    "config": dict,
+    "pretrained_cfg": dict,
+    "input": dict,
+    "labels": list,
+    "test_scale": (list, int),
+    "num_classes": (int, str),
+}
+
+
+def _checked(state_dict: StateDict, metadata: dict, path: Path) -> tuple[StateDict, dict]:
+    """The file's metadata, each JSON field of the right shape, or an error naming the file and the field."""
+    for key, kind in METADATA_TYPES.items():
+        if key not in metadata or key == "num_classes":
+            continue
+        try:
+            value = json.loads(metadata[key])
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"{path}: metadata field {key!r} is not valid JSON ({error})") from error
+        if not isinstance(value, kind):
+            raise CheckpointError(f"{path}: metadata field {key!r} holds {type(value).__name__}, not {_name(kind)}")
+    if "num_classes" in metadata and not str(metadata["num_classes"]).isdigit():
+        raise CheckpointError(f"{path}: metadata field 'num_classes' is {metadata['num_classes']!r}, not a number")
+    return state_dict, metadata
+
+
+def _name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join({"dict": "an object", "list": "a list", "int": "a number", "str": "a string"}[k.__name__]
+                       for k in kinds)  # fmt: skip
 
 
 def _torch_load(path: Path) -> object:
@@ -94,8 +129,8 @@ def _torch_load(path: Path) -> object:
             "could run code. If you trust it, load it yourself and re-save only its state_dict, or convert it "
             f"to safetensors. (Found {unsafe}.)"
         ) from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        reason = (str(error) or type(error).__name__).splitlines()[0]
+    except Exception as error:  # noqa: BLE001  torch's unpickler raises KeyError, IndexError, struct.error... on junk
+        reason = (str(error) or type(error).__name__).splitlines()[0][:200]
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason}). {EXPECTED}") from error
 
 
@@ -148,17 +183,55 @@ def _read_hf_folder(path: Path) -> tuple[StateDict, dict]:
         raise CheckpointError(
             f"{path} is a folder but has no config.json; expected a Hugging Face or timm model folder"
         )
-    try:
-        config = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{config_file}: not valid JSON ({error})") from error
+    config = _json_object(config_file)
+    for key, kind in (("pretrained_cfg", dict), ("label_names", list), ("label_descriptions", dict),
+                      ("id2label", dict), ("depths", list), ("hidden_sizes", list)):  # fmt: skip
+        if key in config and not isinstance(config[key], kind):
+            raise CheckpointError(f"{config_file}: {key!r} holds {type(config[key]).__name__}, not {_name(kind)}")
+
     for weights in ("model.safetensors", "pytorch_model.bin"):
         if (path / weights).exists():
             state_dict, _ = read_state_dict(path / weights)
             if "architecture" in config:  # timm's hub folder: the model's name and its evaluation settings
                 return state_dict, _timm_folder_metadata(config)
-            return state_dict, {"hf_config": config}
+            return state_dict, {"hf_config": config, **_hf_preprocessor_metadata(path)}
     raise CheckpointError(f"{path}: found config.json but neither model.safetensors nor pytorch_model.bin")
+
+
+def _hf_preprocessor_metadata(folder: Path) -> dict:
+    """The evaluation size and crop a Hugging Face folder's ``preprocessor_config.json`` holds, as our files record
+    them: a folder reads back with the settings it was written with."""
+    file = folder / "preprocessor_config.json"
+    if not file.is_file():
+        return {}
+    processor, record = _json_object(file), {}
+    crop, size = processor.get("crop_size"), processor.get("size")
+    side = crop.get("height") if isinstance(crop, dict) else None
+    if side is None and isinstance(size, dict):
+        side = size.get("shortest_edge", size.get("height"))
+    if side is not None:
+        if not isinstance(side, int) or side < 32:
+            raise CheckpointError(f"{file}: 'crop_size' / 'size' give {side!r}, not a side of at least 32 pixels")
+        record["input_size"] = [3, side, side]
+    crop_pct = processor.get("crop_pct")
+    if crop_pct is not None:
+        if not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
+            raise CheckpointError(f"{file}: 'crop_pct' is {crop_pct!r}, not a fraction in (0, 1]")
+        record["crop_pct"] = float(crop_pct)
+    return {"pretrained_cfg": json.dumps(record)} if record else {}
+
+
+def _json_object(file: Path) -> dict:
+    """A JSON file that must hold an object (a model folder's config), or an error naming the file."""
+    try:
+        value = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{file}: not valid JSON ({error})") from error
+    except OSError as error:
+        raise CheckpointError(f"{file}: {error.strerror or error}") from error
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{file}: holds a JSON {type(value).__name__}, not an object; is it a model folder's?")
+    return value
 
 
 def _timm_folder_metadata(config: dict) -> dict:

@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
+import socket
 from pathlib import Path
 from typing import Any
 
 import torch
+
+try:
+    import fcntl  # POSIX file locks; elsewhere a run folder is not locked
+except ImportError:  # pragma: no cover  (Windows)
+    fcntl = None
 
 from ..errors import RunFolderError
 from ..files import atomic_write, file_problem, remove_temporaries, write_json
@@ -27,11 +34,49 @@ STATE = "last.state.pt"
 CURVES = "curves.png"
 WEIGHTS = ("last.safetensors", "best.safetensors", "last_ema.safetensors")
 RUN_FILES = (CONFIG, METRICS, STATE, CURVES, *WEIGHTS)
+LOCK = ".lock"  # held by the process that writes the run, for its whole life
 
 
 class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._lock: int | None = None
+        self._created = False
+
+    def lock(self) -> None:
+        """Hold the folder for this process: while it lives, another run into the folder (new, forced or resumed)
+        is refused, naming it. The OS drops the lock when the process ends, however it ends (kill -9 included),
+        so a dead run never blocks the next one."""
+        self._created = not self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise RunFolderError(f"--output {self.path}: {error.strerror or error}") from error
+        if fcntl is None:
+            os.close(handle)
+            return
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(handle, 200).decode(errors="replace").strip() or "another process"
+            os.close(handle)
+            raise RunFolderError(
+                f"{self.path} is the folder of a run that is still going ({holder}): wait for it to end, or "
+                "choose another --output (--force never deletes a live run's files)"
+            ) from None
+        os.ftruncate(handle, 0)
+        os.write(handle, f"process {os.getpid()} on {socket.gethostname()}".encode())
+        self._lock = handle
+
+    def unlock(self) -> None:
+        """Let the folder go; a folder this run created and left without a file of a run is removed."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+        if self._created and self.path.is_dir() and {p.name for p in self.path.iterdir()} <= {LOCK}:
+            (self.path / LOCK).unlink(missing_ok=True)
+            self.path.rmdir()
 
     def present(self) -> list[str]:
         return [name for name in RUN_FILES if (self.path / name).is_file()]
@@ -66,7 +111,7 @@ class RunFolder:
         if not self.path.is_dir():
             raise RunFolderError(f"--resume {self.path}: no such folder")
         if not (self.path / CONFIG).is_file():
-            found = ", ".join(sorted(p.name for p in self.path.iterdir())[:8]) or "nothing"
+            found = ", ".join(sorted(p.name for p in self.path.iterdir() if p.name != LOCK)[:8]) or "nothing"
             raise RunFolderError(
                 f"{self.path} has no {CONFIG}, so it is not a run folder of `metaformer train` (it holds {found})"
             )

@@ -340,8 +340,9 @@ def run_training(
 ) -> list[dict]:
     """Start (or resume) the run ``make_task`` describes in ``settings.output``, in one process or under torchrun."""
     context = init_distributed(settings.device)
+    folder = RunFolder(settings.output)
     try:
-        folder = RunFolder(settings.output)
+        _on_main(context, folder.lock)  # before anything is deleted or read: a live run keeps its folder
         if not resume:
             _on_main(context, lambda: folder.prepare_new(force))
         trainer = Trainer(make_task(context), context, folder)
@@ -352,6 +353,8 @@ def run_training(
         _on_main(context, lambda: folder.write_config(trainer.config_record(kind)))
         return trainer.fit()
     finally:
+        if context.is_main:
+            folder.unlock()
         shutdown_distributed()
 
 

@@ -1,0 +1,165 @@
+"""The second bad-input corpus (issue 20): damaged and foreign files read as one clear error, folders read back
+as written, and a run folder that a second run cannot take from a live one."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import randomize
+from safetensors.torch import save_file
+from test_train import FAST, subset
+from tiny import TINY
+
+import metaformer
+from metaformer.checkpoints import open_checkpoint
+from metaformer.cli import main
+from metaformer.errors import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def good_files(tmp_path_factory) -> dict[str, bytes]:
+    """A real checkpoint in each file format the readers take, as bytes to damage."""
+    folder = tmp_path_factory.mktemp("good")
+    model = metaformer.create_model(TINY, num_classes=3)
+    files = {
+        ".pth": metaformer.save_checkpoint(model, folder / "m.pth", to="official"),
+        ".pth.tar": metaformer.save_checkpoint(model, folder / "m.pth.tar", to="official"),
+        ".safetensors": metaformer.save_checkpoint(model, folder / "m.safetensors"),
+    }
+    torch.save(model.state_dict(), folder / "legacy.bin", _use_new_zipfile_serialization=False)
+    files[".bin"] = folder / "legacy.bin"
+    return {suffix: Path(path).read_bytes() for suffix, path in files.items()}
+
+
+def damaged(good: bytes, rng: random.Random) -> bytes:
+    """Random bytes, text, a truncated file, or the file with a run of bytes overwritten."""
+    kind = rng.randrange(4)
+    if kind == 0:
+        return rng.randbytes(rng.randrange(1, 4096))
+    if kind == 1:
+        return rng.choice([b"just text", b"{}", b"PK\x03\x04", b"\x80\x02}q\x00.", b"\x80\x04\x95"])
+    if kind == 2:
+        return good[: rng.randrange(1, len(good))]
+    start = rng.randrange(len(good))
+    return good[:start] + rng.randbytes(rng.randrange(1, 64)) + good[start + 64 :]
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".pth.tar", ".bin", ".safetensors"])
+def test_every_damaged_file_is_one_checkpoint_error(suffix, good_files, tmp_path):
+    rng = random.Random(suffix)
+    escaped = []
+    for index in range(100):
+        path = tmp_path / f"f{index}{suffix}"
+        path.write_bytes(damaged(good_files[suffix], rng))
+        try:
+            open_checkpoint(path)
+        except CheckpointError as error:
+            assert str(path) in str(error) and "\n" not in str(error)
+        except Exception as error:  # noqa: BLE001  what the issue found: KeyError, IndexError, struct.error...
+            escaped.append(f"{path.name}: {type(error).__name__}: {error}")
+    assert not escaped, escaped[:5]
+
+
+def test_the_command_line_says_not_a_checkpoint_in_one_line(tmp_path, imagenet_samples, capsys):
+    junk = tmp_path / "random.pth"
+    junk.write_bytes(random.Random(44).randbytes(600))
+    assert main(["predict", str(imagenet_samples[0]), "--model", TINY, "--checkpoint", str(junk)]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"error: {junk}: not a readable PyTorch checkpoint")
+
+
+@pytest.mark.parametrize(
+    ("config", "says"),
+    [
+        ([1, 2, 3], "holds a JSON list, not an object"),
+        (None, "holds a JSON NoneType, not an object"),
+        ({"architecture": "poolformer_s12", "pretrained_cfg": "x"}, "'pretrained_cfg' holds str, not an object"),
+        ({"architecture": "poolformer_s12", "label_names": 3}, "'label_names' holds int, not a list"),
+    ],
+)
+def test_a_model_folder_whose_config_is_not_an_object_is_named(config, says, tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    save_file({"w": torch.zeros(1)}, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=f"{folder / 'config.json'}: .*{says}"):
+        open_checkpoint(folder)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("pretrained_cfg", '"x"', "'pretrained_cfg' holds str, not an object"),
+        ("labels", "{", "'labels' is not valid JSON"),
+        ("input", "[1]", "'input' holds list, not an object"),
+        ("num_classes", "ten", "'num_classes' is 'ten', not a number"),
+    ],
+)
+def test_our_files_metadata_of_the_wrong_shape_is_named(field, value, says, tmp_path):
+    path = tmp_path / "m.safetensors"
+    model = metaformer.create_model(TINY)
+    save_file(model.state_dict(), path, metadata={field: value})
+    with pytest.raises(CheckpointError, match=f"{path}: metadata field {says}"):
+        open_checkpoint(path)
+
+
+@pytest.mark.parametrize("to", ["hf", "timm"])
+def test_a_folder_reads_back_with_the_size_and_crop_it_was_written_with(to, tmp_path):
+    model = randomize(metaformer.create_model("poolformer_s12", num_classes=4, image_size=32, crop_pct=0.8)).eval()
+    folder = metaformer.save_checkpoint(model, tmp_path / to, to=to)
+    again = metaformer.create_model("poolformer_s12", checkpoint=folder)
+    assert again.pretrained_cfg.input_size == (3, 32, 32) and again.pretrained_cfg.crop_pct == 0.8
+    assert again.config.image_size == 32
+    back = metaformer.save_checkpoint(again, tmp_path / "back.safetensors")  # and converting back records 32
+    assert metaformer.create_model("poolformer_s12", checkpoint=back).pretrained_cfg.input_size == (3, 32, 32)
+
+
+def test_a_live_runs_folder_is_refused_even_with_force(tmp_path, capsys):
+    data = subset(tmp_path / "data", ["airplane", "frog"], train=16, val=4)
+    run = tmp_path / "run"
+    common = ["--model", TINY, "--batch-size", "8", *FAST]
+    script = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import tiny\n"
+        "from metaformer.cli import main\n"
+        f"sys.exit(main({['train', str(data), '--output', str(run), '--epochs', '500', *common]!r}))\n"
+    )
+    live = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "last.state.pt").exists():  # it has written its first checkpoint
+            assert live.poll() is None and time.monotonic() < deadline, live.stderr.read().decode()[-2000:]
+            time.sleep(0.2)
+        before = sorted(p.name for p in run.iterdir())
+        for extra in (["--force"], []):
+            assert main(["train", str(data), "--output", str(run), "--epochs", "1", *common, *extra]) == 1
+            error = capsys.readouterr().err
+            assert f"{run} is the folder of a run that is still going (process {live.pid} on" in error, error
+        assert main(["train", "--resume", str(run)]) == 1
+        assert "still going" in capsys.readouterr().err
+        assert live.poll() is None and set(before) <= {p.name for p in run.iterdir()}  # nothing deleted
+    finally:
+        live.kill()
+        live.wait()
+    # The OS lets the lock go with the killed process: the folder is free again.
+    assert main(["train", str(data), "--output", str(run), "--epochs", "1", *common, "--force"]) == 0
+
+
+def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path, capsys):
+    empty = tmp_path / "data"
+    for split in ("train", "val"):
+        (empty / split).mkdir(parents=True)
+    run = tmp_path / "run"
+    assert main(["train", str(empty), "--output", str(run), "--model", TINY, *FAST]) != 0
+    capsys.readouterr()
+    assert not run.exists()
+    os.makedirs(run)  # a folder that was there before the run stays
+    assert main(["train", str(empty), "--output", str(run), "--model", TINY, *FAST]) != 0
+    assert run.is_dir() and not any(p.name != ".lock" for p in run.iterdir())

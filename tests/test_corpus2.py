@@ -163,3 +163,72 @@ def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path, capsys):
     os.makedirs(run)  # a folder that was there before the run stays
     assert main(["train", str(empty), "--output", str(run), "--model", TINY, *FAST]) != 0
     assert run.is_dir() and not any(p.name != ".lock" for p in run.iterdir())
+
+
+@pytest.fixture(scope="module")
+def trained_at_32(tmp_path_factory) -> Path:
+    model = randomize(metaformer.create_model(TINY, num_classes=3, image_size=32, labels=["a", "b", "c"]))
+    return metaformer.save_checkpoint(model, tmp_path_factory.mktemp("w32") / "tiny32.safetensors")
+
+
+def export(checkpoint: Path, output: Path, *extra: str) -> int:
+    return main(["export", TINY, "--checkpoint", str(checkpoint), "--output", str(output), *extra])
+
+
+@pytest.mark.peer
+def test_the_default_export_works_at_the_trained_size_and_carries_the_preprocessing(trained_at_32, tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    output = tmp_path / "m.onnx"
+    assert export(trained_at_32, output, "--format", "onnx") == 0
+    assert "(onnx, dynamic batch, 32x32 pixels)" in capsys.readouterr().out
+    props = {p.key: p.value for p in onnx.load(output).metadata_props}
+    assert json.loads(props["labels"]) == ["a", "b", "c"] and json.loads(props["input_size"]) == [3, 32, 32]
+    assert {"mean", "std", "crop_pct", "interpolation"} <= set(props)
+    assert export(trained_at_32, tmp_path / "m.pt2", "--format", "pt2") == 0
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("opset", ["5", "17", "99"])
+def test_an_opset_the_exporter_does_not_write_is_refused_with_the_range(opset, trained_at_32, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    assert export(trained_at_32, tmp_path / "m.onnx", "--format", "onnx", "--opset", opset) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: --opset {opset}: the exporter writes opsets 18 to ") and error.count("\n") == 1
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.peer
+def test_a_failed_export_with_force_keeps_the_good_file(trained_at_32, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from metaformer.fast.export import onnx_opsets
+
+    keep = tmp_path / "keep.onnx"
+    assert export(trained_at_32, keep, "--format", "onnx") == 0
+    good = keep.read_bytes()
+    newest = str(onnx_opsets().stop - 1)  # onnx defines it; the exporter cannot convert every op up to it
+    code = export(trained_at_32, keep, "--format", "onnx", "--opset", newest, "--force")
+    if code == 0:
+        pytest.skip(f"this exporter writes opset {newest} for the model: no failure to check")
+    assert code == 1 and f"could not write opset {newest}" in capsys.readouterr().err
+    assert keep.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["keep.onnx"]
+
+
+@pytest.mark.peer
+def test_sizes_the_model_cannot_take_are_said_in_its_terms(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    grid = metaformer.save_checkpoint(metaformer.create_model("randformer_s12"), tmp_path / "r.safetensors")
+    args = ["export", "randformer_s12", "--checkpoint", str(grid), "--format", "onnx", "--output"]
+    assert main([*args, str(tmp_path / "r.onnx"), "--image-size", "256"]) == 2
+    assert "mixes tokens over a fixed grid made for 224x224 pixels" in capsys.readouterr().err
+    tiny = metaformer.save_checkpoint(metaformer.create_model(TINY), tmp_path / "t.safetensors")
+    assert export(tiny, tmp_path / "t.onnx", "--format", "onnx", "--image-size", "50") == 2
+    assert "multiples of 32 (the example is 50x50)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.safetensors", "t.safetensors"]
+
+
+def test_check_image_names_what_the_path_is(trained_at_32, tmp_path, capsys):
+    os.mkfifo(tmp_path / "fifo")
+    for path, says in ((tmp_path / "fifo", "a FIFO (named pipe)"), (tmp_path, "a folder, not a file")):
+        assert export(trained_at_32, tmp_path / "m.onnx", "--format", "onnx", "--check-image", str(path)) == 2
+        assert f"--check-image {path}: {says}" in capsys.readouterr().err

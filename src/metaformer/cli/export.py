@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import MetaformerError, UsageError
+from ..files import TEMPORARY_MARK, file_problem
 from .options import add_weights, load_trained, positive, refuse_existing, task_of
 
 if TYPE_CHECKING:
@@ -51,8 +53,15 @@ def _refuse_mismatched(args: argparse.Namespace) -> Path:
         raise UsageError("--opset is an ONNX setting; it does not apply to --format pt2")
     if args.aot and args.format != "pt2":
         raise UsageError("--aot compiles a torch.export program; use it with --format pt2")
-    if args.check_image and not Path(args.check_image).is_file():
-        raise UsageError(f"--check-image {args.check_image}: no such file")
+    if args.opset is not None:
+        from ..fast.export import onnx_opsets
+
+        opsets = onnx_opsets()
+        if args.opset not in opsets:
+            raise UsageError(f"--opset {args.opset}: the exporter writes opsets {opsets.start} to {opsets.stop - 1}")
+    problem = file_problem(args.check_image) if args.check_image else None
+    if problem:
+        raise UsageError(f"--check-image {args.check_image}: {problem}")
     refuse_existing([output], args.force)
     return output
 
@@ -78,21 +87,31 @@ def export(args: argparse.Namespace) -> int:
     output = _refuse_mismatched(args)
     model = load_trained(args, kind, fused=False)  # exporters trace the plain modules
     example, seen = _example(args, model, kind)
-    shape = "static" if args.static else "dynamic batch and size"
-    if args.format == "onnx":
-        export_onnx(model, output, example, static=args.static, opset=args.opset)
-        difference = check_onnx(output, model, example).max_abs_diff
-        runtime = "ONNX Runtime"
-    else:
-        export_program(model, output, example, static=args.static, aot=args.aot)
-        difference = check_program(output, model, example, aot=args.aot)
-        runtime = "the AOTInductor package" if args.aot else "the exported program"
-    if not difference <= ONNX_TOLERANCE:  # NaN fails too
-        output.unlink(missing_ok=True)
-        raise MetaformerError(
-            f"{runtime} differs from PyTorch by {difference:.3g} (over {ONNX_TOLERANCE:g}) on "
-            f"{seen}; the file was removed"
-        )
+    from ..fast.export import sizes_fixed
+
+    side = "x".join(map(str, example.shape[-2:]))
+    shape = "static" if args.static else f"dynamic batch, {side} pixels" if sizes_fixed(model, example) else (
+        "dynamic batch and size"
+    )  # fmt: skip
+    # Written and checked under a temporary name, then renamed: a failed export never replaces a good file.
+    written = output.with_name(f".{output.stem}{TEMPORARY_MARK}export{output.suffix}")
+    try:
+        if args.format == "onnx":
+            export_onnx(model, written, example, static=args.static, opset=args.opset)
+            difference = check_onnx(written, model, example).max_abs_diff
+            runtime = "ONNX Runtime"
+        else:
+            export_program(model, written, example, static=args.static, aot=args.aot)
+            difference = check_program(written, model, example, aot=args.aot)
+            runtime = "the AOTInductor package" if args.aot else "the exported program"
+        if not difference <= ONNX_TOLERANCE:  # NaN fails too
+            raise MetaformerError(
+                f"{runtime} differs from PyTorch by {difference:.3g} (over {ONNX_TOLERANCE:g}) on {seen}; "
+                f"nothing was written to {output}"
+            )
+        os.replace(written, output)
+    finally:
+        written.unlink(missing_ok=True)
     print(
         f"wrote {output} ({args.format}, {shape}); {runtime} on {seen}: largest logit difference "
         f"{difference:.2e} (<= {ONNX_TOLERANCE:g})"

@@ -7,8 +7,13 @@ The exporters trace the reference model with the table's export rows swapped in:
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import json
+import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +23,11 @@ from torch import nn
 from ..errors import ConfigError, MetaformerError
 from ..files import atomic_write
 from ..models.dense import SemanticFPN, is_dense
+from ..models.pretrained import PretrainedCfg
 from .apply import is_fused, swap_modules
 
 ONNX_TOLERANCE = 1e-4  # the largest logit difference ONNX Runtime may show against PyTorch
+MIN_OPSET = 18  # the dynamo exporter's floor: it writes 18 when asked for less
 EXPORT_EXTRA = 'pip install "metaformer[export]" (onnx, onnxscript, onnxruntime)'
 
 
@@ -46,14 +53,21 @@ def fixed_grid(model: nn.Module) -> bool:
     return any(getattr(type(m), "fixed_grid", False) for m in model.modules())
 
 
-def _dynamic_shapes(model: nn.Module, static: bool) -> dict | None:
+def sizes_fixed(model: nn.Module, example: torch.Tensor) -> bool:
+    """Whether a dynamic export keeps the image size of ``example`` fixed (its batch stays dynamic): a fixed-grid
+    model, or sides under 64 pixels, where the last stage is 1x1 and the exporter fixes the sides to them."""
+    return fixed_grid(model) or min(example.shape[-2:]) < 64
+
+
+def _dynamic_shapes(model: nn.Module, static: bool, example: torch.Tensor) -> dict | None:
     if static:
         return None
     batch = torch.export.Dim("batch", min=1, max=1024)
-    if fixed_grid(model):
+    if sizes_fixed(model, example):
         return {"x": {0: batch}}
-    # The stem and three downsamplings halve the side four times after the first /4: sides are multiples of 32.
-    height, width = (32 * torch.export.Dim(name, min=1, max=128) for name in ("height", "width"))
+    # The stem and three downsamplings halve the side four times after the first /4: sides are multiples of 32,
+    # from 64 (a last stage of 1x1 traces as a constant).
+    height, width = (32 * torch.export.Dim(name, min=2, max=128) for name in ("height", "width"))
     return {"x": {0: batch, 2: height, 3: width}}
 
 
@@ -64,6 +78,11 @@ def _input_name(model: nn.Module) -> str:
 def _traced_with(example: torch.Tensor, static: bool) -> torch.Tensor:
     # torch.export specialises a dimension of size 1 to the constant 1: trace a dynamic batch with two images.
     return example if static or example.shape[0] > 1 else example.expand(2, *example.shape[1:])
+
+
+def _first_line(error: Exception) -> str:
+    """The exporter's message, its first line without the terminal colour codes it carries."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", (str(error) or type(error).__name__).splitlines()[0])[:300]
 
 
 @dataclass
@@ -78,21 +97,64 @@ class OnnxCheck:
         return self.max_abs_diff <= ONNX_TOLERANCE
 
 
+def onnx_opsets() -> range:
+    """The opsets the exporter writes: from its floor to the newest the installed ``onnx`` defines."""
+    import onnx
+
+    return range(MIN_OPSET, onnx.defs.onnx_opset_version() + 1)
+
+
+def check_example(model: nn.Module, example: torch.Tensor, static: bool) -> None:
+    """Refuse, in the model's terms, an example the exporters would stop at with their own messages."""
+    side = tuple(example.shape[-2:])
+    size = getattr(getattr(model, "config", None), "image_size", None)
+    if fixed_grid(model) and side != (size, size):
+        raise ConfigError(
+            f"this model mixes tokens over a fixed grid made for {size}x{size} pixels: export it at that size "
+            f"(--image-size {size}), not {side[0]}x{side[1]}"
+        )
+    if not static and not fixed_grid(model) and any(s % 32 for s in side):
+        raise ConfigError(
+            f"a dynamic export takes sides that are multiples of 32 (the example is {side[0]}x{side[1]}): "
+            "pass --image-size with such a side, or --static to fix this one"
+        )
+
+
+@contextlib.contextmanager
+def _exporter_logs_quiet():
+    """The exporters log their own tracebacks and progress at every failed step; our error says what failed."""
+    names = ("torch.onnx", "onnxscript", "torch.export", "torch._dynamo", "torch._guards", "torch.fx")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def export_onnx(
     model: nn.Module, path: str | os.PathLike, example: torch.Tensor, *, static: bool = False, opset: int | None = None
 ) -> Path:
     """Write ``model`` as ONNX through ``torch.onnx.export`` (the dynamo exporter), batch and image size dynamic
-    unless ``static`` (sides multiples of 32); input ``pixel_values``, output ``logits``."""
+    unless ``static`` (sides multiples of 32); input ``pixel_values``, output ``logits``. ``opset`` must be one
+    the exporter writes (``onnx_opsets()``); the file is checked to hold it."""
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter's translator)
     except ImportError:
         raise ConfigError(f"ONNX export needs onnx and onnxscript: {EXPORT_EXTRA}") from None
+    opsets = onnx_opsets()
+    if opset is not None and opset not in opsets:
+        raise ConfigError(f"--opset {opset}: the exporter writes opsets {opsets.start} to {opsets.stop - 1}")
+    check_example(model, example, static)
     model = export_form(model)
-    shapes = _dynamic_shapes(model, static)
+    shapes = _dynamic_shapes(model, static, example)
     if shapes is not None:
         shapes = {_input_name(model): shapes["x"]}
     try:
-        with torch.no_grad():  # the literal modules, not the training path's custom autograd function
+        with torch.no_grad(), _exporter_logs_quiet():  # the literal modules, not the training path's autograd
             program = torch.onnx.export(
                 model,
                 (_traced_with(example, static),),
@@ -104,9 +166,32 @@ def export_onnx(
                 verbose=False,
             )
     except Exception as error:  # the exporter raises many types; the user needs its message, not a traceback
-        raise MetaformerError(f"torch.onnx.export failed: {str(error).splitlines()[0]}") from error
-    data = program.model_proto.SerializeToString()
-    return atomic_write(Path(path), data)
+        raise MetaformerError(f"torch.onnx.export failed: {_first_line(error)}") from error
+    written = next((o.version for o in program.model_proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and written != opset:  # the exporter converts down silently where it cannot go up
+        raise MetaformerError(
+            f"the exporter could not write opset {opset} for this model (it wrote {written}); nothing was written"
+        )
+    proto = program.model_proto
+    record = getattr(model, "pretrained_cfg", None)
+    if record is not None:  # what a runtime needs beside the graph: how to preprocess, and what the outputs mean
+        for key, value in onnx_metadata(record).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+    return atomic_write(Path(path), proto.SerializeToString())
+
+
+def onnx_metadata(record: PretrainedCfg) -> dict[str, str]:
+    """The record's preprocessing and class names, as an ONNX file's ``metadata_props`` (JSON values)."""
+    return {
+        "model": record.architecture,
+        "input_size": json.dumps(list(record.input_size)),
+        "crop_pct": json.dumps(record.crop_pct),
+        "interpolation": record.interpolation,
+        "mean": json.dumps(list(record.mean)),
+        "std": json.dumps(list(record.std)),
+        "labels": json.dumps(list(record.labels)),
+    }
 
 
 def check_onnx(path: str | os.PathLike, model: nn.Module, pixel_values: torch.Tensor) -> OnnxCheck:
@@ -115,7 +200,11 @@ def check_onnx(path: str | os.PathLike, model: nn.Module, pixel_values: torch.Te
         import onnxruntime
     except ImportError:
         raise ConfigError(f"checking the export needs ONNX Runtime: {EXPORT_EXTRA}") from None
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as error:  # noqa: BLE001  onnxruntime's own exception types (InvalidGraph, Fail, ...)
+        reason = str(error).splitlines()[0][:300]
+        raise MetaformerError(f"ONNX Runtime cannot load {path}: {reason}") from error
     (output,) = session.run(None, {session.get_inputs()[0].name: pixel_values.float().numpy()})
     with torch.no_grad():
         expected = model.eval()(pixel_values.float())
@@ -131,22 +220,24 @@ def export_program(
     """Write a ``torch.export`` program (``.pt2``; ``torch.export.load(path).module()`` runs it without this
     library) or, with ``aot``, an AOTInductor package (``torch._inductor.aoti_load_package(path)``: compiled code
     for this machine's CPU or GPU)."""
+    check_example(model, example, static)
     model = export_form(model)
-    shapes = _dynamic_shapes(model, static)
+    shapes = _dynamic_shapes(model, static, example)
     if shapes is not None:
         shapes = {_input_name(model): shapes["x"]}
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _exporter_logs_quiet():
             program = torch.export.export(model, (_traced_with(example, static),), dynamic_shapes=shapes)
     except Exception as error:
-        raise MetaformerError(f"torch.export failed: {str(error).splitlines()[0]}") from error
+        raise MetaformerError(f"torch.export failed: {_first_line(error)}") from error
     path = Path(path)
+    if not aot:  # serialised in memory, then written as every file is: a full disk is an error, not an abort
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer)
+        return atomic_write(path, buffer.getbuffer())
     temporary = path.with_name(f".{path.stem}.partial{path.suffix}")  # AOTInductor wants a name ending .pt2
     try:
-        if aot:
-            torch._inductor.aoti_compile_and_package(program, package_path=str(temporary))
-        else:
-            torch.export.save(program, temporary)
+        torch._inductor.aoti_compile_and_package(program, package_path=str(temporary))
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

@@ -232,3 +232,49 @@ def test_check_image_names_what_the_path_is(trained_at_32, tmp_path, capsys):
     for path, says in ((tmp_path / "fifo", "a FIFO (named pipe)"), (tmp_path, "a folder, not a file")):
         assert export(trained_at_32, tmp_path / "m.onnx", "--format", "onnx", "--check-image", str(path)) == 2
         assert f"--check-image {path}: {says}" in capsys.readouterr().err
+
+
+def test_an_empty_calibration_tensor_gets_the_empty_list_message():
+    from metaformer.errors import UsageError
+    from metaformer.fast.int8 import quantize
+
+    model = metaformer.create_model(TINY, image_size=64).eval()
+    for empty in ([], torch.randn(0, 3, 64, 64)):
+        with pytest.raises(UsageError, match="calibration images must be float tensors"):
+            quantize(model, empty)
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ([1, 2], "holds a JSON list, not a COCO object with images"),
+        ({"images": "x"}, "'images' must be a list of objects"),
+        ({"annotations": []}, "has no 'images' list"),
+    ],
+)
+def test_coco_annotations_of_the_wrong_shape_are_named(content, says, tmp_path):
+    from metaformer.errors import DatasetError
+    from metaformer.tasks.detection.data import CocoDetection
+
+    (tmp_path / "images").mkdir()
+    annotations = tmp_path / "instances_val2017.json"
+    annotations.write_text(json.dumps(content))
+    with pytest.raises(DatasetError, match=f"{annotations}: {says}"):
+        CocoDetection(tmp_path / "images", annotations, masks=False, background=False, train=False)
+
+
+def test_detect_takes_scores_from_0_to_1_and_reaches_below_the_models_floor(imagenet_samples, tmp_path, capsys):
+    from tiny import TINY_RETINANET
+
+    # Freshly built, RetinaNet's classifier starts at the 1% prior: every score lies under the model's floor of 0.05.
+    model = metaformer.create_model(TINY_RETINANET, min_size=96, max_size=128)
+    checkpoint = metaformer.save_checkpoint(model, tmp_path / "r.safetensors")
+    detect = ["detect", str(imagenet_samples[0]), "--model", TINY_RETINANET, "--checkpoint", str(checkpoint), "--json"]
+    with pytest.raises(SystemExit):
+        main([*detect, "--score-threshold", "2", "--output", str(tmp_path / "refused")])
+    assert "must be a probability from 0 to 1, got 2" in capsys.readouterr().err
+    found = {}
+    for threshold in ("0.05", "0"):
+        assert main([*detect, "--score-threshold", threshold, "--output", str(tmp_path / threshold)]) == 0
+        found[threshold] = json.loads(capsys.readouterr().out)["detections"]
+    assert found["0.05"] == [] and len(found["0"]) > 0 and max(d["score"] for d in found["0"]) < 0.05

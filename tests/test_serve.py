@@ -40,6 +40,7 @@ if not MISSING:
     from fastapi.testclient import TestClient
 
 CLASSIFIER = "poolformer_s12"
+LOCAL = "http://127.0.0.1:8000"  # the Host a browser on this machine sends; the service answers no other by default
 
 
 def save_random(folder: Path, name: str, seed: int, **kwargs: object) -> Path:
@@ -60,7 +61,7 @@ def weights(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(weights):
-    with TestClient(build_app(CLASSIFIER, weights, "--max-upload-mb", "1")) as client:
+    with TestClient(build_app(CLASSIFIER, weights, "--max-upload-mb", "1"), base_url=LOCAL) as client:
         yield client
 
 
@@ -272,7 +273,7 @@ def test_a_segmentation_model_answers_as_segment(dense_weights, imagenet_samples
         str(tmp_path),
         "--json",
     )
-    with TestClient(build_app(name, checkpoint)) as client:
+    with TestClient(build_app(name, checkpoint), base_url=LOCAL) as client:
         info = client.get("/info").json()
         answer = post_file(client, photo, "?png=1").json()
         plain = post_file(client, photo).json()
@@ -300,7 +301,7 @@ def test_a_detection_model_answers_as_detect(dense_weights, imagenet_samples, tm
         "--score-threshold",
         "0.55",
     )
-    with TestClient(build_app(name, checkpoint)) as client:
+    with TestClient(build_app(name, checkpoint), base_url=LOCAL) as client:
         answer = post_file(client, photo, "?png=1&score_threshold=0.55").json()
         refused = post_file(client, photo, "?cam=1")
     assert expected["detections"] and answer["detections"] == expected["detections"]
@@ -423,3 +424,18 @@ def test_the_page_shows_the_top5_in_a_browser(live_server, imagenet_samples):
             assert page.locator("#results .row .label").all_inner_texts() == expected
         finally:
             browser.close()
+
+
+@needs_serve
+def test_probes_use_head_405s_say_allow_and_only_the_bound_host_names_are_answered(client, weights):
+    for path in ("/", "/health", "/info"):
+        assert client.head(path).status_code == 200
+    refused = client.delete("/predict")
+    assert refused.status_code == 405 and refused.headers["allow"] == "POST"
+    assert client.get("/health", headers={"Host": "localhost:8000"}).status_code == 200
+    rebound = client.get("/info", headers={"Host": "attacker.example:8000"})  # DNS rebinding: a foreign name
+    assert rebound.status_code == 400
+    with TestClient(build_app(CLASSIFIER, weights, "--allow-host", "box.lan"), base_url="http://box.lan") as named:
+        assert named.get("/health").status_code == 200
+        assert named.get("/health", headers={"Host": "attacker.example"}).status_code == 400
+    assert serve_cli.allowed_hosts("0.0.0.0", []) is None  # every interface: the network already reaches it

@@ -26,6 +26,7 @@ from .options import (
     int8_model,
     load_trained,
     positive,
+    probability,
     refuse_existing,
 )
 
@@ -72,7 +73,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--tta", action="store_true", help="multi-scale + flip inference")
             p.set_defaults(run=segment)
         else:
-            p.add_argument("--score-threshold", type=float, default=0.5, help="draw and print detections above this")
+            p.add_argument(
+                "--score-threshold",
+                type=probability,
+                default=0.5,
+                help="draw and print detections scoring at least this, from 0 to 1; below the model's own floor "
+                "(0.05) that floor is lowered to it (default: %(default)s)",
+            )
             p.add_argument("--min-size", type=positive, help="resize the short side to this (the checkpoint's)")
             p.add_argument("--max-size", type=positive, help="keep the long side within this (the checkpoint's)")
             p.set_defaults(run=detect)

@@ -52,6 +52,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--port", type=port, default=8000, help="port to listen on (default 8000)")
     p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host header to answer besides localhost, 127.0.0.1, ::1 and --host (repeatable); on 0.0.0.0 or :: "
+        "every host is answered unless this is given",
+    )
+    p.add_argument(
         "--max-batch", type=positive, default=16, help="classifiers: images per forward pass at most (default 16)"
     )
     p.add_argument(
@@ -98,7 +106,16 @@ def build_app(args: argparse.Namespace) -> FastAPI:
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         max_upload_mb=args.max_upload_mb,
+        allowed_hosts=allowed_hosts(args.host, args.allow_host),
     )
+
+
+def allowed_hosts(host: str, extra: list[str]) -> list[str] | None:
+    """The Host headers the service answers: its own names, unless it listens on every interface (then any, or
+    those ``--allow-host`` names)."""
+    if host in ("0.0.0.0", "::") and not extra:
+        return None
+    return sorted({"localhost", "127.0.0.1", "[::1]", "::1", host, *extra} - {"0.0.0.0", "::"})
 
 
 def check_address(host: str, port: int) -> None:

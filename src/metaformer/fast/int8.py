@@ -130,7 +130,7 @@ class Int8MetaFormer(Recorded, nn.Module):
 
 def _batches(images: torch.Tensor | Iterable[torch.Tensor]) -> list[torch.Tensor]:
     batches = [images] if isinstance(images, torch.Tensor) else list(images)
-    if not batches or any(b.ndim != 4 or b.shape[1] != 3 or not b.is_floating_point() for b in batches):
+    if not batches or any(b.ndim != 4 or b.shape[1] != 3 or not b.is_floating_point() or not len(b) for b in batches):
         raise UsageError(
             "calibration images must be float tensors [N, 3, H, W] (processed pixels, as the model "
             "takes them), or a non-empty list of such batches"

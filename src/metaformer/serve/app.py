@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 
 import torch
@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ..errors import ImageLoadError
 from ..task_table import task as task_entry
@@ -44,11 +45,14 @@ def create_app(
     max_batch: int = 16,
     max_wait_ms: float = 10.0,
     max_upload_mb: float = 20.0,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> FastAPI:
     """The service for a classifier, segmentation or detection model, ready in eval mode on its device (fused or
     not). ``explain_model``: the unfused classifier, for Grad-CAM (``?cam=1``); ``parameters``: the count /info
     shows (default: ``model``'s, which fusing lowers). Classifier requests that arrive within ``max_wait_ms`` of
-    each other run as one batch of up to ``max_batch``; dense models run one photo at a time."""
+    each other run as one batch of up to ``max_batch``; dense models run one photo at a time. ``allowed_hosts``:
+    the ``Host`` header values answered (None: any); a page a browser loaded from elsewhere cannot reach a service
+    on 127.0.0.1 through a name that resolves there (DNS rebinding)."""
     task = model.task
     entry = task_entry(task)
     predictor = entry.load("predictor")  # the one `predict`, `segment` and `detect` run
@@ -67,6 +71,8 @@ def create_app(
 
     app = FastAPI(title=f"metaformer serve: {name or task}", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, max_bytes=int(max_upload_mb * 2**20))
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     _add_error_handlers(app)
     info = {
         "model": name or model.name,
@@ -85,15 +91,16 @@ def create_app(
     }
     page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
 
-    @app.get("/", response_class=HTMLResponse)
+    # GET and HEAD alike: monitoring probes ask with HEAD
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
     async def index() -> str:
         return page
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> dict:
         return {"status": "ok"}
 
-    @app.get("/info")
+    @app.api_route("/info", methods=["GET", "HEAD"])
     async def get_info() -> dict:
         return {
             **info,
@@ -206,7 +213,9 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail))
+        response = error(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})  # a 405's Allow: the methods the path takes
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import warnings
 from pathlib import Path
@@ -30,6 +31,26 @@ def coco_split(data: str | os.PathLike, split: str) -> tuple[Path, Path]:
     return images, annotations
 
 
+def _coco_json(annotations: Path) -> dict:
+    """A COCO annotation file's content, checked to have COCO's shape before pycocotools indexes it (it asserts)."""
+    try:
+        dataset = json.loads(annotations.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{annotations}: not valid JSON ({error})") from error
+    except OSError as error:
+        raise DatasetError(f"{annotations}: {error.strerror or error}") from error
+    if not isinstance(dataset, dict):
+        raise DatasetError(f"{annotations}: holds a JSON {type(dataset).__name__}, not a COCO object with images")
+    for key in ("images", "annotations", "categories"):
+        if key in dataset and not (
+            isinstance(dataset[key], list) and all(isinstance(entry, dict) for entry in dataset[key])
+        ):
+            raise DatasetError(f"{annotations}: {key!r} must be a list of objects")
+    if "images" not in dataset:
+        raise DatasetError(f"{annotations}: has no 'images' list; not a COCO annotation file")
+    return dataset
+
+
 class CocoDetection(Dataset):
     """Images with targets in torchvision's detection format. Labels are contiguous: 0..K-1, or 1..K when
     ``background`` is True (Mask R-CNN's class 0). Crowd annotations are left out of the targets, and boxes
@@ -38,10 +59,12 @@ class CocoDetection(Dataset):
     def __init__(self, images: Path, annotations: Path, masks: bool, background: bool, train: bool) -> None:
         from pycocotools.coco import COCO
 
+        self.coco = COCO()
+        self.coco.dataset = _coco_json(annotations)
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
             try:
-                self.coco = COCO(str(annotations))
-            except (ValueError, KeyError) as error:
+                self.coco.createIndex()
+            except (ValueError, KeyError, TypeError) as error:
                 raise DatasetError(f"{annotations}: not a COCO annotation file ({error})") from error
         self.images = Path(images)
         self.ids = sorted(self.coco.imgs)

@@ -74,8 +74,15 @@ class Detector:
 
     def detect(self, image: torch.Tensor, threshold: float) -> tuple[np.ndarray, list[dict]]:
         """The picture of a uint8 ``[3, H, W]`` photo with its detections scoring at least ``threshold``, and
-        those detections as ``{"label", "score", "box"}``."""
-        return draw(image, detect(self.model, image), self.model, threshold)
+        those detections as ``{"label", "score", "box"}``. A threshold under the model's own score floor
+        (torchvision's ``score_thresh``, which drops boxes before they are returned) lowers that floor to it."""
+        owner = getattr(self.model, "roi_heads", self.model)  # Mask R-CNN keeps it in its box head
+        floor = owner.score_thresh
+        owner.score_thresh = min(floor, threshold)
+        try:
+            return draw(image, detect(self.model, image), self.model, threshold)
+        finally:
+            owner.score_thresh = floor
 
     def respond(
         self, image: Image.Image, max_side: int, png: bool = False, score_threshold: float | None = None

@@ -278,3 +278,16 @@ def test_detect_takes_scores_from_0_to_1_and_reaches_below_the_models_floor(imag
         assert main([*detect, "--score-threshold", threshold, "--output", str(tmp_path / threshold)]) == 0
         found[threshold] = json.loads(capsys.readouterr().out)["detections"]
     assert found["0.05"] == [] and len(found["0"]) > 0 and max(d["score"] for d in found["0"]) < 0.05
+
+
+def test_done_says_the_last_and_the_best_round_and_which_file_holds_which(capsys):
+    from metaformer.cli.train import _summary
+
+    _summary("run", [{"epoch": 1, "top1": 56.21}, {"epoch": 2, "top1": 55.56}])
+    assert capsys.readouterr().out == (
+        "done: run (top1 55.56 after epoch 2: last.safetensors; best top1 56.21 after epoch 1: best.safetensors)\n"
+    )
+    _summary("run", [{"epoch": 1, "top1": 50.0}, {"epoch": 2, "top1": 55.56}])
+    assert capsys.readouterr().out == "done: run (top1 55.56 after epoch 2: last.safetensors)\n"
+    _summary("det", [{"epoch": 1, "AP": None, "AP50": None}])  # evaluated, on images without one annotation
+    assert capsys.readouterr().out == "done: det (AP undefined after epoch 1: last.safetensors)\n"

@@ -221,9 +221,22 @@ def _recipe(args: argparse.Namespace, kind: str) -> object:
 
 
 def _summary(output: str, records: list[dict]) -> None:
+    """The last round's figures (in last.safetensors) and, where another round scored higher, the best one's (in
+    best.safetensors)."""
     if not records or int(os.environ.get("RANK", "0")) != 0:  # torchrun's other processes stay quiet
         return
     last = records[-1]
-    where = f"epoch {last['epoch']}" if "iteration" not in last else f"iteration {last['iteration']}"
-    shown = [f"{k} {last[k]:.2f}" for k in ("top1", "mIoU", "AP", "mask_AP") if isinstance(last.get(k), float)]
-    print(f"done: {output} ({', '.join(shown) or 'no evaluation yet'} after {where})")
+    metrics = [k for k in ("top1", "mIoU", "AP", "mask_AP") if k in last]
+    shown = [f"{k} {last[k]:.2f}" if isinstance(last[k], float) else f"{k} undefined" for k in metrics]
+    line = f"done: {output} ({', '.join(shown) or 'no evaluation yet'} after {_round(last)}: last.safetensors"
+    key = metrics[0] if metrics else None
+    scored = [r for r in records if isinstance(r.get(key), float)]
+    best = max(scored, key=lambda r: r[key]) if scored else None
+    ended = last.get(key)
+    if best is not None and best is not last and (not isinstance(ended, float) or best[key] > ended):
+        line += f"; best {key} {best[key]:.2f} after {_round(best)}: best.safetensors"
+    print(line + ")")
+
+
+def _round(record: dict) -> str:
+    return f"epoch {record['epoch']}" if "iteration" not in record else f"iteration {record['iteration']}"

@@ -291,3 +291,48 @@ def test_done_says_the_last_and_the_best_round_and_which_file_holds_which(capsys
     assert capsys.readouterr().out == "done: run (top1 55.56 after epoch 2: last.safetensors)\n"
     _summary("det", [{"epoch": 1, "AP": None, "AP50": None}])  # evaluated, on images without one annotation
     assert capsys.readouterr().out == "done: det (AP undefined after epoch 1: last.safetensors)\n"
+
+
+@pytest.mark.slow
+def test_segment_on_a_4000x3000_photo_stays_under_2_gib(tmp_path):
+    from conftest import DATA_DIR
+    from PIL import Image
+    from tiny import TINY_FPN
+
+    street = sorted((DATA_DIR / "camvid" / "images" / "val").glob("*.png"))
+    if not street:
+        pytest.skip(f"CamVid not found under {DATA_DIR}")
+    photo = tmp_path / "phone.png"
+    Image.open(street[0]).convert("RGB").resize((4000, 3000)).save(photo)  # a phone photo's size
+    model = randomize(metaformer.create_model(TINY_FPN, num_classes=150), seed=1)  # ADE20K's 150 classes
+    checkpoint = metaformer.save_checkpoint(model, tmp_path / "fpn.safetensors")
+    script = (
+        f"import resource, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import tiny\n"
+        "from metaformer.cli import main\n"
+        f"code = main(['segment', {str(photo)!r}, '--model', tiny.TINY_FPN, '--checkpoint', {str(checkpoint)!r},"
+        f" '--output', {str(tmp_path / 'out')!r}, '--json'])\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n"
+        "sys.exit(code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result, peak = done.stdout.splitlines()
+    assert json.loads(result)["classes"] and int(peak) < 2 * 2**30, f"peak {int(peak) / 2**30:.2f} GiB"
+    # the full-size scores of the 150 classes alone were 7.2 GB (the issue measured 21 GiB for this photo)
+
+
+def test_the_class_map_is_upsampled_in_strips_with_the_same_result(monkeypatch):
+    from tiny import TINY_FPN
+
+    from metaformer.tasks.segmentation import predict
+
+    model = randomize(metaformer.create_model(TINY_FPN), seed=2).eval()
+    image = (torch.rand(3, 123, 201, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    whole = predict.predict_classes(model, image, (128, 128), scales=(0.75, 1.0), flip=True)
+    monkeypatch.setattr(predict, "STRIP_ELEMENTS", 11 * 201 * 5)  # five rows at a time
+    assert torch.equal(predict.predict_classes(model, image, (128, 128), scales=(0.75, 1.0), flip=True), whole)
+    size = predict.eval_size(123, 201, (96, 96))
+    with torch.no_grad():
+        logits = model(predict.normalize(predict.TF.resize(image, size, antialias=True))[None])
+    reference = torch.nn.functional.interpolate(logits, size=(123, 201), mode="bilinear").argmax(1)[0]
+    assert torch.equal(predict.predict_classes(model, image, (96, 96)).long(), reference)  # F.interpolate's

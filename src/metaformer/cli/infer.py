@@ -170,7 +170,15 @@ def _each_image(
                 else f"{path}: error: {error.reason}"
             )
             continue
-        result = {"path": str(path), **handle(path, image, stem)}
+        try:
+            result = {"path": str(path), **handle(path, image, stem)}
+        except (MemoryError, RuntimeError) as error:  # torch's allocator says "can't allocate" as a RuntimeError
+            if isinstance(error, RuntimeError) and "alloc" not in str(error).lower():
+                raise
+            failed += 1
+            reason = f"not enough memory for this {image.shape[-1]}x{image.shape[-2]} photo; the others go on"
+            print(json.dumps({"path": str(path), "error": reason}) if args.json else f"{path}: error: {reason}")
+            continue
         print(json.dumps(result) if args.json else _describe(result), flush=True)
     return 1 if failed else 0
 

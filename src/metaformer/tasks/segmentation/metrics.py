@@ -12,7 +12,7 @@ from ...data.samplers import ShardSampler
 from ...engine.distributed import DistributedContext
 from ...errors import DatasetError, ImageLoadError
 from .data import IGNORE, SegmentationFolder
-from .predict import predict_probs
+from .predict import predict_classes
 
 
 def confusion(prediction: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -81,7 +81,7 @@ def evaluate(
         except DatasetError as error:  # a mask value that is no class: every process stops, not just this one
             fatal = error
             break
-        prediction = predict_probs(model, image, scale, scales, flip).argmax(0).cpu()
+        prediction = predict_classes(model, image, scale, scales, flip).long()
         matrix += confusion(prediction, mask, model.num_classes)
     context.raise_together(fatal, "on a dataset error")
     read = context.all_reduce_sum(torch.tensor([float(len(indices) - len(errors))]))

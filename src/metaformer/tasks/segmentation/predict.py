@@ -16,31 +16,51 @@ from .data import eval_size, normalize
 TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
+STRIP_ELEMENTS = 2**25  # class scores held at once while upsampling: 128 MB of float32, whatever the photo's size
+
+
 @torch.inference_mode()
-def predict_probs(
+def predict_classes(
     model: torch.nn.Module,
     image: torch.Tensor,
     scale: tuple[int, int] | None = None,
     scales: tuple[float, ...] = (1.0,),
     flip: bool = False,
 ) -> torch.Tensor:
-    """Class probabilities ``[K, H, W]`` of a uint8 ``[3, H, W]`` image: whole-image inference after resizing to
-    ``scale`` (default: the model's test scale; sides multiples of 32), averaged over ``scales`` and horizontal
-    flips when asked."""
+    """The class of every pixel ``[H, W]`` of a uint8 ``[3, H, W]`` image: whole-image inference after resizing to
+    ``scale`` (default: the model's test scale; sides multiples of 32), the softmax averaged over ``scales`` and
+    horizontal flips when asked, as mmseg's protocol: scores upsampled bilinearly to the image, then the argmax.
+
+    The upsampling runs a strip of rows at a time, so memory follows the model's scale and not the photo's (a
+    12000x12000 photo would need 86 GB of full-size scores at once)."""
     model.eval()
     scale = scale or model.test_scale
     height, width = image.shape[-2:]
     parameter = next(model.parameters())
-    total = None
+    maps = []
     for factor in scales:
         size = eval_size(height, width, (int(scale[0] * factor), int(scale[1] * factor)))
         x = normalize(TF.resize(image, size, antialias=True))[None].to(parameter.device, parameter.dtype)
         for flipped in (False, True) if flip else (False,):
             logits = model(x.flip(-1) if flipped else x).float()
-            logits = logits.flip(-1) if flipped else logits
-            probs = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False).softmax(1)[0]
+            maps.append(logits.flip(-1) if flipped else logits)
+    classes = maps[0].shape[1]
+    prediction = torch.empty(height, width, dtype=torch.uint8 if classes <= 256 else torch.int64)
+    rows = max(1, STRIP_ELEMENTS // (classes * width))
+    # Source coordinates of bilinear resizing without corner alignment, as grid_sample's normalised ones: the
+    # same interpolation as F.interpolate(..., align_corners=False), edges clamped as it clamps them.
+    columns = (torch.arange(width, device=parameter.device) + 0.5) * (2 / width) - 1
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        lines = (torch.arange(top, bottom, device=parameter.device) + 0.5) * (2 / height) - 1
+        grid = torch.stack(torch.meshgrid(lines, columns, indexing="ij")[::-1], dim=-1)[None]
+        total = None
+        for logits in maps:
+            scores = F.grid_sample(logits, grid, mode="bilinear", padding_mode="border", align_corners=False)
+            probs = scores.softmax(1)[0]
             total = probs if total is None else total + probs
-    return total
+        prediction[top:bottom] = total.argmax(0).to(prediction.dtype).cpu()
+    return prediction
 
 
 def colour_pictures(image: torch.Tensor, prediction: torch.Tensor, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -73,8 +93,7 @@ class Segmenter:
 
     def segment(self, image: torch.Tensor, tta: bool = False) -> tuple[torch.Tensor, dict]:
         """The class of every pixel of a uint8 ``[3, H, W]`` photo, and ``{"classes": shares}`` of the top ones."""
-        probs = predict_probs(self.model, image, scales=TTA_SCALES if tta else (1.0,), flip=tta)
-        prediction = probs.argmax(0).cpu()
+        prediction = predict_classes(self.model, image, scales=TTA_SCALES if tta else (1.0,), flip=tta)
         return prediction, {"classes": class_shares(prediction, self.labels)}
 
     def pictures(self, image: torch.Tensor, prediction: torch.Tensor) -> tuple[bytes, bytes]:

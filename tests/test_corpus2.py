@@ -336,3 +336,22 @@ def test_the_class_map_is_upsampled_in_strips_with_the_same_result(monkeypatch):
         logits = model(predict.normalize(predict.TF.resize(image, size, antialias=True))[None])
     reference = torch.nn.functional.interpolate(logits, size=(123, 201), mode="bilinear").argmax(1)[0]
     assert torch.equal(predict.predict_classes(model, image, (96, 96)).long(), reference)  # F.interpolate's
+
+
+@pytest.mark.parametrize("command", ["cam", "segment"])
+def test_an_output_that_cannot_be_a_folder_is_said_in_command_line_terms(command, tmp_path, imagenet_samples, capsys):
+    from tiny import TINY_FPN
+
+    name = TINY if command == "cam" else TINY_FPN
+    checkpoint = metaformer.save_checkpoint(metaformer.create_model(name), tmp_path / "w.safetensors")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("kept")
+    for output, says in (
+        (a_file, f"--output {a_file} is a file; --output names a folder for the pictures"),
+        (a_file / "sub", f"--output {a_file / 'sub'}: cannot create this folder (Not a directory)"),
+    ):
+        args = [command, str(imagenet_samples[0]), "--model", name, "--checkpoint", str(checkpoint)]
+        assert main([*args, "--output", str(output)]) == 2
+        error = capsys.readouterr().err
+        assert error == f"error: {says}\n" and "Errno" not in error
+    assert a_file.read_text() == "kept"

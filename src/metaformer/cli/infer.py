@@ -25,6 +25,7 @@ from .options import (
     expect_task,
     int8_model,
     load_trained,
+    output_folder,
     positive,
     probability,
     refuse_existing,
@@ -137,7 +138,7 @@ def pictures(args: argparse.Namespace, suffixes: tuple[str, ...]) -> Iterator[tu
     files = find_images(args.paths)
     if not files:
         raise UsageError("no image files found in " + " ".join(args.paths))
-    output = Path(args.output)
+    output = output_folder(args.output)  # before the first picture is drawn
     stems, taken = [], set()
     for path in files:
         stem, count = path.stem, 1
@@ -147,7 +148,6 @@ def pictures(args: argparse.Namespace, suffixes: tuple[str, ...]) -> Iterator[tu
         taken.add(stem)
         stems.append(output / stem)
     refuse_existing([s.with_name(s.name + suffix) for s in stems for suffix in suffixes], args.force)
-    output.mkdir(parents=True, exist_ok=True)
     yield from zip(files, stems, strict=True)
 
 

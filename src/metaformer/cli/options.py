@@ -4,6 +4,7 @@ that the chosen model's task does not use."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -213,6 +214,20 @@ def refuse_existing(paths: Iterable[Path], force: bool) -> None:
         raise FileExistsError(
             f"{', '.join(existing[:3])} exist(s); pass --force to overwrite, or choose another --output"
         )
+
+
+def output_folder(path: str | Path) -> Path:
+    """``--output``, created if needed, or a one-line error in the command line's terms."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--output {path} is a file; --output names a folder for the pictures")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--output {path}: cannot create this folder ({error.strerror or error})") from error
+    if not os.access(path, os.W_OK):
+        raise UsageError(f"--output {path}: this folder is not writable; choose another --output")
+    return path
 
 
 DTYPES = ("float32", "bfloat16", "float16", "int8")

@@ -80,7 +80,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     FLAGS.add(p, "--calibration", nargs="+", metavar="PATH", help=calibration_help("DATA/train"))
     FLAGS.add(p, "--tta", action="store_true", help="multi-scale (0.5-1.75) + flip inference")
     FLAGS.add(p, "--num-classes", type=positive, help="classes of the dataset (the model's)")
-    FLAGS.add(p, "--ignore-index", type=int, help="the masks' ignore value (255)")
+    FLAGS.add(
+        p,
+        "--ignore-index",
+        type=int,
+        help="the masks' ignore value (default: the one the checkpoint was trained with, else 255)",
+    )
     add_scale(FLAGS, p, "resize scale of the images (default: the checkpoint's, as trained)")
     FLAGS.add(p, "--split", help="the COCO split (val2017)")
     FLAGS.add(
@@ -212,7 +217,7 @@ def _segmentation(args: argparse.Namespace, kind: str, output: Path | None) -> i
 
     evaluate = task(kind).load("evaluation")  # the task table's scorer
     model = load_trained(args, "segmentation", test_scale=tuple(args.scale) if args.scale else None)
-    ignore = 255 if args.ignore_index is None else args.ignore_index
+    ignore = model.ignore_index if args.ignore_index is None else args.ignore_index  # the checkpoint's, else 255
     layout = detect_layout(args.data, args.num_classes, ignore, model_classes=model.num_classes)
     if layout.num_classes != model.num_classes:
         source = "--num-classes" if args.num_classes else "its classes.txt" if layout.classes else "ADE20K"

@@ -112,12 +112,13 @@ class FPNHead(nn.Module):
 class SemanticFPN(DenseModel):
     """Backbone (four stages, each through its own norm), FPN neck, FPN head. ``forward`` returns class logits at
     the input's resolution; ``forward_logits`` at stride 4. ``test_scale`` (long, short side) is the size whole
-    images are resized to for evaluation, recorded in checkpoints."""
+    images are resized to for evaluation, recorded in checkpoints; so is ``ignore_index``, the mask value of its
+    training data that is no class, which its evaluation then uses."""
 
     task = "segmentation"
     class_layers = ("head.classifier.",)
     trunk_prefix = "backbone."
-    input_options = ("test_scale",)
+    input_options = ("test_scale", "ignore_index")
 
     def __init__(
         self,
@@ -127,6 +128,7 @@ class SemanticFPN(DenseModel):
         name: str = "",
         labels: Sequence[str] | None = None,
         test_scale: tuple[int, int] = (2048, 512),
+        ignore_index: int = 255,
     ) -> None:
         super().__init__()
         self.backbone = MetaFormerFeatures(config)
@@ -134,9 +136,10 @@ class SemanticFPN(DenseModel):
         self.head = FPNHead(num_classes)
         self._describe(name, num_classes, labels)
         self.test_scale = tuple(test_scale)
+        self.ignore_index = ignore_index
 
     def input_settings(self) -> dict:
-        return {"test_scale": list(self.test_scale)}
+        return {"test_scale": list(self.test_scale), "ignore_index": self.ignore_index}
 
     def forward_logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.neck(self.backbone(images)))

@@ -45,6 +45,7 @@ class SegmentationTask(LibraryTask):
             checkpoint=self.settings.init,
             labels=self.layout.classes,
             test_scale=self.recipe.scale,
+            ignore_index=self.recipe.ignore_index,  # recorded in its checkpoints, for eval on the same data
         )
         if self.context.enabled and self.context.device.type == "cuda":
             # The official head syncs BatchNorm statistics across GPUs; SyncBatchNorm has no CPU kernel, so CPU

@@ -355,3 +355,40 @@ def test_an_output_that_cannot_be_a_folder_is_said_in_command_line_terms(command
         error = capsys.readouterr().err
         assert error == f"error: {says}\n" and "Errno" not in error
     assert a_file.read_text() == "kept"
+
+
+def test_every_task_evaluates_the_split_it_is_given(tmp_path, capsys):
+    data = subset(tmp_path / "data", ["airplane", "frog"], train=4, val=6)
+    (data / "val").rename(data / "test")  # a dataset whose evaluation split is not val/
+    (data / "val").mkdir()  # and an empty val/ that the default would take
+    model = metaformer.create_model(TINY, num_classes=2, image_size=32, labels=["airplane", "frog"])
+    weights = metaformer.save_checkpoint(model, tmp_path / "w.safetensors")
+    common = ["eval", str(data), "--model", TINY, "--checkpoint", str(weights), "--num-workers", "0", "--json"]
+    assert main([*common, "--split", "test"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 12
+    assert main([*common, "--split", "missing"]) == 1
+    assert f"{data / 'missing'}: no such folder" in capsys.readouterr().err
+
+
+def test_segmentation_eval_takes_a_split(tmp_path, capsys):
+    from conftest import DATA_DIR
+    from tiny import TINY_FPN
+
+    camvid = DATA_DIR / "camvid"
+    if not camvid.is_dir():
+        pytest.skip(f"CamVid not found under {DATA_DIR}")
+    data = tmp_path / "camvid"
+    for split, count in (("train", 1), ("val", 1), ("test", 2)):
+        for kind in ("images", "annotations"):
+            (data / kind / split).mkdir(parents=True)
+        for image in sorted((camvid / "images" / "val").iterdir())[:count]:
+            (data / "images" / split / image.name).symlink_to(image)
+            (data / "annotations" / split / image.name).symlink_to(camvid / "annotations" / "val" / image.name)
+    (data / "classes.txt").write_text("\n".join(f"c{i}" for i in range(11)))
+    model = metaformer.create_model(TINY_FPN, test_scale=(128, 96), ignore_index=11)
+    weights = metaformer.save_checkpoint(model, tmp_path / "fpn.safetensors")
+    common = ["eval", str(data), "--model", TINY_FPN, "--checkpoint", str(weights), "--json"]  # no --ignore-index
+    assert main(common) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 1
+    assert main([*common, "--split", "test"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 2

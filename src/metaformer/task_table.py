@@ -91,7 +91,7 @@ TASKS: dict[str, Task] = {
         "predict",
         "epoch",
         _CLASSIFICATION_TRAIN,
-        ("--batch-size", "--num-workers", "--dtype", "--calibration"),
+        ("--batch-size", "--num-workers", "--dtype", "--calibration", "--split"),
     ),
     "segmentation": Task(
         "segmentation",
@@ -104,7 +104,7 @@ TASKS: dict[str, Task] = {
         "segment",
         "iteration",
         ("--iterations", "--crop-size", "--scale", "--num-classes", "--ignore-index"),
-        ("--tta", "--num-classes", "--ignore-index", "--scale"),
+        ("--tta", "--num-classes", "--ignore-index", "--scale", "--split"),
     ),
     "detection": _detection("detection", "detection"),
     "instance_segmentation": _detection("instance_segmentation", "instance segmentation"),

@@ -87,7 +87,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="the masks' ignore value (default: the one the checkpoint was trained with, else 255)",
     )
     add_scale(FLAGS, p, "resize scale of the images (default: the checkpoint's, as trained)")
-    FLAGS.add(p, "--split", help="the COCO split (val2017)")
+    FLAGS.add(
+        p,
+        "--split",
+        help="the split to evaluate: classification, DATA/SPLIT (default val/, else DATA); segmentation, its "
+        "folder (default val, or ADE20K's validation); COCO, the annotations' split (default val2017)",
+    )
     FLAGS.add(
         p, "--min-size", type=positive, help="resize the short side to this (default: the checkpoint's training size)"
     )
@@ -136,7 +141,8 @@ def _classification(args: argparse.Namespace, kind: str, output: Path | None) ->
     if args.dtype != "int8":
         model = model.to(getattr(torch, args.dtype))
     with _distributed(args, model) as context:
-        dataset = ImageFolder(eval_folder(args.data), processor.transform, exif_transpose=False)
+        folder = Path(args.data) / args.split if args.split else eval_folder(args.data)
+        dataset = ImageFolder(folder, processor.transform, exif_transpose=False)
         if len(dataset.classes) == 1:
             warnings.warn(
                 f"{dataset.root} has a single class folder ({dataset.classes[0]}): top-1 counts how often "
@@ -227,7 +233,7 @@ def _segmentation(args: argparse.Namespace, kind: str, output: Path | None) -> i
         )
     if layout.num_classes == 1:
         warnings.warn(f"{args.data}: a single class; its IoU is the share of pixels not ignored", stacklevel=1)
-    dataset = SegmentationFolder(args.data, layout.val_split, layout)
+    dataset = SegmentationFolder(args.data, args.split or layout.val_split, layout)
     scales = TTA_SCALES if args.tta else (1.0,)
     with _distributed(args, model) as context:
         result = evaluate(

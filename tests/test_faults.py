@@ -232,7 +232,10 @@ def test_an_in_memory_state_dict_is_not_printed_whole():
         (["train", "data", "--model", "retinanet_poolformer_s12", "--crop-scale", "0.3", "1"], "--crop-scale is not"),
         (["train", "--resume", "runs/x", "--lr", "0.1"], "--lr cannot change"),
         (["eval", "data", "--model", "poolformer_s12", "--checkpoint", "x", "--tta"], "--tta is not used by eval"),
-        (["eval", "data", "--model", "fpn_poolformer_s12", "--checkpoint", "x", "--split", "v"], "--split is not"),
+        (
+            ["eval", "data", "--model", "fpn_poolformer_s12", "--checkpoint", "x", "--min-size", "9"],
+            "--min-size is not",
+        ),
         (["eval", "data", "--model", "fpn_poolformer_s12", "--checkpoint", "x", "--batch-size", "4"], "--batch-size"),
         (["predict", "x.jpg", "--model", "fpn_poolformer_s12", "--checkpoint", "x"], "use `metaformer segment`"),
         (["segment", "x.jpg", "--model", "poolformer_s12", "--checkpoint", "x"], "segment does not take"),

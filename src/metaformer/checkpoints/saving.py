@@ -55,7 +55,7 @@ def check_destination(path: str | os.PathLike, to: str, *, overwrite: bool) -> P
             f"'{suffix or 'no suffix'}'{folder}; name the file {path.stem}{SUFFIXES[to][0]}"
         )
     if not overwrite and (path.is_file() or (path.is_dir() and any(path.iterdir()))):
-        raise FileExistsError(f"{path} exists; pass overwrite=True (on the command line: --force) to replace it")
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     return path
 
 

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 from ..errors import UsageError
 from ..models.pretrained import releases_of
@@ -170,6 +171,8 @@ def convert(args: argparse.Namespace) -> int:
     from ..api import convert_checkpoint
 
     to = {"safetensors": "metaformer"}.get(args.to, args.to)
+    if Path(args.dst).exists() and not args.force:  # said with the flag; the library says overwrite=True
+        raise FileExistsError(f"{args.dst} exists; pass --force to overwrite it, or choose another destination")
     out = convert_checkpoint(args.src, args.dst, to, model_name=args.model, overwrite=args.force)
     print(f"wrote {out} ({args.to} format)")
     return 0

@@ -392,3 +392,13 @@ def test_segmentation_eval_takes_a_split(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["images"] == 1
     assert main([*common, "--split", "test"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 2
+
+
+@pytest.mark.parametrize("mirror", ["not a url", "http://[::1", "ftp//host", "http://127.0.0.1:9"])
+def test_a_bad_mirror_url_is_named_and_leaves_nothing_in_the_cache(mirror, tmp_path, monkeypatch):
+    monkeypatch.setenv("METAFORMER_WEIGHTS_URL", mirror)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(CheckpointError, match="METAFORMER_WEIGHTS_URL=|could not download"):
+        metaformer.create_model("poolformer_s12", pretrained=True)
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    assert not (cache.is_dir() and list(cache.iterdir()))  # no empty .partial files

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import urllib.parse
 from copy import deepcopy
 from importlib.resources import files
 from pathlib import Path
@@ -56,6 +57,8 @@ def _download(name: str, url: str, hub_id: str | None, progress: bool) -> Path:
         raise CheckpointError(f"{cache} does not match its SHA-256 {expected}; delete it to download it again")
 
     base = os.environ.get(WEIGHTS_URL_ENV)
+    if base:
+        _check_mirror(base)
     errors = []
     if hub_id and not base:
         try:
@@ -70,6 +73,8 @@ def _download(name: str, url: str, hub_id: str | None, progress: bool) -> Path:
     except Exception as error:  # urllib raises several unrelated types for an unreachable host
         errors.append(f"{source}: {error}")
         tmp.unlink(missing_ok=True)
+        for stray in cache.parent.glob(f"{tmp.name}.*.partial"):  # torch.hub's own, left on some failures
+            stray.unlink(missing_ok=True)
     else:
         digest = _sha256(tmp)
         if name not in KNOWN_SHA256 or digest == KNOWN_SHA256[name]:
@@ -83,6 +88,19 @@ def _download(name: str, url: str, hub_id: str | None, progress: bool) -> Path:
         f"Offline? Download {url} on another machine and pass it with checkpoint=PATH "
         f"(CLI: --checkpoint PATH), or copy it to {cache}."
     )
+
+
+def _check_mirror(base: str) -> None:
+    """A mirror URL that urllib can open: http(s) or file, with a host where one is needed."""
+    try:
+        parts = urllib.parse.urlsplit(base)
+        parts.port  # noqa: B018  (an invalid port or IPv6 address raises only when read)
+    except ValueError as error:
+        raise CheckpointError(f"{WEIGHTS_URL_ENV}={base!r} is not a URL ({error})") from error
+    if parts.scheme not in ("http", "https", "file") or (parts.scheme != "file" and not parts.hostname):
+        raise CheckpointError(
+            f"{WEIGHTS_URL_ENV}={base!r} is not a URL of a mirror: expected https://host/path/ (or file:///folder/)"
+        )
 
 
 def _from_hub(repo_id: str, filename: str) -> Path:

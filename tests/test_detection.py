@@ -166,11 +166,12 @@ def test_train_resume_eval_and_detect(name, coco, tmp_path, capsys):
     photo = next((data / "images" / "val2017").iterdir())
     detect = ["detect", str(photo), "--model", name, "--checkpoint", checkpoint, "--min-size", "96"]
     detect += ["--max-size", "128"]
-    assert main([*detect, "--score-threshold", "0", "--output", str(tmp_path / "pictures"), "--json"]) == 0
+    # At the model's own floor: below it, hundreds of near-tied random boxes would decide which make the cut of 300
+    assert main([*detect, "--score-threshold", "0.05", "--output", str(tmp_path / "pictures"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert Image.open(out["picture"]).size == Image.open(photo).size
     # detect folds the backbone by default; the plain one finds the same objects
-    assert main([*detect, "--score-threshold", "0", "--output", str(tmp_path / "plain"), "--no-fuse", "--json"]) == 0
+    assert main([*detect, "--score-threshold", "0.05", "--output", str(tmp_path / "plain"), "--no-fuse", "--json"]) == 0
     plain = json.loads(capsys.readouterr().out)["detections"]
     ours, theirs = (sorted((d["label"], d["score"]) for d in found) for found in (out["detections"], plain))
     assert [label for label, _ in ours] == [label for label, _ in theirs]

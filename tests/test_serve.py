@@ -277,7 +277,11 @@ def test_a_segmentation_model_answers_as_segment(dense_weights, imagenet_samples
         info = client.get("/info").json()
         answer = post_file(client, photo, "?png=1").json()
         plain = post_file(client, photo).json()
-    assert (info["task"], info["batching"], info["image_size"]) == ("segmentation", False, {"test_scale": [512, 256]})
+    assert (info["task"], info["batching"], info["image_size"]) == (
+        "segmentation",
+        False,
+        {"test_scale": [512, 256], "ignore_index": 255},
+    )
     assert answer["classes"] == expected["classes"] and plain == {"path": photo.name, "classes": expected["classes"]}
     overlay = Image.open(io.BytesIO(base64.b64decode(answer["png"])))
     assert overlay.tobytes() == Image.open(expected["overlay"]).convert("RGB").tobytes()

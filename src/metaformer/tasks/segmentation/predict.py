@@ -16,7 +16,7 @@ from .data import eval_size, normalize
 TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
-STRIP_ELEMENTS = 2**25  # class scores held at once while upsampling: 128 MB of float32, whatever the photo's size
+STRIP_ELEMENTS = 2**24  # class scores held at once while upsampling: 64 MB of float32, whatever the photo's size
 
 
 @torch.inference_mode()
@@ -66,8 +66,8 @@ def predict_classes(
 def colour_pictures(image: torch.Tensor, prediction: torch.Tensor, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """The mask (a colour per class) and the overlay (the mask blended half over the uint8 photo), ``[H, W, 3]``."""
     colours = palette(num_classes)[prediction.numpy()]
-    photo = image.permute(1, 2, 0).numpy().astype(np.float32)
-    return colours, (0.5 * photo + 0.5 * colours).astype(np.uint8)
+    photo = image.permute(1, 2, 0).numpy()
+    return colours, ((photo.astype(np.uint16) + colours) // 2).astype(np.uint8)  # integers: half a float's memory
 
 
 def class_shares(prediction: torch.Tensor, names: list[str], top: int = 5) -> dict[str, float]:

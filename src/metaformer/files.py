@@ -82,6 +82,20 @@ def write_json(path: str | os.PathLike, value: object) -> Path:
     return atomic_write(path, json.dumps(value, indent=2) + "\n")
 
 
+def read_json_object(path: Path, error: type[Exception], expected: str) -> dict:
+    """A JSON file that must hold an object, or ``error`` naming the file and what is wrong (``expected``: what
+    the object is, for the message)."""
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as raised:
+        raise error(f"{path}: not valid JSON ({raised})") from raised
+    except OSError as raised:
+        raise error(f"{path}: {raised.strerror or raised}") from raised
+    if not isinstance(value, dict):
+        raise error(f"{path}: holds a JSON {type(value).__name__}, not {expected}")
+    return value
+
+
 def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete the orphan temporary files that a kill during ``atomic_write`` left in ``folder``."""
     folder = Path(folder)

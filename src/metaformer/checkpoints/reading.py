@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ..errors import CheckpointError
-from ..files import file_problem
+from ..files import file_problem, read_json_object
 
 StateDict = dict[str, torch.Tensor]
 WRAPPERS = ("state_dict", "model", "module", "state_dict_ema")  # keys under which trainers nest the weights
@@ -87,14 +87,13 @@ METADATA_TYPES: dict[str, type | tuple[type, ...]] = {
     "input": dict,
     "labels": list,
     "test_scale": (list, int),
-    "num_classes": (int, str),
 }
 
 
 def _checked(state_dict: StateDict, metadata: dict, path: Path) -> tuple[StateDict, dict]:
     """The file's metadata, each JSON field of the right shape, or an error naming the file and the field."""
     for key, kind in METADATA_TYPES.items():
-        if key not in metadata or key == "num_classes":
+        if key not in metadata:
             continue
         try:
             value = json.loads(metadata[key])
@@ -222,16 +221,7 @@ def _hf_preprocessor_metadata(folder: Path) -> dict:
 
 
 def _json_object(file: Path) -> dict:
-    """A JSON file that must hold an object (a model folder's config), or an error naming the file."""
-    try:
-        value = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{file}: not valid JSON ({error})") from error
-    except OSError as error:
-        raise CheckpointError(f"{file}: {error.strerror or error}") from error
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{file}: holds a JSON {type(value).__name__}, not an object; is it a model folder's?")
-    return value
+    return read_json_object(file, CheckpointError, "an object; is it a model folder's?")
 
 
 def _timm_folder_metadata(config: dict) -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import warnings
 from pathlib import Path
@@ -16,6 +15,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from ...data import DatasetError, load_image
+from ...files import read_json_object
 
 
 def coco_split(data: str | os.PathLike, split: str) -> tuple[Path, Path]:
@@ -33,14 +33,7 @@ def coco_split(data: str | os.PathLike, split: str) -> tuple[Path, Path]:
 
 def _coco_json(annotations: Path) -> dict:
     """A COCO annotation file's content, checked to have COCO's shape before pycocotools indexes it (it asserts)."""
-    try:
-        dataset = json.loads(annotations.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{annotations}: not valid JSON ({error})") from error
-    except OSError as error:
-        raise DatasetError(f"{annotations}: {error.strerror or error}") from error
-    if not isinstance(dataset, dict):
-        raise DatasetError(f"{annotations}: holds a JSON {type(dataset).__name__}, not a COCO object with images")
+    dataset = read_json_object(annotations, DatasetError, "a COCO object with images")
     for key in ("images", "annotations", "categories"):
         if key in dataset and not (
             isinstance(dataset[key], list) and all(isinstance(entry, dict) for entry in dataset[key])

@@ -31,9 +31,9 @@ FIXED_GRID = {
 }
 
 
-def sizes(names, default: tuple[str, ...] | set[str]) -> list:
-    """``names`` as parameters, those not in ``default`` marked slow: the default tier checks one model of each
-    kind, the full suite each size (they differ in depths and widths only)."""
+def slow_but(names, default: tuple[str, ...] | set[str]) -> list:
+    """``names`` as parameters, those not in ``default`` marked slow: the default tier checks one of each kind
+    (a model per block kind and width, one kill moment), the full suite every one."""
     return [n if n in default else pytest.param(n, marks=pytest.mark.slow) for n in names]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from baselines_reference import official_forward
-from conftest import assert_intermediates_equal, randomize, sizes
+from conftest import assert_intermediates_equal, randomize, slow_but
 
 import metaformer
 from metaformer.checkpoints import open_checkpoint
@@ -48,7 +48,7 @@ def test_exact_parameter_counts(name):
     assert frozen == (FROZEN[size] if family == "randformer" else 0)
 
 
-@pytest.mark.parametrize("name", sizes(list(PAPER), SMALLEST))
+@pytest.mark.parametrize("name", slow_but(list(PAPER), SMALLEST))
 def test_macs_as_the_paper_at_224_and_384(name):
     """fvcore's count, as the paper's table: the official norms are elementwise operations, which it skips."""
     config = get_spec(name).config
@@ -91,7 +91,7 @@ def perturbed(name: str, seed: int = 0) -> MetaFormer:
 
 @pytest.mark.parametrize(
     "name",
-    sizes([f"{family}_{size}" for family in ("poolformerv2", "convformer", "caformer") for size in PARAMS[family]],
+    slow_but([f"{family}_{size}" for family in ("poolformerv2", "convformer", "caformer") for size in PARAMS[family]],
           IN_TIMM),
 )  # fmt: skip
 def test_equal_to_timm_both_ways(name):

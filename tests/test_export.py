@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import DATA_DIR, randomize, sizes
+from conftest import DATA_DIR, randomize, slow_but
 from tiny import TINY, TINY_FPN, TINY_MASK_RCNN, TINY_RETINANET
 
 import metaformer
@@ -33,7 +33,7 @@ def photos(imagenet_samples):
 ONE_BLOCK_PER_STAGE = {"depths": (1, 1, 1, 1), "widths": (32, 64, 96, 128)}
 
 
-@pytest.mark.parametrize("name", sizes([TINY, "caformer_s18", "randformer_s12"], {TINY}))
+@pytest.mark.parametrize("name", slow_but([TINY, "caformer_s18", "randformer_s12"], {TINY}))
 def test_onnx_equals_pytorch_at_two_batch_sizes_and_two_image_sizes(name, photos, tmp_path):
     overrides = {} if name == TINY else ONE_BLOCK_PER_STAGE
     model = randomize(metaformer.create_model(name, **overrides), seed=2).eval()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CLASSIFIERS, FIXED_GRID, sizes
+from conftest import CLASSIFIERS, FIXED_GRID, slow_but
 
 import metaformer
 from metaformer.models.blocks import MetaFormerBlock, MixerOnlyBlock
@@ -100,7 +100,7 @@ def test_unknown_names_and_options():
         metaformer.create_model("poolformer_s12", depth=3)
 
 
-@pytest.mark.parametrize("name", sizes(sorted(OFFICIAL), {"poolformer_s12", "metaformer_ppaa_s12_224"}))
+@pytest.mark.parametrize("name", slow_but(sorted(OFFICIAL), {"poolformer_s12", "metaformer_ppaa_s12_224"}))
 def test_params_and_macs_match_the_paper(name):
     model = metaformer.create_model(name).eval()
     params, frozen = metaformer.count_params(model)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_intermediates_equal, sizes
+from conftest import assert_intermediates_equal, slow_but
 
 import metaformer
 from metaformer.checkpoints import save_checkpoint
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.peer  # compared against a peer library
 POOLFORMERS = ["poolformer_s12", "poolformer_s24", "poolformer_s36", "poolformer_m36", "poolformer_m48"]
 
 
-@pytest.mark.parametrize("name", sizes(POOLFORMERS, {"poolformer_s12"}))
+@pytest.mark.parametrize("name", slow_but(POOLFORMERS, {"poolformer_s12"}))
 def test_logits_equal_hugging_face_and_features_equal_timm(name, random_model, tmp_path):
     model = random_model(name, seed=POOLFORMERS.index(name))
     save_checkpoint(model, tmp_path / "hf", to="hf")

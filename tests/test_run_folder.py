@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import sizes
+from conftest import slow_but
 from safetensors.torch import load_file
 from test_train import FAST, subset
 from tiny import TINY
@@ -72,7 +72,7 @@ def train_until_killed(run: Path, data: Path, file: str, occurrence: int) -> Non
 # Each moment of the end of epoch 2: before the weights, between weights and state, between the state and the
 # metrics line (where a metrics line used to be written twice), between the metrics and the plot.
 @pytest.mark.parametrize(
-    "file", sizes(["last.safetensors", "last.state.pt", "metrics.jsonl", "curves.png"], {"last.state.pt"})
+    "file", slow_but(["last.safetensors", "last.state.pt", "metrics.jsonl", "curves.png"], {"last.state.pt"})
 )
 def test_a_kill_at_any_moment_then_resume_gives_the_straight_run(file, data, straight, tmp_path):
     run = tmp_path / "run"

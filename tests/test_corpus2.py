@@ -403,3 +403,55 @@ def test_a_bad_mirror_url_is_named_and_leaves_nothing_in_the_cache(mirror, tmp_p
         metaformer.create_model("poolformer_s12", pretrained=True)
     cache = tmp_path / "torch" / "hub" / "checkpoints"
     assert not (cache.is_dir() and list(cache.iterdir()))  # no empty .partial files
+
+
+@pytest.mark.parametrize(
+    "command, model, right",
+    [
+        ("segment", TINY, "predict"),
+        ("detect", TINY, "predict"),
+        ("predict", "test_tiny_fpn", "segment"),
+        ("detect", "test_tiny_fpn", "segment"),
+        ("predict", "test_tiny_retinanet", "detect"),
+        ("segment", "test_tiny_mask_rcnn", "detect"),
+    ],
+)
+def test_a_command_that_does_not_run_the_model_names_the_one_that_does(command, model, right, capsys):
+    import re
+
+    assert main([command, "x.jpg", "--model", model, "--checkpoint", "x.safetensors"]) == 2
+    error = capsys.readouterr().err
+    assert re.findall(r"`metaformer (\w+)`", error) == [right], error
+
+
+def test_a_bad_mask_found_by_the_first_batch_leaves_no_stub_to_force(tmp_path, capsys):
+    """The mask's values are read with the images, after the folder is prepared: the failed run removes what it
+    wrote, so the same command, run again, meets the same error, not 'already holds a run'."""
+    from conftest import DATA_DIR
+    from PIL import Image
+    from tiny import TINY_FPN
+
+    camvid = DATA_DIR / "camvid"
+    if not camvid.is_dir():
+        pytest.skip(f"CamVid not found under {DATA_DIR}")
+    data = tmp_path / "camvid"
+    for split in ("train", "val"):
+        for kind in ("images", "annotations"):
+            (data / kind / split).mkdir(parents=True)
+        for image in sorted((camvid / "images" / "val").iterdir())[:2]:
+            (data / "images" / split / image.name).symlink_to(image)
+            mask = Image.open(camvid / "annotations" / "val" / image.name)
+            mask.point(lambda v: 40 if v == 3 else v).save(data / "annotations" / split / image.name)
+    (data / "classes.txt").write_text("\n".join(f"c{i}" for i in range(11)))
+    run = tmp_path / "run"
+    args = ["train", str(data), "--output", str(run), "--model", TINY_FPN, "--iterations", "2", "--batch-size", "2"]
+    args += ["--crop-size", "64", "--scale", "256", "64", "--ignore-index", "11", "--num-workers", "0", "--no-progress"]
+    for _ in range(2):
+        assert main(args) == 1
+        error = capsys.readouterr().err
+        assert "label values [40] are neither classes (0..10) nor the ignore index 11" in error, error
+        assert not run.exists()
+    run.mkdir()  # a folder that was there before keeps only what it had
+    assert main(args) == 1
+    capsys.readouterr()
+    assert [p.name for p in run.iterdir() if p.name != ".lock"] == []

@@ -78,6 +78,13 @@ class RunFolder:
             (self.path / LOCK).unlink(missing_ok=True)
             self.path.rmdir()
 
+    def discard_unstarted(self) -> None:
+        """A new run that stopped before its first checkpoint leaves nothing to resume: its config.json goes too,
+        so that the same command can simply be run again (a kill -9 leaves it; --force then clears it)."""
+        if self._lock is not None and not (self.path / STATE).exists():
+            for name in (CONFIG, METRICS, CURVES):
+                (self.path / name).unlink(missing_ok=True)
+
     def present(self) -> list[str]:
         return [name for name in RUN_FILES if (self.path / name).is_file()]
 

@@ -352,6 +352,10 @@ def run_training(
             _on_main(context, folder.remove_temporaries)
         _on_main(context, lambda: folder.write_config(trainer.config_record(kind)))
         return trainer.fit()
+    except BaseException:
+        if context.is_main and not resume:
+            folder.discard_unstarted()  # a data error found by the first batch leaves the folder as it was
+        raise
     finally:
         if context.is_main:
             folder.unlock()

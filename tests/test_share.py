@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from conftest import randomize
 from PIL import Image
 
 import metaformer
+from metaformer.checkpoints.saving import timm_head_difference
 from metaformer.cli import main
 from metaformer.data import imagenet_classes, imagenet_labels
 
@@ -77,7 +79,11 @@ def test_hugging_face_folder_keeps_a_fine_tuned_models_classes_and_size(tmp_path
 @pytest.mark.parametrize("name", ["poolformer_s12", "caformer_s18"])
 def test_timm_builds_and_preprocesses_from_the_folder(name, imagenet_samples, tmp_path):
     model = randomize(metaformer.create_model(name), seed=22).eval()
-    folder = metaformer.save_checkpoint(model, tmp_path / "timm", to="timm")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        folder = metaformer.save_checkpoint(model, tmp_path / "timm", to="timm")
+    said = [str(w.message) for w in caught if "timm's PoolFormer v1" in str(w.message)]
+    assert len(said) == (0 if model.config.is_baseline else 1), said
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     theirs = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
     data = timm.data.resolve_data_config({}, model=theirs)
@@ -90,6 +96,9 @@ def test_timm_builds_and_preprocesses_from_the_folder(name, imagenet_samples, tm
         if model.config.is_baseline:  # timm's PoolFormer v1 pools before its final norm; the Baselines agree
             theirs.head.fc.norm.eps = 1e-5  # timm's MLP head uses 1e-6, the official code 1e-5 (test_baselines)
             assert (theirs(pixels) - model(pixels)).abs().max() <= 1e-4
+        else:  # the difference save_checkpoint warns of is timm's
+            apart = (theirs(pixels).softmax(-1) - model(pixels).softmax(-1)).abs().max().item()
+            assert apart > 1e-3 and timm_head_difference(model, pixels) == pytest.approx(apart, abs=1e-5)
     assert theirs.pretrained_cfg["label_names"][:2] == ["n01440764", "n01443537"]
     assert theirs.pretrained_cfg["label_descriptions"]["n01440764"] == imagenet_classes()[0][1]
     # ...and we read it back with its English class names.

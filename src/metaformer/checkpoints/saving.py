@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -86,6 +87,14 @@ def save_checkpoint(
         )
     if to == "hf":
         return _save_hf_folder(model, state_dict, path)
+    apart = timm_head_difference(model) if to == "timm" and isinstance(model, MetaFormer) else 0.0
+    if apart > 1e-6:  # a 1x1 last stage (a 32-px model) pools to itself: then the two heads agree
+        warnings.warn(
+            f"timm's PoolFormer v1 pools before its final norm (the official model and ours: norm, then pool), so "
+            f"in timm these weights give other probabilities: up to {apart:.3g} apart on random images here. Its "
+            "features are equal; ours, Hugging Face's and the official code agree.",
+            stacklevel=2,
+        )
     converted = convert_state_dict(state_dict, config, to)
     if to == "timm" and not suffix_of(path):
         return _save_timm_folder(model, converted, path)
@@ -198,6 +207,25 @@ def _save_hf_folder(model: nn.Module, state_dict: StateDict, path: Path) -> Path
     write_json(path / "preprocessor_config.json", hf_preprocessor_config(model.pretrained_cfg))
     write_json(path / "config.json", config_json)  # last: a folder with a config.json is complete
     return path
+
+
+@torch.no_grad()
+def timm_head_difference(model: MetaFormer, pixels: torch.Tensor | None = None) -> float:
+    """The largest difference in probability between a PoolFormer v1 and timm's reading of its weights, whose head
+    takes the final norm after the pooling, on ``pixels`` (default: two seeded random images)."""
+    if model.config.is_baseline:  # timm's Baselines heads are the official ones
+        return 0.0
+    parameter = next(model.parameters())
+    if pixels is None:
+        pixels = torch.randn(2, *model.pretrained_cfg.input_size, generator=torch.Generator().manual_seed(0))
+    training = model.training
+    try:
+        features = model.eval().forward_features(pixels.to(parameter))
+        ours = model.head(model.norm(features).mean((-2, -1)))
+        theirs = model.head(model.norm(features.mean((-2, -1), keepdim=True)).flatten(1))
+    finally:
+        model.train(training)
+    return (ours.float().softmax(-1) - theirs.float().softmax(-1)).abs().max().item()
 
 
 def timm_config(model: MetaFormer) -> dict:

@@ -6,6 +6,8 @@ import argparse
 import os
 
 from ..errors import UsageError
+from ..task_table import TASKS
+from ..tasks.classification.recipe import RECIPES
 from .options import (
     TaskFlags,
     add_batch_size,
@@ -46,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", help="initial weights: a classifier's (any format) or a whole model of this task")
     p.add_argument("--resume", help="continue the run in this folder exactly where it stopped")
     p.add_argument("--force", action="store_true", help="start afresh in an --output that holds a run (deletes it)")
-    add_batch_size(p, None, " (classification 128, segmentation 4, detection 2, as the papers per GPU)")
+    add_batch_size(p, None, f" (the recipe's, per GPU as in the papers: {_recipe_batch_sizes()})")
     p.add_argument(
         "--lr",
         type=positive_float,
@@ -83,8 +85,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     FLAGS.add(
         p,
         "--recipe",
-        choices=["paper", "finetune", "finetune_384"],
-        help="paper: the official ImageNet recipe (default); finetune: short, lr 2e-4, light augmentation; "
+        choices=list(RECIPES),
+        help="paper: the official ImageNet recipe (default); short: 30 epochs from scratch on small data, lr 1e-3, "
+        "light augmentation; finetune: 10 epochs from pretrained weights, lr 2e-4, light augmentation; "
         "finetune_384: the official 384 fine-tuning of ConvFormer/CAFormer (30 epochs, constant lr, EMA)",
     )
     FLAGS.add(
@@ -206,6 +209,14 @@ def run(args: argparse.Namespace) -> int:
     records = tasks.train(settings, _recipe(args, kind), force=args.force)
     _summary(settings.output, records)
     return 0
+
+
+def _recipe_batch_sizes() -> str:
+    """Each recipe's batch size, read from the recipes themselves."""
+    sizes = [f"classification {name} {recipe.batch_size}" for name, recipe in RECIPES.items()]
+    dense = [kind for kind in TASKS if kind != "classification"]
+    sizes += [f"{kind} {TASKS[kind].load('recipe')().batch_size}" for kind in dense]
+    return ", ".join(sizes)
 
 
 def _recipe(args: argparse.Namespace, kind: str) -> object:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..errors import ConfigError
 from .task import TrainingTask
+
+FEW_STEPS = 8  # an epoch of fewer optimizer steps is worth a warning: a warm-up of a few steps, one update per epoch
+DROPPED_SHARE = 0.2  # ... and so is an epoch that leaves out more than this share of the data
 
 
 @dataclass(frozen=True)
@@ -69,3 +73,26 @@ class Plan:
         if self.unit == "epoch":
             return f"epoch {step // self.steps_per_epoch}"
         return f"iteration {step}"
+
+
+def plan_warnings(plan: Plan, task: TrainingTask, samples: int, world_size: int) -> list[str]:
+    """A run that is not the one the user meant: an epoch of a few steps, much data left out of each epoch, a
+    warm-up as long as the run, or what the task itself has to say."""
+    global_batch = task.batch_size * world_size
+    steps, dropped = plan.steps_per_epoch, samples - plan.steps_per_epoch * global_batch
+    messages = []
+    if (plan.unit == "epoch" and steps < FEW_STEPS) or dropped > samples * DROPPED_SHARE:
+        smaller = 2 ** int(math.log2(max(1, samples // (FEW_STEPS * 2 * world_size))))
+        messages.append(
+            f"{task.settings.data}: {samples} training samples in global batches of {global_batch} make {steps} "
+            f"optimizer step(s) an epoch, and {dropped} sample(s) ({dropped / samples:.0%}) are left out of each "
+            f"epoch (the last, partial batch is dropped): pass a smaller --batch-size (say {smaller}) for a run "
+            "that learns from all of them"
+        )
+    warmup, flag = task.warmup(steps)
+    if warmup >= plan.total_steps:
+        messages.append(
+            f"the learning rate's warm-up ({warmup} steps) is as long as the whole run ({plan.total_steps} steps), "
+            f"so it never reaches its peak: shorten it with {flag}, or train longer"
+        )
+    return messages + task.plan_warnings(steps)

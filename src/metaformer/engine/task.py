@@ -97,6 +97,14 @@ class TrainingTask(abc.ABC):
     def lr_at(self, step: int, steps_per_epoch: int) -> float:
         """The learning rate of optimizer step ``step`` (from 0); a pure function, so resuming needs no state."""
 
+    def warmup(self, steps_per_epoch: int) -> tuple[int, str]:
+        """The optimizer steps of the learning rate's warm-up, and the flag that sets it ("" for none)."""
+        return 0, ""
+
+    def plan_warnings(self, steps_per_epoch: int) -> list[str]:
+        """What the user should hear about this run's settings before it starts (say, a recipe far from home)."""
+        return []
+
     @abc.abstractmethod
     def training_step(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
         """The mean loss of one batch (already collated by ``collate``), to back-propagate."""

@@ -28,7 +28,7 @@ from ..data.guarded import Batch, Guarded, GuardedCollate
 from ..data.samplers import StreamSampler
 from ..errors import ConfigError, DatasetError, MetaformerError, NonFiniteLossError, RunFolderError
 from .distributed import DistributedContext, init_distributed, shutdown_distributed
-from .plan import Plan
+from .plan import Plan, plan_warnings
 from .run_folder import RunFolder, random_state, set_random_state
 from .task import RunSettings, TrainingTask
 
@@ -50,6 +50,9 @@ class Trainer:
                 f"batch ({task.batch_size} x {context.world_size} processes); lower --batch-size"
             )
         self.plan = Plan.make(task, len(self.dataset) // global_batch)
+        if context.is_main:
+            for message in plan_warnings(self.plan, task, len(self.dataset), context.world_size):
+                warnings.warn(message, stacklevel=2)
         torch.manual_seed(settings.seed)  # the same initial weights in every process
         model = task.build_model()
         torch.manual_seed(settings.seed + context.rank)  # each process its own augmentation stream

@@ -65,6 +65,9 @@ class DetectionTask(LibraryTask):
     def total_steps(self, steps_per_epoch: int) -> int:
         return self.recipe.epochs * steps_per_epoch
 
+    def warmup(self, steps_per_epoch: int) -> tuple[int, str]:
+        return self.recipe.warmup_iters, "--warmup-iters"
+
     def lr_at(self, step: int, steps_per_epoch: int) -> float:
         recipe = self.recipe
         return steps_with_warmup(

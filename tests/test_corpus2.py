@@ -455,3 +455,35 @@ def test_a_bad_mask_found_by_the_first_batch_leaves_no_stub_to_force(tmp_path, c
     assert main(args) == 1
     capsys.readouterr()
     assert [p.name for p in run.iterdir() if p.name != ".lock"] == []
+
+
+def warnings_of(recwarn) -> list[str]:
+    said = [str(w.message) for w in recwarn if "skipping" not in str(w.message)]
+    recwarn.clear()
+    return said
+
+
+def test_a_small_dataset_is_told_its_epoch_has_few_steps_and_what_to_change(tmp_path, recwarn):
+    data = subset(tmp_path / "data", ["airplane", "frog"], train=122, val=2)  # 244 images, as the trial's
+    common = ["train", str(data), "--model", TINY, "--epochs", "1", "--stop-after", "1", *FAST]
+    assert main([*common, "--output", str(tmp_path / "a"), "--batch-size", "128", "--warmup-epochs", "0"]) == 0
+    said = [w for w in warnings_of(recwarn) if "optimizer step" in w]
+    assert said == [
+        f"{data}: 244 training samples in global batches of 128 make 1 optimizer step(s) an epoch, and 116 "
+        "sample(s) (48%) are left out of each epoch (the last, partial batch is dropped): pass a smaller "
+        "--batch-size (say 8) for a run that learns from all of them"
+    ]
+    assert main([*common, "--output", str(tmp_path / "b"), "--batch-size", "16", "--warmup-epochs", "0"]) == 0
+    assert not [w for w in warnings_of(recwarn) if "optimizer step" in w]  # 15 steps, 4 images left out
+
+
+def test_a_warm_up_as_long_as_the_run_and_the_paper_recipe_on_a_short_run_are_warned(tmp_path, recwarn):
+    data = subset(tmp_path / "data", ["airplane", "frog"], train=8, val=2)
+    common = ["train", str(data), "--model", TINY, "--epochs", "2", "--batch-size", "2", *FAST]
+    assert main([*common, "--output", str(tmp_path / "a"), "--stop-after", "1"]) == 0  # the paper's 5 warm-up epochs
+    said = warnings_of(recwarn)
+    assert "the learning rate's warm-up (40 steps) is as long as the whole run (16 steps)" in said[0]
+    assert "shorten it with --warmup-epochs" in said[0]
+    assert "the paper's recipe" in said[1] and "pass --recipe short" in said[1] and len(said) == 2
+    assert main([*common, "--output", str(tmp_path / "b"), "--recipe", "short", "--stop-after", "1"]) == 0
+    assert warnings_of(recwarn) == []  # one warm-up epoch of two

@@ -487,3 +487,32 @@ def test_a_warm_up_as_long_as_the_run_and_the_paper_recipe_on_a_short_run_are_wa
     assert "the paper's recipe" in said[1] and "pass --recipe short" in said[1] and len(said) == 2
     assert main([*common, "--output", str(tmp_path / "b"), "--recipe", "short", "--stop-after", "1"]) == 0
     assert warnings_of(recwarn) == []  # one warm-up epoch of two
+
+
+def test_the_model_is_read_from_the_checkpoint_when_not_given(trained_at_32, imagenet_samples, tmp_path, capsys):
+    photo = str(imagenet_samples[0])
+    named = ["predict", photo, "--checkpoint", str(trained_at_32), "--json"]
+    assert main([*named, "--model", TINY]) == 0
+    expected = capsys.readouterr().out
+    assert main(named) == 0 and capsys.readouterr().out == expected
+    s12 = randomize(metaformer.create_model("poolformer_s12"))
+    hf = metaformer.save_checkpoint(s12, tmp_path / "hf", to="hf")
+    with pytest.warns(UserWarning, match="timm's PoolFormer v1"):
+        timm_folder = metaformer.save_checkpoint(s12, tmp_path / "timm", to="timm")
+    for folder in (hf, timm_folder):  # a Hugging Face config.json and timm's "architecture" say which model
+        assert main(["predict", photo, "--checkpoint", str(folder), "--json"]) == 0
+        assert len(json.loads(capsys.readouterr().out)["topk"]) == 5
+    output = tmp_path / "a.pt2"
+    assert main(["export", "--checkpoint", str(trained_at_32), "--format", "pt2", "--output", str(output)]) == 0
+    assert output.is_file() and "(pt2, dynamic batch, 32x32 pixels)" in capsys.readouterr().out
+
+
+def test_a_model_other_than_the_files_is_refused_naming_the_files(trained_at_32, imagenet_samples, capsys):
+    photo = str(imagenet_samples[0])
+    assert main(["predict", photo, "--checkpoint", str(trained_at_32), "--model", "poolformer_s12"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {trained_at_32} holds {TINY}, not poolformer_s12: pass --model {TINY}, or leave --model out (the "
+        "file says which model it is)\n"
+    )
+    assert main(["predict", photo]) == 2
+    assert "pass --model NAME (see `metaformer list`), or a --checkpoint that records its model" in capsys.readouterr().err

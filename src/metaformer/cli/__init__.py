@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from ..errors import CheckpointWarning, ConfigError, MetaformerError
 from . import evaluate, explain, export, infer, models, serve, train
+from .options import model_from_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.simplefilter("always", CheckpointWarning)
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     try:
+        if hasattr(args, "checkpoint") and hasattr(args, "model"):
+            model_from_checkpoint(args)  # only where --model is not given
         return args.run(args)
     except ConfigError as error:  # the command line asked for something that does not exist or fit
         print(f"error: {error}", file=sys.stderr)

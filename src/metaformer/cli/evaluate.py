@@ -17,6 +17,7 @@ from ..task_table import task
 from .options import (
     DTYPE_HELP,
     DTYPES,
+    FROM_CHECKPOINT,
     TaskFlags,
     add_device,
     add_fuse,
@@ -52,7 +53,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "runs under torchrun too (each process evaluates its share; each image once).",
     )
     p.add_argument("data", help="dataset folder (a folder of class folders, or one with val/; ADE20K; COCO)")
-    p.add_argument("--model", required=True, help="model name (see `metaformer list`)")
+    p.add_argument(
+        "--model",
+        help="model name (see `metaformer list`)" + FROM_CHECKPOINT,
+    )
     add_weights(p)
     add_device(p, under_torchrun=True)
     add_fuse(p)
@@ -229,7 +233,7 @@ def _segmentation(args: argparse.Namespace, kind: str, output: Path | None) -> i
         source = "--num-classes" if args.num_classes else "its classes.txt" if layout.classes else "ADE20K"
         raise DatasetError(
             f"{args.data} has {layout.num_classes} classes ({source}) but the model has "
-            f"{model.num_classes} ({args.checkpoint or 'its weights'})"
+            f"{model.num_classes} ({args.checkpoint.source if args.checkpoint else 'its weights'})"
         )
     if layout.num_classes == 1:
         warnings.warn(f"{args.data}: a single class; its IoU is the share of pixels not ignored", stacklevel=1)

@@ -10,13 +10,16 @@ from collections.abc import Sequence
 from ..errors import ImageLoadError, UsageError
 from ..files import atomic_write
 from .infer import pictures
-from .options import add_device, add_weights, expect_task, load_trained
+from .options import FROM_CHECKPOINT, add_device, add_weights, expect_task, load_trained
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cam", help="Grad-CAM: heat maps of where a classifier's evidence lies (captioned PNGs)")
     p.add_argument("paths", nargs="+", help="image files or folders")
-    p.add_argument("--model", required=True, help="a classifier's name (see `metaformer list`)")
+    p.add_argument(
+        "--model",
+        help="a classifier's name (see `metaformer list`)" + FROM_CHECKPOINT,
+    )
     add_weights(p)
     p.add_argument("--output", default="cams", help="folder for the <image>_cam.png pictures (default cams/)")
     p.add_argument("--target", help="explain this class (index or name) in every image, not each image's top class")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import MetaformerError, UsageError
 from ..files import TEMPORARY_MARK, file_problem
-from .options import add_weights, load_trained, positive, refuse_existing, task_of
+from .options import FROM_CHECKPOINT, add_weights, load_trained, positive, refuse_existing, task_of
 
 if TYPE_CHECKING:
     import torch
@@ -23,7 +23,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="export a classifier or Semantic FPN to ONNX (checked in ONNX Runtime) or a "
         "torch.export program (.pt2, or an AOTInductor package with --aot)",
     )
-    p.add_argument("model", metavar="NAME", help="the model's name (see `metaformer list`)")
+    p.add_argument(
+        "model",
+        metavar="NAME",
+        nargs="?",
+        help="the model's name (see `metaformer list`)" + FROM_CHECKPOINT,
+    )
     add_weights(p)
     p.add_argument("--format", required=True, choices=list(SUFFIXES), help="onnx or pt2")
     p.add_argument("--output", required=True, help="the file to write (.onnx or .pt2)")

@@ -13,6 +13,7 @@ from ..errors import ImageLoadError, UsageError
 from ..files import atomic_write
 from .options import (
     COMPILE_HELP,
+    FROM_CHECKPOINT,
     add_batch_size,
     add_device,
     add_dtype,
@@ -38,7 +39,10 @@ if TYPE_CHECKING:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify images (files or folders, searched recursively)")
     p.add_argument("paths", nargs="+", help="image files or folders")
-    p.add_argument("--model", required=True, help="a classifier's name (see `metaformer list`)")
+    p.add_argument(
+        "--model",
+        help="a classifier's name (see `metaformer list`)" + FROM_CHECKPOINT,
+    )
     add_weights(p)
     p.add_argument("--topk", type=positive, default=5, help="classes to show per image (default 5)")
     add_batch_size(p, 32)
@@ -59,10 +63,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         p.add_argument("paths", nargs="+", help="image files or folders")
         p.add_argument(
             "--model",
-            required=True,
-            help="e.g. fpn_poolformer_s12"
-            if name == "segment"
-            else "e.g. retinanet_poolformer_s12, mask_rcnn_poolformer_s12",
+            help=(
+                "e.g. fpn_poolformer_s12"
+                if name == "segment"
+                else "e.g. retinanet_poolformer_s12, mask_rcnn_poolformer_s12"
+            )
+            + FROM_CHECKPOINT,
         )
         add_weights(p)
         p.add_argument("--output", default=default, help=f"folder for the PNGs (default {default}/)")

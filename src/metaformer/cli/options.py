@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
-from ..models.zoo import get_spec
+from ..models.zoo import get_spec, list_models
 from ..task_table import TASKS, task, tasks_taking
 
 if TYPE_CHECKING:  # the parser imports no torch: `metaformer --help`, `list` and `info` start in well under a second
     import torch
+
+    from ..checkpoints import Checkpoint
 
 DETECTION = tuple(kind for kind, entry in TASKS.items() if entry.command == "detect")
 COMPILE_HELP = "torch.compile the model (with freezing): 10-30 s to start, then up to ~10%% faster on CPU"
@@ -162,6 +164,34 @@ class TaskFlags:
             )
 
 
+FROM_CHECKPOINT = " (default: the model the --checkpoint records: ours, timm and Hugging Face folders)"
+
+
+def model_from_checkpoint(args: argparse.Namespace) -> None:
+    """--model, when not given, from the --checkpoint that records it (read once: the command builds from the
+    opened file)."""
+    from ..api import infer_model_name
+    from ..checkpoints import open_checkpoint
+
+    if args.model:
+        return
+    if not args.checkpoint:
+        raise UsageError("pass --model NAME (see `metaformer list`), or a --checkpoint that records its model")
+    args.checkpoint = open_checkpoint(args.checkpoint)
+    args.model = infer_model_name(args.checkpoint)
+
+
+def check_recorded_model(checkpoint: Checkpoint, model: str) -> None:
+    """A --model other than the one the file records is refused, naming the file's: a silent wrong result otherwise
+    where two models share a layout (PoolFormer-S12 and its identity-mixer ablation)."""
+    recorded = checkpoint.metadata.get("model")
+    if recorded and recorded != model and recorded in list_models():
+        raise UsageError(
+            f"{checkpoint.source} holds {recorded}, not {model}: pass --model {recorded}, or leave --model out "
+            "(the file says which model it is)"
+        )
+
+
 def needs_trained_weights(args: argparse.Namespace, kind: str) -> None:
     """Inference and evaluation run a model whose every layer is trained: --checkpoint, or --pretrained where a
     release exists (classifiers)."""
@@ -196,12 +226,16 @@ def load_trained(args: argparse.Namespace, kind: str, *, fused: bool = True, **o
     """The model ``args`` name with every layer trained (refused otherwise), on --device; folded in place when
     ``fused`` and not --no-fuse (Grad-CAM and export need the plain modules): one build, one copy of the weights."""
     from ..api import create_model
+    from ..checkpoints import open_checkpoint
     from ..fast import fuse
 
     needs_trained_weights(args, kind)
     given = {k: v for k, v in overrides.items() if v is not None}
+    checkpoint = open_checkpoint(args.checkpoint) if args.checkpoint else None
+    if checkpoint is not None:
+        check_recorded_model(checkpoint, args.model)
     model = create_model(
-        args.model, pretrained=getattr(args, "pretrained", False), checkpoint=args.checkpoint, strict=True, **given
+        args.model, pretrained=getattr(args, "pretrained", False), checkpoint=checkpoint, strict=True, **given
     ).eval()
     model = fuse(model, inplace=True) if fused and not getattr(args, "no_fuse", False) else model
     return model.to(device(args.device))

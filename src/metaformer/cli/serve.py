@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from .options import (
+    FROM_CHECKPOINT,
     add_device,
     add_fuse,
     add_weights,
@@ -45,7 +46,10 @@ def port(text: str) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a model: HTTP API (POST /predict) and a web page (needs the [serve] extra)")
-    p.add_argument("--model", required=True, help="a classifier, segmentation or detection model's name")
+    p.add_argument(
+        "--model",
+        help="a classifier, segmentation or detection model's name" + FROM_CHECKPOINT,
+    )
     add_weights(p)
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: all)"

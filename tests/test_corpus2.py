@@ -515,4 +515,6 @@ def test_a_model_other_than_the_files_is_refused_naming_the_files(trained_at_32,
         "file says which model it is)\n"
     )
     assert main(["predict", photo]) == 2
-    assert "pass --model NAME (see `metaformer list`), or a --checkpoint that records its model" in capsys.readouterr().err
+    assert (
+        "pass --model NAME (see `metaformer list`), or a --checkpoint that records its model" in capsys.readouterr().err
+    )

@@ -83,13 +83,20 @@ def test_cam_command_writes_captioned_overlays(imagenet_samples, tmp_path, capsy
     assert lines[-1] == {"path": str(broken), "error": lines[-1]["error"]}
     with torch.no_grad():
         probs = model.eval()(metaformer.ImageProcessor.for_model(model)(photos)).softmax(-1)
-    for line, row in zip(lines[:2], probs, strict=True):
+    processor = metaformer.ImageProcessor.for_model(model)
+    for line, row, photo in zip(lines[:2], probs, photos, strict=True):
         assert line["index"] == int(row.argmax()) and line["prob"] == pytest.approx(float(row.max()), abs=1e-5)
         picture = np.asarray(Image.open(line["picture"]))
-        assert picture.shape[1] == 224 and picture.shape[0] > 224  # the crop the model saw, under a caption band
-        band, heat = picture[: picture.shape[0] - 224], picture[-224:]
+        # The whole photo at a readable size (short side 384 for these 500-pixel ImageNet photos), under a caption.
+        width, height = Image.open(photo).size
+        scale = 384 / min(width, height)
+        assert picture.shape[1] == round(width * scale) and picture.shape[0] > round(height * scale)
+        band, drawn = picture[: picture.shape[0] - round(height * scale)], picture[-round(height * scale) :]
         assert (band == 255).mean() > 0.5 and (band < 128).any()  # white, with dark text
-        assert heat.std() > 10
+        left, top, right, bottom = (round(edge * scale) for edge in processor.crop_box(width, height))
+        assert drawn[top + 2 : bottom - 2, left + 2 : right - 2].std() > 10  # the heat over the crop
+        outside = np.concatenate([drawn[:, : left - 1].reshape(-1, 3), drawn[:, right + 1 :].reshape(-1, 3)])
+        assert outside.size and outside.max() <= 255 // 2 + 40  # dimmed: the model did not see it
     # Pictures are not overwritten without --force; a class by name.
     assert main(args) == 1 and "--force" in capsys.readouterr().err
     assert main([*args, "--force", "--target", "tabby"]) == 1

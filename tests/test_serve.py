@@ -158,7 +158,9 @@ def test_grad_cam_picture(client, imagenet_samples):
     answer = post_file(client, imagenet_samples[3], "?cam=1")
     assert answer.status_code == 200, answer.text
     picture = Image.open(io.BytesIO(base64.b64decode(answer.json()["cam_png"])))
-    assert picture.format == "PNG" and picture.size == (224, 224) and picture.mode == "RGB"
+    width, height = Image.open(imagenet_samples[3]).size  # the whole photo, its short side drawn at 384
+    assert picture.format == "PNG" and picture.mode == "RGB"
+    assert picture.size == (round(width * 384 / min(width, height)), round(height * 384 / min(width, height)))
     assert answer.json()["topk"] == post_file(client, imagenet_samples[3]).json()["topk"]
 
 

@@ -89,12 +89,29 @@ class ImageProcessor:
             image = load_image(image, exif_transpose=self.exif_transpose)
         else:
             image = to_rgb(image)
-        image = TF.resize(image, [int(self.size / self.crop_pct)], interpolation=INTERPOLATIONS[self.interpolation])
-        width, height = image.size
-        left, top = (width - self.size) // 2, (height - self.size) // 2
+        image = TF.resize(image, [self.resized_side], interpolation=INTERPOLATIONS[self.interpolation])
+        left, top = self._crop_offsets(*image.size)
         image = image.crop((left, top, left + self.size, top + self.size))
         tensor = TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)
         return TF.normalize(tensor, list(self.mean), list(self.std))
+
+    @property
+    def resized_side(self) -> int:
+        """The short side the image is resized to before the crop."""
+        return int(self.size / self.crop_pct)
+
+    def _crop_offsets(self, width: int, height: int) -> tuple[int, int]:
+        return (width - self.size) // 2, (height - self.size) // 2
+
+    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """Where the crop the model sees lies in a ``width x height`` image: (left, top, right, bottom) in its
+        pixels."""
+        short = self.resized_side
+        # torchvision's resize to one side: the other side scaled and truncated
+        resized = (short, int(short * height / width)) if width <= height else (int(short * width / height), short)
+        left, top = self._crop_offsets(*resized)
+        x_scale, y_scale = width / resized[0], height / resized[1]
+        return (left * x_scale, top * y_scale, (left + self.size) * x_scale, (top + self.size) * y_scale)
 
     def to_uint8(self, pixels: torch.Tensor) -> torch.Tensor:
         """A normalised ``[3, H, W]`` tensor back to the uint8 picture it came from (the crop the model sees)."""

@@ -47,7 +47,8 @@ def target_index(target: str | None, labels: Sequence[str]) -> int | None:
 def cam(args: argparse.Namespace) -> int:
     import torch
 
-    from ..explain import cam_overlay, grad_cam
+    from ..data import load_image
+    from ..explain import cam_on_photo, cam_stage, grad_cam
     from ..processor import ImageProcessor
     from ..tasks.drawing import png_bytes, with_caption
 
@@ -56,10 +57,12 @@ def cam(args: argparse.Namespace) -> int:
     labels = model.labels
     target = target_index(args.target, labels)
     processor = ImageProcessor.from_record(model.pretrained_cfg)
+    _say_stage(model, processor.size, cam_stage(model, (processor.size, processor.size)))
     failed = 0
     for path, stem in pictures(args, ("_cam.png",)):
         try:
-            pixels = processor.transform(path)[None].to(args.device)
+            photo = load_image(path, exif_transpose=processor.exif_transpose)
+            pixels = processor.transform(photo)[None].to(args.device)
         except ImageLoadError as error:
             failed += 1
             print(
@@ -74,7 +77,8 @@ def cam(args: argparse.Namespace) -> int:
         heat = grad_cam(model, pixels, None if target is None else [target])[0]
         caption = f"{labels[index]} ({index}): {probs[index]:.1%}"
         picture = stem.with_name(stem.name + "_cam.png")
-        atomic_write(picture, png_bytes(with_caption(cam_overlay(processor.to_uint8(pixels[0]), heat), caption)))
+        drawn = cam_on_photo(photo, heat, processor.crop_box(*photo.size))
+        atomic_write(picture, png_bytes(with_caption(drawn, caption)))
         result = {
             "path": str(path),
             "picture": str(picture),
@@ -86,3 +90,16 @@ def cam(args: argparse.Namespace) -> int:
     if failed:
         print(f"{failed} file(s) could not be read", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _say_stage(model: object, size: int, stage: int) -> None:
+    """A note when the model's input is too small for its last stage to have a map worth explaining."""
+    last = len(model.stages) - 1
+    if stage == last:
+        return
+    grids = model.config.stage_grids(size)
+    print(
+        f"note: at {size}x{size} pixels the last stage's map is {grids[last][0]}x{grids[last][1]}, which gives a flat "
+        f"heat map; explaining stage {stage} ({grids[stage][0]}x{grids[stage][1]}) instead",
+        file=sys.stderr,
+    )

@@ -131,7 +131,9 @@ def create_app(
             result = {"path": path, "topk": top}
             if cam:
                 async with cam_lock:
-                    result["cam_png"] = to_base64(await asyncio.to_thread(runner.cam_png, pixels, top[0]["index"]))
+                    result["cam_png"] = to_base64(
+                        await asyncio.to_thread(runner.cam_png, image, pixels, top[0]["index"])
+                    )
             return result
         data, path = await _read_upload(request)
         image = await asyncio.to_thread(_decode, data, path)

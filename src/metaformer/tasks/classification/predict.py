@@ -102,9 +102,9 @@ class Classifier:
                     yield Prediction(str(files[i]), error=error) if x is None else Prediction(str(files[i]), next(tops))
                 bar.update(len(batch))
 
-    def cam_png(self, pixels: torch.Tensor, index: int) -> bytes:
-        """Grad-CAM of class ``index`` blended over the crop the model saw, as PNG."""
-        from ...explain import cam_overlay, grad_cam
+    def cam_png(self, photo: Image.Image, pixels: torch.Tensor, index: int) -> bytes:
+        """Grad-CAM of class ``index`` over the photo (``pixels``: its crop that the model saw), as PNG."""
+        from ...explain import cam_on_photo, grad_cam
         from ..drawing import png_bytes
 
         if self.explain_model is None:
@@ -112,14 +112,14 @@ class Classifier:
         x = pixels[None].to(self.device, next(self.explain_model.parameters()).dtype)
         with self._shared:
             cam = grad_cam(self.explain_model, x, targets=[index])[0]
-        return png_bytes(cam_overlay(self.processor.to_uint8(pixels), cam))
+        return png_bytes(cam_on_photo(photo, cam, self.processor.crop_box(*photo.size)))
 
 
 def _prepare(processor: ImageProcessor, image: ImageInput, name: str | os.PathLike) -> torch.Tensor:
     if not isinstance(image, Image.Image):
         name, image = image, load_image(image, exif_transpose=processor.exif_transpose)
     width, height = image.size
-    short = int(processor.size / processor.crop_pct)
+    short = processor.resized_side
     if short * short * max(width, height) / min(width, height) > MAX_RESIZED_PIXELS:
         raise ImageLoadError(
             name,

@@ -20,6 +20,7 @@ from tiny import TINY_FPN
 
 import metaformer
 from metaformer.cli import main
+from metaformer.engine.schedules import poly
 from metaformer.errors import DatasetError
 from metaformer.tasks.segmentation.data import IGNORE, SegmentationFolder, TrainTransform, detect_layout, eval_size
 from metaformer.tasks.segmentation.metrics import confusion, scores
@@ -187,6 +188,12 @@ def test_train_eval_resume_and_pictures(small_camvid, tmp_path, capsys):
     # flip (measured: 3e-5 points); a wrong scale, crop or ignore index moves the figure by whole points
     assert result["mIoU"] == pytest.approx(records[-1]["mIoU"], abs=1e-3) and result["images"] == 3
     assert set(result["IoU"]) >= {"sky", "road", "car"}
+    confusion = result["confusion"]  # --json prints what eval.json holds
+    assert confusion["rows"] == confusion["columns"] == list(result["IoU"]) and len(confusion["matrix"]) == 11
+    matrix = np.array(confusion["matrix"])
+    assert 0 < matrix.sum() <= 3 * 360 * 480 and matrix.diagonal().sum() / matrix.sum() == pytest.approx(
+        result["aAcc"] / 100, abs=1e-6
+    )
     assert main([*evaluate, "--tta"]) == 0
     assert "multi-scale + flip" in capsys.readouterr().out
     photo = data / "images" / "val" / sorted(p.name for p in (data / "images" / "val").iterdir())[0]
@@ -207,8 +214,14 @@ def test_train_eval_resume_and_pictures(small_camvid, tmp_path, capsys):
         == 0
     )
     out = json.loads(capsys.readouterr().out)
-    overlay = Image.open(out["overlay"])
-    assert overlay.size == (480, 360) and Image.open(out["mask"]).mode == "RGB"
+    overlay, mask = np.asarray(Image.open(out["overlay"])), np.asarray(Image.open(out["mask"]))
+    assert mask.shape == (360, 480, 3)  # a colour per class, and nothing else
+    assert overlay.shape[1] == 480 and overlay.shape[0] > 360  # the photo, then its legend
+    legend = overlay[360:].reshape(-1, 3)
+    assert (legend == 255).all(1).mean() > 0.5 and (legend < 100).all(1).any()  # white, with dark names
+    colours, counts = np.unique(mask.reshape(-1, 3), axis=0, return_counts=True)
+    shown = [colour for colour in colours[counts.argsort()[::-1]][: len(out["classes"])]]
+    assert all((legend == colour).all(1).sum() > 50 for colour in shown)  # a swatch for each class named
     # segment folds the backbone by default; the plain one paints the same classes
     assert (
         main(
@@ -302,14 +315,22 @@ def test_iterations_stop_where_asked_even_inside_an_epoch(small_camvid, tmp_path
 
 def test_an_iteration_run_extends_from_the_step_it_reached(small_camvid, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", str(small_camvid), "--output", str(run), "--iterations", "3", *SMALL_RUN]) == 0
-    assert main(["train", "--resume", str(run), "--iterations", "5", "--no-progress"]) == 0
+    logged = ["--log-every", "1"]
+    assert main(["train", str(small_camvid), "--output", str(run), "--iterations", "3", *SMALL_RUN, *logged]) == 0
+    # The poly decay ended at a learning rate of 0: extending it as it is would train at 0, so the user chooses.
+    assert main(["train", "--resume", str(run), "--iterations", "5", "--no-progress"]) == 2
+    assert "ends at a learning rate of 0, so iterations 4-5 would not change" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--iterations", "5", "--no-progress", "--schedule-extend"]) == 0
+    assert "the poly decay now spans all 5 iterations" in capsys.readouterr().out
+    steps = [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
+    assert [s["iteration"] for s in steps] == [1, 2, 3, 4, 5]
+    assert steps[2]["lr"] == poly(2, 2e-4, 3, 0.9) and steps[3]["lr"] == poly(3, 2e-4, 5, 0.9) > 0
     state = torch.load(run / "last.state.pt", weights_only=True)
     assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {5}  # no step skipped or repeated
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [3, 5]
     capsys.readouterr()
-    assert main(["train", "--resume", str(run), "--iterations", "6", "--stop-after", "4"]) == 0
+    assert main(["train", "--resume", str(run), "--iterations", "6", "--stop-after", "4", "--schedule-extend"]) == 0
     assert "already at iteration 5, beyond --stop-after 4; nothing to do" in capsys.readouterr().out
     assert main(["train", "--resume", str(run), "--epochs", "3"]) == 2  # once a TypeError
     assert "a segmentation run, which is extended with --iterations, not --epochs" in capsys.readouterr().err

@@ -61,7 +61,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_device(p, under_torchrun=True)
     add_fuse(p)
     add_progress(p)
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as one JSON object (what eval.json holds: with the confusion matrix, but for detection)",
+    )
     p.add_argument(
         "--output",
         help="also write the full result (eval.json) and, but for detection, the confusion "
@@ -189,7 +193,7 @@ def _classification(args: argparse.Namespace, kind: str, output: Path | None) ->
         confusion_png(confusion, dataset.classes, columns, f"{args.model} on {args.data}") if output else None,
     )
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(full))  # the confusion matrix too, as eval.json holds it
         return 0
     topk = f"  top-{result.k} {result.topk:.2f}%" if result.topk is not None else ""
     print(f"top-1 {result.top1:.2f}%{topk}  ({result.images} images, {len(dataset.classes)} classes)")
@@ -258,7 +262,7 @@ def _segmentation(args: argparse.Namespace, kind: str, output: Path | None) -> i
     full = {**summary, "confusion": {"rows": names, "columns": names, "matrix": result.confusion.long().tolist()}}
     _write(output, full, confusion_png(result.confusion, names, names, f"{args.model}: pixels") if output else None)
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(full))
         return 0
     print(
         f"mIoU {scores['mIoU']:.2f}%  mAcc {scores['mAcc']:.2f}%  aAcc {scores['aAcc']:.2f}%  ({result.images} "

@@ -46,13 +46,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=info)
 
     p = sub.add_parser("convert", help="convert weights between our, timm's, Hugging Face's and the official format")
-    p.add_argument("src", help="checkpoint file or Hugging Face folder, any supported format (mmseg/mmdet too)")
-    p.add_argument("dst", help="output: .safetensors (ours, timm), .pth/.pth.tar (official, timm), a folder (hf)")
+    p.add_argument(
+        "src", help="checkpoint file, or a Hugging Face or timm folder; any supported format (mmseg/mmdet too)"
+    )
+    p.add_argument(
+        "dst",
+        help="output: .safetensors (ours, timm), .pth/.pth.tar (official, timm), or a folder: hf (a folder "
+        "transformers loads) or timm (model.safetensors and config.json, a folder timm builds from)",
+    )
     p.add_argument(
         "--to",
         required=True,
         choices=["safetensors", "timm", "hf", "official"],
-        help="safetensors: ours, with the model's name, configuration and classes (any model)",
+        help="safetensors: ours, with the model's name, configuration and classes (any model); timm: timm's keys, "
+        "a file or a folder; hf: a Hugging Face folder; official: the papers' release layout",
     )
     p.add_argument("--model", help="model name, when it cannot be told from the file")
     p.add_argument("--force", action="store_true", help="overwrite an existing destination")

@@ -266,8 +266,9 @@ def output_folder(path: str | Path) -> Path:
 
 DTYPES = ("float32", "bfloat16", "float16", "int8")
 DTYPE_HELP = (
-    "bfloat16: ~1.6x faster on CPUs with AVX-512 BF16 or AMX; int8: post-training quantization for x86 CPUs "
-    "with VNNI or AMX (needs metaformer[int8]; calibrates, then compiles for about a minute)"
+    "float32 (default); bfloat16: ~1.6x faster on CPUs with AVX-512 BF16 or AMX; float16: half precision, for "
+    "GPUs (CPUs without AVX-512 FP16 or AMX-FP16 run it slower than float32); int8: post-training quantization for "
+    "x86 CPUs with VNNI or AMX (needs metaformer[int8]; calibrates, then compiles for about a minute)"
 )
 CALIBRATION_IMAGES = 128
 

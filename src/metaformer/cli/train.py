@@ -30,7 +30,7 @@ RECIPE_FIELDS = {"recipe": "name", "randaugment": "randaugment_magnitude", "ema"
 RECIPE_VALUES = {"ema": lambda on: 0.9998 if on else None, "no_augment": lambda on: False if on else None}
 RUN_FLAGS = {"compile", "no_channels_last", "custom_backward"}  # task flags that are run settings, not recipe ones
 # Flags that --resume takes: how much longer, and how to show it. Everything else comes from config.json.
-RESUMABLE = {"epochs", "iterations", "stop_after", "no_progress", "resume"}
+RESUMABLE = {"epochs", "iterations", "stop_after", "no_progress", "resume", "schedule_extend"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="train or fine-tune any model on its task's data (classification, segmentation, detection)",
         description="Train with the paper's recipe for the model's task. Runs on CPU, one GPU, or under "
         "`torchrun --nproc_per_node N` (distributed data parallel). The run folder gets config.json, "
-        "metrics.jsonl, curves.png, last/best .safetensors and last.state.pt (for --resume). A flag of "
+        "metrics.jsonl, steps.jsonl, curves.png, last/best .safetensors and last.state.pt (for --resume). A flag of "
         "another task than the model's is refused.",
     )
     p.add_argument("data", nargs="?", help="dataset folder: ImageNet layout (train/, val/), ADE20K or COCO layout")
@@ -48,6 +48,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", help="initial weights: a classifier's (any format) or a whole model of this task")
     p.add_argument("--resume", help="continue the run in this folder exactly where it stopped")
     p.add_argument("--force", action="store_true", help="start afresh in an --output that holds a run (deletes it)")
+    p.add_argument(
+        "--schedule-extend",
+        action="store_true",
+        help="with --resume and a longer --epochs/--iterations: spread the learning-rate schedule over the longer "
+        "run (the rate rises again), as timm's scheduler does; without it the schedule keeps its length and the "
+        "extra epochs train at its final rate (segmentation's poly decay ends at 0, so it needs this flag)",
+    )
     add_batch_size(p, None, f" (the recipe's, per GPU as in the papers: {_recipe_batch_sizes()})")
     p.add_argument(
         "--lr",
@@ -74,6 +81,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=positive,
         help="evaluate every N epochs (default 1; a checkpoint is written "
         "every epoch); segmentation: evaluate and checkpoint every N iterations (4000)",
+    )
+    p.add_argument(
+        "--log-every",
+        type=positive,
+        default=50,
+        help="log the training loss (the mean since the last line) and learning rate every N optimizer steps, to "
+        "steps.jsonl and curves.png (50)",
     )
 
     FLAGS.add(
@@ -173,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
             shown = ", ".join(k.upper() if k == "data" else "--" + k.replace("_", "-") for k in given)
             raise UsageError(
                 f"--resume continues with the run's own settings (its config.json); {shown} cannot "
-                "change. Only --epochs/--iterations (longer), --stop-after and --no-progress can."
+                "change. Only --epochs/--iterations (longer, with --schedule-extend), --stop-after and "
+                "--no-progress can."
             )
         records = tasks.resume(
             args.resume,
@@ -181,11 +196,14 @@ def run(args: argparse.Namespace) -> int:
             progress=False if args.no_progress else None,
             epochs=args.epochs,
             iterations=args.iterations,
+            schedule_extend=args.schedule_extend,
         )
         _summary(args.resume, records)
         return 0
     if not args.data or not args.model:
         raise UsageError("DATA and --model are required (or --resume RUN_FOLDER)")
+    if args.schedule_extend:
+        raise UsageError("--schedule-extend goes with --resume RUN_FOLDER and a longer --epochs/--iterations")
     FLAGS.refuse_foreign(args, args.model, "train")
     device(args.device)
     kind = task_of(args.model)
@@ -203,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         stop_after=args.stop_after,
         eval_every=args.eval_every,
+        log_every=args.log_every,
     )
     if args.num_workers is not None:
         settings.num_workers = args.num_workers

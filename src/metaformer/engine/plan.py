@@ -59,6 +59,12 @@ class Plan:
             return {"epoch": stop // self.steps_per_epoch}
         return {"iteration": stop, "epoch": round(stop / self.steps_per_epoch, 3)}
 
+    def position_of(self, step: int) -> dict:
+        """Where a logged step lies, in the unit the rounds' records use (epochs as a fraction)."""
+        if self.unit == "epoch":
+            return {"epoch": round(step / self.steps_per_epoch, 4)}
+        return self.position(step)
+
     def title(self, stop: int) -> str:
         if self.unit == "epoch":
             return f"epoch {stop // self.steps_per_epoch}/{self.epochs}"

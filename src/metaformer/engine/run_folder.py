@@ -1,7 +1,8 @@
 """A training run's folder: its files, the order they are written in, and the checks before starting or resuming.
 
 After each round (an epoch, or the iterations between two evaluations) the weights are written first, then
-``last.state.pt`` with the whole metrics history, then ``metrics.jsonl`` rewritten from that history. Every file
+``last.state.pt`` with the whole metrics history, then ``metrics.jsonl`` and ``steps.jsonl`` rewritten from that
+history. Every file
 is written under a temporary name and renamed. So a kill at any moment leaves a folder whose state is complete;
 a metrics line is written only once its round is resumable; and ``--resume`` rewrites ``metrics.jsonl`` from the
 state, so it never holds a round twice or misses one.
@@ -30,10 +31,11 @@ from .plot import plot_metrics
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+STEPS = "steps.jsonl"  # the training loss and learning rate every --log-every steps
 STATE = "last.state.pt"
 CURVES = "curves.png"
 WEIGHTS = ("last.safetensors", "best.safetensors", "last_ema.safetensors")
-RUN_FILES = (CONFIG, METRICS, STATE, CURVES, *WEIGHTS)
+RUN_FILES = (CONFIG, METRICS, STEPS, STATE, CURVES, *WEIGHTS)
 LOCK = ".lock"  # held by the process that writes the run, for its whole life
 
 
@@ -82,7 +84,7 @@ class RunFolder:
         """A new run that stopped before its first checkpoint leaves nothing to resume: its config.json goes too,
         so that the same command can simply be run again (a kill -9 leaves it; --force then clears it)."""
         if self._lock is not None and not (self.path / STATE).exists():
-            for name in (CONFIG, METRICS, CURVES):
+            for name in (CONFIG, METRICS, STEPS, CURVES):
                 (self.path / name).unlink(missing_ok=True)
 
     def present(self) -> list[str]:
@@ -164,10 +166,12 @@ class RunFolder:
                 f"{path}: not a readable training state ({reason}); the run cannot be resumed from it"
             ) from error
 
-    def write_metrics(self, records: list[dict], x_key: str) -> None:
-        """``metrics.jsonl`` rewritten from the whole history, then the plot."""
+    def write_metrics(self, records: list[dict], steps: list[dict], x_key: str) -> None:
+        """``metrics.jsonl`` (a line a round) and ``steps.jsonl`` (a line every --log-every steps) rewritten from
+        the whole history, then the plot."""
         atomic_write(self.path / METRICS, "".join(json.dumps(r) + "\n" for r in records))
-        atomic_write(self.path / CURVES, plot_metrics(records, x_key))
+        atomic_write(self.path / STEPS, "".join(json.dumps(s) + "\n" for s in steps))
+        atomic_write(self.path / CURVES, plot_metrics(records, steps, x_key))
 
     def remove_temporaries(self) -> list[Path]:
         return remove_temporaries(self.path)

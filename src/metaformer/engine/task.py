@@ -43,6 +43,7 @@ class RunSettings:
     progress: bool = True
     stop_after: int | None = None  # in the task's unit; the schedule stays the full run's (as a job limit)
     eval_every: int | None = None  # in the task's unit; None: the task's default
+    log_every: int = 50  # optimizer steps between two lines of steps.jsonl (timm's --log-interval)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -7,7 +7,6 @@ Each round ends with a checkpoint, so a run resumes exactly at any round's end.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import random
@@ -40,6 +39,8 @@ class Trainer:
         settings = task.settings
         if settings.amp not in ("none", *AMP_DTYPES):
             raise ConfigError(f"amp must be none, bf16 or fp16, got {settings.amp!r}")
+        if settings.log_every < 1:
+            raise ConfigError(f"log_every must be a positive number of steps, got {settings.log_every}")
         self.task, self.settings, self.context, self.folder = task, settings, context, folder
         self.device = context.device
         self.dataset = task.train_dataset()
@@ -71,6 +72,7 @@ class Trainer:
         self.optimizer = task.build_optimizer(self.module)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=settings.amp == "fp16")
         self.records: list[dict] = []
+        self.steps: list[dict] = []  # the training loss and learning rate every --log-every steps
         self.best: float | None = None
         self.start_step = 0
         self.reported: set[str] = set()
@@ -135,11 +137,6 @@ class Trainer:
         self.model.train()
         totals = torch.zeros(3, dtype=torch.float64)  # loss * count, count, skipped
         began = time.perf_counter()
-        autocast = (
-            torch.autocast(self.device.type, dtype=AMP_DTYPES[self.settings.amp])
-            if self.settings.amp != "none"
-            else contextlib.nullcontext()
-        )
         title = plan.title(stop)
         bar = tqdm(
             self._loader(start, stop),
@@ -150,30 +147,20 @@ class Trainer:
             disable=not self._progress,
         )
         lr = 0.0
+        window = torch.zeros(2, dtype=torch.float64)  # loss * count, count since the last logged step
         for offset, batch in enumerate(bar):
             step = start + offset
             lr = self.task.lr_at(step, plan.steps_per_epoch)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
             totals[2] += len(batch.skipped)
-            self._warn_skipped(batch.skipped)
-            if not self._usable(batch):
-                continue
-            with autocast:
-                loss = self.task.training_step(self.model, batch.data, self.device)
-            value = self._finite(loss, step)
-            self.scaler.scale(loss).backward()
-            if self.task.clip_grad:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.module.parameters(), self.task.clip_grad)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.ema is not None:
-                self.ema.update_parameters(self.module)
-            totals[0] += value * batch.size
-            totals[1] += batch.size
-            bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
+            value = self._step(step, lr, batch)
+            if value is not None:
+                counted = torch.tensor([value * batch.size, batch.size], dtype=torch.float64)
+                totals[:2] += counted
+                window += counted
+                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
+            if (step + 1) % self.settings.log_every == 0:
+                self._log_step(step + 1, lr, window)
+                window.zero_()
         bar.close()
         elapsed = time.perf_counter() - began
         loss_sum, count, skipped = self.context.all_reduce_sum(totals).tolist()
@@ -192,6 +179,36 @@ class Trainer:
             "time_s": elapsed,
             "skipped_images": int(skipped),
         }
+
+    def _step(self, step: int, lr: float, batch: Batch) -> float | None:
+        """One optimizer step on ``batch``; its loss, or None where no process had a sample to train on."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        self._warn_skipped(batch.skipped)
+        if not self._usable(batch):
+            return None
+        amp = self.settings.amp
+        with torch.autocast(self.device.type, dtype=AMP_DTYPES.get(amp), enabled=amp != "none"):
+            loss = self.task.training_step(self.model, batch.data, self.device)
+        value = self._finite(loss, step)
+        self.scaler.scale(loss).backward()
+        if self.task.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.module.parameters(), self.task.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update_parameters(self.module)
+        return value
+
+    def _log_step(self, steps: int, lr: float, window: torch.Tensor) -> None:
+        """The mean training loss since the last logged step, over every process. The window starts afresh with
+        each round, which is where a run resumes, so a resumed run logs what the straight run logs."""
+        loss_sum, count = self.context.all_reduce_sum(window).tolist()
+        if count:
+            position = self.plan.position_of(steps)
+            self.steps.append({"step": steps, **position, "train_loss": loss_sum / count, "lr": lr})
 
     def _warn_skipped(self, messages: list[str]) -> None:
         for message in messages:
@@ -262,11 +279,12 @@ class Trainer:
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "best": self.best,
                 "records": self.records,
+                "steps": self.steps,
                 "steps_per_epoch": self.plan.steps_per_epoch,
                 "rng": rng_states,
             }
         )
-        self.folder.write_metrics(self.records, self.plan.unit)
+        self.folder.write_metrics(self.records, self.steps, self.plan.unit)
 
     def load_state(self) -> None:
         """Continue from the run folder's last.state.pt: weights, optimizer, random streams and the step reached."""
@@ -282,6 +300,7 @@ class Trainer:
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.best, self.records = state["best"], list(state["records"])
+        self.steps = list(state.get("steps", []))  # states written before step logging have none
         self.start_step = state["step"]
         plan = self.plan
         if state["steps_per_epoch"] != plan.steps_per_epoch:
@@ -314,7 +333,7 @@ class Trainer:
     def _heal_folder(self) -> None:
         """Drop a killed write's temporaries; rewrite the log from the state (a kill may have cut it short)."""
         self.folder.remove_temporaries()
-        self.folder.write_metrics(self.records, self.plan.unit)
+        self.folder.write_metrics(self.records, self.steps, self.plan.unit)
 
     def _say_if_idle(self) -> None:
         plan, path = self.plan, self.folder.path

@@ -151,6 +151,7 @@ def quantize(model: nn.Module, calibration_images: torch.Tensor | Iterable[torch
     """
     if type(model) is not MetaFormer:
         raise UsageError(f"quantize takes a plain MetaFormer classifier (not fused), got {type(model).__name__}")
+    batches = _batches(calibration_images)  # the caller's arguments first, whatever the CPU
     reason = int8_unsupported_reason()
     if reason is not None:
         raise UsageError(reason)
@@ -158,7 +159,6 @@ def quantize(model: nn.Module, calibration_images: torch.Tensor | Iterable[torch
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
 
-    batches = _batches(calibration_images)
     form = quantization_form(model).float().cpu()  # a folded copy: the caller's model is left as it was
     quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
     for name in KEEP_FLOAT:

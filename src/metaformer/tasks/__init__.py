@@ -37,10 +37,16 @@ def train(settings: RunSettings, recipe: Any | None = None, *, force: bool = Fal
 
 
 def resume(
-    run: str | os.PathLike, *, stop_after: int | None = None, progress: bool | None = None, **longer: int
+    run: str | os.PathLike,
+    *,
+    stop_after: int | None = None,
+    progress: bool | None = None,
+    schedule_extend: bool = False,
+    **longer: int,
 ) -> list[dict]:
     """Continue the run in folder ``run`` exactly where it stopped; ``longer`` extends it (``epochs=`` or
-    ``iterations=``, by task)."""
+    ``iterations=``, by task). The learning-rate schedule keeps its length unless ``schedule_extend`` spreads it
+    over the longer run; which of the two happens is printed."""
     from ..engine.run_folder import RunFolder
     from ..engine.task import RunSettings, dataclass_from_dict
     from ..engine.trainer import run_training
@@ -49,7 +55,7 @@ def resume(
     kind = config["task"]
     task_class, recipe_class = training_parts(kind)
     recipe = dataclass_from_dict(recipe_class, config["recipe"])
-    recipe = extended(recipe, kind, {k: v for k, v in longer.items() if v is not None}, str(run))
+    recipe = extended(recipe, kind, {k: v for k, v in longer.items() if v is not None}, str(run), schedule_extend)
     settings = dataclass_from_dict(RunSettings, config["settings"])
     settings.output, settings.stop_after = str(run), stop_after
     if progress is not None:
@@ -57,16 +63,24 @@ def resume(
     return run_training(lambda context: task_class(settings, recipe, context), settings, kind, resume=True)
 
 
-def extended(recipe: Any, kind: str, longer: dict[str, int], run: str) -> Any:
-    """``recipe`` made longer by ``longer`` (``epochs=`` or ``iterations=``, whichever ``kind`` counts in)."""
+def extended(recipe: Any, kind: str, longer: dict[str, int], run: str, schedule_extend: bool = False) -> Any:
+    """``recipe`` made longer by ``longer`` (``epochs=`` or ``iterations=``, whichever ``kind`` counts in); the
+    recipe itself says what becomes of its schedule, and that is printed."""
     unit = f"{task(kind).unit}s"
     for name in longer:
         if name != unit:
             raise UsageError(f"{run} is a {kind} run, which is extended with --{unit}, not --{name}")
-    if longer and getattr(recipe, "decay_epochs", False) is None:
-        # Step decays placed by the run's length stay where they were: a longer run goes on at the last rate.
-        recipe = dataclasses.replace(recipe, decay_epochs=recipe.resolved_decay_epochs())
-    return dataclasses.replace(recipe, **longer)
+    length, before = longer.get(unit), getattr(recipe, unit)
+    if length is None or length <= before:
+        if schedule_extend:
+            raise UsageError(
+                f"--schedule-extend spreads the schedule over a longer run: give --{unit} more than the run's {before}"
+            )
+        return dataclasses.replace(recipe, **longer)
+    recipe, note = recipe.extended(length, schedule_extend)
+    if int(os.environ.get("RANK", "0")) == 0:  # torchrun's other processes stay quiet
+        print(f"{run}: extended from {before} to {length} {unit}: {note}", flush=True)
+    return recipe
 
 
 def __getattr__(name: str) -> Any:

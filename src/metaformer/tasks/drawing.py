@@ -58,6 +58,30 @@ def with_caption(pixels: np.ndarray, text: str) -> np.ndarray:
     return np.concatenate([np.asarray(band), pixels], axis=0)
 
 
+def with_legend(pixels: np.ndarray, entries: Sequence[tuple[str, Sequence[int]]]) -> np.ndarray:
+    """The ``[H, W, 3]`` uint8 picture with a white band below it naming each ``(text, colour)`` beside a swatch of
+    its colour, in rows as wide as the picture."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    width = pixels.shape[1]
+    size = max(12, width // 50)
+    font = ImageFont.truetype(path, size) if (path := caption_font()) else ImageFont.load_default()
+    gap, line = size // 2, int(size * 1.6)
+    places, x, y = [], gap, gap
+    for text, colour in entries:
+        extent = size + gap + int(font.getlength(text))
+        if x > gap and x + extent > width - gap:  # the next row
+            x, y = gap, y + line
+        places.append((x, y, text, colour))
+        x += extent + 2 * size
+    band = Image.new("RGB", (width, y + line), "white")
+    draw = ImageDraw.Draw(band)
+    for x, y, text, colour in places:
+        draw.rectangle((x, y + size // 8, x + size, y + size + size // 8), fill=tuple(int(c) for c in colour))
+        draw.text((x + size + gap, y), text, fill="black", font=font)
+    return np.concatenate([pixels, np.asarray(band)], axis=0)
+
+
 def confusion_png(matrix: torch.Tensor, rows: Sequence[str], columns: Sequence[str], title: str) -> bytes:
     """The confusion matrix as a picture: each row (a true class) normalised to sum to 1, counts in the cells
     when there are few classes."""

@@ -92,6 +92,7 @@ class Recipe:
     clip_grad: float | None = None
     image_size: int = 224
     schedule: str = "cosine"  # or constant (the 384 fine-tuning)
+    schedule_epochs: int | None = None  # the epochs the cosine spans; None: the run's (set when a run is extended)
 
     def __post_init__(self) -> None:
         low, high = self.crop_scale
@@ -102,6 +103,21 @@ class Recipe:
             raise ConfigError(f"schedule must be cosine or constant, got {self.schedule!r}")
         if self.optimizer not in (None, *OPTIMIZERS):
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+
+    def extended(self, epochs: int, respread: bool) -> tuple[Recipe, str]:
+        """This recipe for a run made longer, and what becomes of its learning rate, in words. The cosine keeps its
+        length (the rate stays at its floor) unless ``respread``, as timm's scheduler built for the longer run."""
+        span = self.schedule_epochs or self.epochs
+        if self.schedule == "constant":
+            return dataclasses.replace(self, epochs=epochs), "the learning rate is constant in this recipe"
+        if respread:
+            return dataclasses.replace(self, epochs=epochs, schedule_epochs=None), (
+                f"the cosine now spans all {epochs} epochs, so the learning rate rises again from where it is"
+            )
+        return dataclasses.replace(self, epochs=epochs, schedule_epochs=span), (
+            f"the cosine keeps its {span} epochs, so epochs {span + 1}-{epochs} train at its floor, --min-lr "
+            f"{self.min_lr:g}; pass --schedule-extend to spread the cosine over all {epochs} epochs instead"
+        )
 
     def resolved(self, model_name: str) -> Recipe:
         """This recipe with every setting left to the model (None) set to the model's official value."""

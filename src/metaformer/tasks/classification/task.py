@@ -101,7 +101,8 @@ class ClassificationTask(LibraryTask):
         lr = recipe.resolved_lr(self.global_batch)
         if recipe.schedule == "constant":
             return lr
-        return cosine(step / steps_per_epoch, lr, recipe.epochs, recipe.warmup_epochs, recipe.warmup_lr, recipe.min_lr)
+        span = recipe.schedule_epochs or recipe.epochs  # an extended run's cosine may keep its first length
+        return cosine(step / steps_per_epoch, lr, span, recipe.warmup_epochs, recipe.warmup_lr, recipe.min_lr)
 
     @property
     def ema_decay(self) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ..presets import single_preset
@@ -30,5 +31,23 @@ class DetectionRecipe:
             return self.decay_epochs
         return tuple(max(1, round(epoch * self.epochs / 12)) for epoch in (8, 11))
 
+    def extended(self, epochs: int, respread: bool) -> tuple[DetectionRecipe, str]:
+        """This recipe for a run made longer. The decays stay where they were (the extra epochs train at the last
+        rate) unless ``respread``: then they move to the same fractions of the longer run."""
+        decays = self.resolved_decay_epochs()
+        if respread:
+            moved = tuple(max(1, round(epoch * epochs / self.epochs)) for epoch in decays)
+            return dataclasses.replace(self, epochs=epochs, decay_epochs=moved), (
+                f"the learning rate's x0.1 steps move from epochs {_listed(decays)} to {_listed(moved)}"
+            )
+        return dataclasses.replace(self, epochs=epochs, decay_epochs=decays), (
+            f"the learning rate's x0.1 steps stay at epochs {_listed(decays)}, so epochs {self.epochs + 1}-{epochs} "
+            f"train at the last rate; pass --schedule-extend to move them to the same fractions of {epochs} epochs"
+        )
+
     def resolved_lr(self, task: str) -> float:
         return self.lr if self.lr is not None else (2e-4 if task == "instance_segmentation" else 1e-4)
+
+
+def _listed(epochs: tuple[int, ...]) -> str:
+    return " and ".join(map(str, epochs))

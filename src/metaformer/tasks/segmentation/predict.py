@@ -10,10 +10,11 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from ..common import photo_tensor
-from ..drawing import palette, png_bytes, to_base64
+from ..drawing import palette, png_bytes, to_base64, with_legend
 from .data import eval_size, normalize
 
 TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+LEGEND_CLASSES = 12  # the overlay's legend names the classes covering most of the photo, up to this many
 
 
 STRIP_ELEMENTS = 2**24  # class scores held at once while upsampling: 64 MB of float32, whatever the photo's size
@@ -70,13 +71,20 @@ def colour_pictures(image: torch.Tensor, prediction: torch.Tensor, num_classes: 
     return colours, ((photo.astype(np.uint16) + colours) // 2).astype(np.uint8)  # integers: half a float's memory
 
 
+def top_classes(prediction: torch.Tensor, num_classes: int, top: int) -> list[tuple[int, float]]:
+    """The ``top`` classes covering most pixels, as (index, share), most first; classes absent are left out."""
+    counts = torch.bincount(prediction.flatten(), minlength=num_classes).double() / prediction.numel()
+    values = counts.topk(min(top, num_classes))
+    return [(i, round(v, 4)) for v, i in zip(values.values.tolist(), values.indices.tolist(), strict=True) if v > 0]
+
+
 def class_shares(prediction: torch.Tensor, names: list[str], top: int = 5) -> dict[str, float]:
     """The ``top`` classes covering most pixels, with their shares."""
-    counts = torch.bincount(prediction.flatten(), minlength=len(names)).double() / prediction.numel()
-    values = counts.topk(min(top, len(names)))
-    return {
-        names[i]: round(v, 4) for v, i in zip(values.values.tolist(), values.indices.tolist(), strict=True) if v > 0
-    }
+    return {names[i]: share for i, share in top_classes(prediction, len(names), top)}
+
+
+def _percent(share: float) -> str:
+    return f"{share:.0%}" if share >= 0.01 else "<1%"
 
 
 class Segmenter:
@@ -97,8 +105,13 @@ class Segmenter:
         return prediction, {"classes": class_shares(prediction, self.labels)}
 
     def pictures(self, image: torch.Tensor, prediction: torch.Tensor) -> tuple[bytes, bytes]:
-        """The mask and overlay PNGs (``colour_pictures``)."""
-        return tuple(png_bytes(picture) for picture in colour_pictures(image, prediction, self.model.num_classes))
+        """The mask and overlay PNGs (``colour_pictures``); the overlay with a legend of the classes that cover the
+        most of it (the mask stays a colour per class and nothing else)."""
+        mask, overlay = colour_pictures(image, prediction, self.model.num_classes)
+        colours = palette(self.model.num_classes)
+        shown = top_classes(prediction, self.model.num_classes, LEGEND_CLASSES)
+        entries = [(f"{self.labels[i]} {_percent(share)}", colours[i]) for i, share in shown]
+        return png_bytes(mask), png_bytes(with_legend(overlay, entries))
 
     def respond(self, image: Image.Image, max_side: int, png: bool = False) -> dict:
         """What the service answers for one photo (scaled down to ``max_side`` first): the class shares, and with

@@ -60,7 +60,8 @@ class SegmentationTask(LibraryTask):
         return self.recipe.iterations
 
     def lr_at(self, step: int, steps_per_epoch: int) -> float:
-        return poly(step, self.recipe.lr, self.recipe.iterations, self.recipe.power)
+        recipe = self.recipe
+        return poly(step, recipe.lr, recipe.schedule_iterations or recipe.iterations, recipe.power)
 
     @property
     def channels_last(self) -> bool:

@@ -191,16 +191,16 @@ def benchmark(args: argparse.Namespace) -> int:
     from ..fast.benchmark import time_forward
 
     expect_task(args.model, "benchmark", "it times classifiers on random images")
+    if args.dtype == "int8" and args.no_channels_last:  # the flags' conflict first, whatever this CPU can do
+        raise UsageError(
+            "--dtype int8 runs on channels-last maps (its program was exported so); drop --no-channels-last"
+        )
     check_inference(args)
     target = device(args.device)
     model = create_model(args.model, image_size=args.image_size)
     if args.dtype == "int8":  # random weights and pixels: the timing does not depend on the ranges
         import torch
 
-        if args.no_channels_last:
-            raise UsageError(
-                "--dtype int8 runs on channels-last maps (its program was exported so); drop --no-channels-last"
-            )
         pixels = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
         model = int8_model(model.eval(), [pixels], "random pixels", advise=False)
     else:

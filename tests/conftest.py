@@ -14,9 +14,10 @@ from metaformer.models.mixers import mixer_class
 from metaformer.models.zoo import get_spec
 
 # One model of each kind of block and width: every ablation and hybrid of the PoolFormer paper, PoolFormer-S12 and
-# -M36 (S and M widths), and the smallest model of each Baselines family. The others differ from these only in
-# depths and widths: test_models.py and test_baselines.py count their parameters and MACs, test_parity.py and
-# test_baselines.py compare each with timm or Hugging Face.
+# -M36 (S and M widths), and the smallest model of each Baselines family and of InceptionNeXt. The others differ from
+# these only in depths and widths: test_models.py, test_baselines.py and test_inception_next.py count their
+# parameters and MACs, test_parity.py, test_baselines.py and test_inception_next.py compare each with timm or
+# Hugging Face.
 CLASSIFIERS = [
     name
     for name in metaformer.list_models(task="classification")
@@ -24,6 +25,7 @@ CLASSIFIERS = [
     if name not in ("poolformer_s24", "poolformer_s36", "poolformer_m48")
     if not name.startswith(("identityformer", "randformer", "poolformerv2", "convformer", "caformer"))
     or name.endswith(("_s12", "_s18"))
+    if not name.startswith("inception_next") or name.endswith("_atto")
 ]
 # Models whose mixers hold a matrix over a fixed token grid: they take only the input size they were built for.
 FIXED_GRID = {
@@ -94,3 +96,15 @@ def assert_intermediates_equal(ours: torch.nn.Module, theirs: torch.nn.Module, x
                 torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
             if mine[0] is not None:
                 torch.testing.assert_close(mine[0], reference[0], atol=1e-4, rtol=1e-4)
+
+
+def assert_equal_to_timm_both_ways(name: str, ours: torch.nn.Module, theirs: torch.nn.Module, x: torch.Tensor) -> None:
+    """Ours and timm's model holding the same weights compute the same logits, features and intermediates, and timm's
+    state dict read back by ours computes them too."""
+    with torch.no_grad():
+        expected = theirs(x)
+        assert torch.allclose(ours(x), expected, atol=1e-4, rtol=0)
+        back = metaformer.create_model(name, checkpoint=theirs.state_dict(), strict=True).eval()
+        assert torch.allclose(back(x), expected, atol=1e-4, rtol=0)
+        assert torch.allclose(ours.forward_features(x), theirs.forward_features(x), atol=1e-4, rtol=0)
+    assert_intermediates_equal(ours, theirs, x[:1])

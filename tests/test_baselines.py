@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from baselines_reference import official_forward
-from conftest import assert_intermediates_equal, randomize, slow_but
+from conftest import assert_equal_to_timm_both_ways, randomize, slow_but
 
 import metaformer
 from metaformer.checkpoints import open_checkpoint
@@ -77,8 +77,10 @@ def test_every_release_is_spelled_and_evaluated_as_timm_has_it():
             release.interpolation,
             release.license,
         )
-    assert len(TAGGED) == 60 and RELEASES["caformer_b36.sail_in22k_ft_in1k_384"].top1 == 88.1  # 55 + 5 PoolFormers
-    assert len(RELEASES) == 65 and not RELEASES["metaformer_ppaa_s12_224"].tag  # and the 5 untagged hybrids
+    assert (
+        len(TAGGED) == 65 and RELEASES["caformer_b36.sail_in22k_ft_in1k_384"].top1 == 88.1
+    )  # 55 + 5 + 5 InceptionNeXt
+    assert len(RELEASES) == 70 and not RELEASES["metaformer_ppaa_s12_224"].tag  # and the 5 untagged hybrids
     assert RELEASES["caformer_m36.sail_in22k"].url.endswith("/caformer/caformer_m36_in21k.pth")  # not "m364"
     assert RELEASES["convformer_b36.sail_in22k_ft_in1k_384"].url.endswith("convformer_b36_384_in21ft1k.pth")
 
@@ -104,14 +106,8 @@ def test_equal_to_timm_both_ways(name):
         # timm's MLP head normalises with eps 1e-6; the official code (and ours) with nn.LayerNorm's 1e-5.
         theirs.head.fc.norm.eps = 1e-5
     side = 224 if name in IN_TIMM else 96  # the larger ones differ only in depths and widths: a smaller input
-    x = torch.randn(2, 3, side, side)
-    with torch.no_grad():
-        expected = theirs(x)
-        assert torch.allclose(ours(x), expected, atol=1e-4, rtol=0)
-        back = metaformer.create_model(name, checkpoint=theirs.state_dict(), strict=True).eval()
-        assert torch.allclose(back(x), expected, atol=1e-4, rtol=0)
-        assert torch.allclose(ours.forward_features(x), theirs.forward_features(x), atol=1e-4, rtol=0)
-    assert_intermediates_equal(ours, theirs, x[:1])  # the 13 timm Baselines architectures
+    # Intermediates too: the 13 timm Baselines architectures.
+    assert_equal_to_timm_both_ways(name, ours, theirs, torch.randn(2, 3, side, side))
 
 
 @pytest.mark.parametrize("name", SMALLEST)

@@ -31,10 +31,13 @@ OFFICIAL = {
 }
 
 
-def final_side(side: int) -> int:
-    side = (side + 2 * 2 - 7) // 4 + 1  # 7x7 stride-4 stem, padding 2
+def final_side(side: int, config: metaformer.MetaFormerConfig) -> int:
+    """The last stage's side for an input side, through the stem and downsampling convolutions ``config`` names
+    (PoolFormer: 7x7 stride 4 padding 2, then 3x3 stride 2 padding 1; InceptionNeXt: 4x4 and 2x2, no padding)."""
+    (kernel, stride, padding), step = config.stem, config.downsample
+    side = (side + 2 * padding - kernel) // stride + 1
     for _ in range(3):
-        side = (side + 2 * 1 - 3) // 2 + 1  # 3x3 stride-2 downsampling, padding 1
+        side = (side + 2 * step[2] - step[0]) // step[1] + 1
     return side
 
 
@@ -71,7 +74,7 @@ def test_forward_on_odd_sizes(name, random_model):
         assert logits.shape == (2, 1000)
         assert torch.isfinite(logits).all()
         assert features.shape[:2] == (2, model.config.widths[-1])
-        assert tuple(features.shape[-2:]) == (final_side(height), final_side(width))
+        assert tuple(features.shape[-2:]) == (final_side(height, model.config), final_side(width, model.config))
     # Different images give different logits: the model really looks at its input.
     assert not torch.allclose(logits[0], logits[1])
 

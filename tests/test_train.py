@@ -70,7 +70,9 @@ def test_paper_recipe_is_the_official_one():
     )
     assert (ft.image_size, ft.epochs, ft.mixup, ft.cutmix, ft.warmup_epochs) == (384, 30, 0.0, 0.0, 0)
     assert get_recipe("finetune_384").resolved("convformer_s18").resolved_lr(1024) == 5e-5
-    with pytest.raises(ConfigError, match="exists for ConvFormer and CAFormer only, not poolformer_s12"):
+    with pytest.raises(
+        ConfigError, match="exists for ConvFormer, CAFormer and InceptionNeXt-B only, not poolformer_s12"
+    ):
         get_recipe("finetune_384").resolved("poolformer_s12")
     assert (PAPER.mixup, PAPER.cutmix, PAPER.mix_switch_prob, PAPER.random_erasing) == (0.8, 1.0, 0.5, 0.25)
     assert (PAPER.randaugment_magnitude, PAPER.randaugment_std, PAPER.crop_scale) == (9, 0.5, (0.08, 1.0))

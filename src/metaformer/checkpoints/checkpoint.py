@@ -20,9 +20,12 @@ ANCHORS_PER_LOCATION = 9  # RetinaNet: 3 scales x 3 ratios
 
 def stored_structure(stored: dict) -> dict:
     """The structure fields (``config.STRUCTURE``) of a config one of our files recorded, in today's names: files of
-    version 0.1 said ``bias``, ``residual``, ``use_mlp`` and ``pool_size`` (what they cannot say is not compared)."""
+    version 0.1 said ``bias``, ``residual``, ``use_mlp`` and ``pool_size``, and files before InceptionNeXt one
+    ``mlp_ratio`` for every stage (what they cannot say is not compared)."""
     stored = dict(stored)
     depths = stored.get("depths") or ()
+    if "mlp_ratio" in stored:
+        stored.setdefault("mlp_ratios", (float(stored.pop("mlp_ratio")),) * len(depths))
     if "bias" in stored:
         stored.setdefault("mlp_bias", stored.pop("bias"))
     residual, use_mlp = stored.pop("residual", True), stored.pop("use_mlp", True)
@@ -62,10 +65,12 @@ class Checkpoint:
 
     def num_classes(self) -> int | None:
         """Rows of a classifier checkpoint's head, or None if it has no head."""
-        for layer in ("head", "head.fc2"):  # a linear head, or the Baselines' MLP head
-            head = self.state_dict.get(classifier_key(self.format, f"{layer}.weight", MetaFormerConfig()))
-            if head is not None:
-                return head.shape[0]
+        # A linear head, or an MLP head (the Baselines', InceptionNeXt's: each format may name them apart).
+        for config in (MetaFormerConfig(), MetaFormerConfig(head="metanext")):
+            for layer in ("head", "head.fc2"):
+                head = self.state_dict.get(classifier_key(self.format, f"{layer}.weight", config))
+                if head is not None:
+                    return head.shape[0]
         return None
 
     def dense_num_classes(self, task: str, class_layers: tuple[str, ...]) -> int | None:
@@ -103,7 +108,7 @@ class Checkpoint:
                 "depths": tuple(hf.get("depths", ())),
                 "widths": tuple(hf.get("hidden_sizes", ())),
                 "act": hf.get("hidden_act", "gelu"),
-                "mlp_ratio": hf.get("mlp_ratio", 4.0),
+                "mlp_ratios": (float(hf.get("mlp_ratio", 4.0)),) * stages,
             }
         return None
 

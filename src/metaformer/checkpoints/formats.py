@@ -57,6 +57,8 @@ def official_indices(config: MetaFormerConfig) -> tuple[dict[int, int], dict[int
 def _to_official(key: str, config: MetaFormerConfig) -> str:
     if config.is_baseline:
         return _to_official_baselines(key)
+    if config.is_metanext:
+        return _to_metanext(key)
     blocks, downsample, pos_embed = official_indices(config)
     key = re.sub(r"^stem\.proj\.", "patch_embed.proj.", key)
     key = re.sub(r"^stages\.(\d+)\.downsample\.", lambda m: f"network.{downsample[int(m[1])]}.", key)
@@ -75,6 +77,15 @@ def _to_official_baselines(key: str) -> str:
     return re.sub(r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2.", key)
 
 
+def _to_metanext(key: str) -> str:
+    # sail-sg/inceptionnext, whose names timm kept: stem and downsampling as Sequentials, the layer scale "gamma".
+    key = re.sub(r"^stem\.proj\.", "stem.0.", key)
+    key = re.sub(r"^stem\.norm\.", "stem.1.", key)
+    key = re.sub(r"^stages\.(\d+)\.downsample\.norm\.", r"stages.\1.downsample.0.", key)
+    key = re.sub(r"^stages\.(\d+)\.downsample\.proj\.", r"stages.\1.downsample.1.", key)
+    return re.sub(r"\.layer_scale\.scale$", ".gamma", key)
+
+
 def _to_mmcls(key: str, config: MetaFormerConfig) -> str:
     # mmcls/mmpretrain's PoolFormer has the official names under "backbone."; its classifier's final norm is the
     # last stage's output norm, and its head a LinearClsHead.
@@ -86,6 +97,8 @@ def _to_mmcls(key: str, config: MetaFormerConfig) -> str:
 
 
 def _to_timm(key: str, config: MetaFormerConfig) -> str:
+    if config.is_metanext:
+        return _to_metanext(key)
     key = re.sub(r"^stem\.proj\.", "stem.conv.", key)
     key = key.replace(".downsample.proj.", ".downsample.conv.")
     key = re.sub(r"^head\.(fc1|norm|fc2)\.", r"head.fc.\1.", key)  # ConvFormer's and CAFormer's MLP head
@@ -150,9 +163,9 @@ def convert_state_dict(state_dict: StateDict, config: MetaFormerConfig, to: str)
     them (values are shared, not copied)."""
     if to not in CLASSIFIER_KEYS:
         raise CheckpointError(f"unknown format {to!r}; choose one of {CLASSIFIER_FORMATS}")
-    if to in POOLFORMER_ONLY and config.is_baseline:
+    if to in POOLFORMER_ONLY and config.head != "poolformer":
         raise CheckpointError(
-            f"the {to} format has PoolFormer v1 only, not the MetaFormer Baselines; write ours "
+            f"the {to} format has PoolFormer v1 only, not the MetaFormer Baselines or InceptionNeXt; write ours "
             "(safetensors), the official one or timm's"
         )
     return {
@@ -260,7 +273,7 @@ def detect_format(state_dict: StateDict) -> str:
         return "mmcls"
     if "patch_embed.proj.weight" in keys or "downsample_layers.0.conv.weight" in keys:
         return "official"
-    if "stem.conv.weight" in keys:
+    if "stem.conv.weight" in keys or "stem.0.weight" in keys:  # InceptionNeXt's official names are timm's
         return "timm"
     if "stem.proj.weight" in keys:
         return "metaformer"

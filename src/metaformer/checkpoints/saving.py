@@ -134,9 +134,9 @@ def _dense_metadata(model: nn.Module) -> dict[str, str]:
 def hf_config(config: MetaFormerConfig, record: PretrainedCfg) -> dict:
     """The ``config.json`` of Hugging Face's ``PoolFormerForImageClassification`` for this architecture and record
     (its class names)."""
-    if config.is_baseline:
+    if config.head != "poolformer":
         raise ConfigError(
-            "Hugging Face transformers has PoolFormer v1 only, not the MetaFormer Baselines; write "
+            "Hugging Face transformers has PoolFormer v1 only, not the MetaFormer Baselines or InceptionNeXt; write "
             "ours (safetensors), the official format or timm's"
         )
     unsupported = []
@@ -144,6 +144,8 @@ def hf_config(config: MetaFormerConfig, record: PretrainedCfg) -> dict:
         unsupported.append("only pooling mixers with GroupNorm")
     if set(config.blocks) != {"metaformer"} or config.layer_scale_init is None:
         unsupported.append("residuals, channel MLP and layer scale")
+    if len(set(config.mlp_ratios)) > 1:
+        unsupported.append("one MLP ratio for every stage")
     pool_sizes = {settings.get("pool_size", 3) for settings in config.mixer_settings}
     if len(pool_sizes) > 1 or any(set(settings) - {"pool_size"} for settings in config.mixer_settings):
         unsupported.append("one pool size for every stage")
@@ -157,7 +159,7 @@ def hf_config(config: MetaFormerConfig, record: PretrainedCfg) -> dict:
         "patch_size": 16,
         "stride": 16,
         "pool_size": pool_sizes.pop(),
-        "mlp_ratio": config.mlp_ratio,
+        "mlp_ratio": config.mlp_ratios[0],  # one for every stage (checked above)
         "depths": list(config.depths),
         "hidden_sizes": list(config.widths),
         "patch_sizes": [7] + [3] * (len(config.depths) - 1),
@@ -213,7 +215,7 @@ def _save_hf_folder(model: nn.Module, state_dict: StateDict, path: Path) -> Path
 def timm_head_difference(model: MetaFormer, pixels: torch.Tensor | None = None) -> float:
     """The largest difference in probability between a PoolFormer v1 and timm's reading of its weights, whose head
     takes the final norm after the pooling, on ``pixels`` (default: two seeded random images)."""
-    if model.config.is_baseline:  # timm's Baselines heads are the official ones
+    if model.config.head != "poolformer":  # timm's other heads are the official ones
         return 0.0
     parameter = next(model.parameters())
     if pixels is None:
@@ -251,7 +253,7 @@ def timm_config(model: MetaFormer) -> dict:
         "num_classes": config.num_classes,
         "pool_size": [size // 32, size // 32],
         "first_conv": "stem.conv",
-        "classifier": "head.fc.fc2" if config.head == "mlp" else "head.fc",
+        "classifier": {"mlp": "head.fc.fc2", "metanext": "head.fc2"}.get(config.head, "head.fc"),
     }
     result = {
         "architecture": timm_name,

@@ -102,7 +102,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=list(RECIPES),
         help="paper: the official ImageNet recipe (default); short: 30 epochs from scratch on small data, lr 1e-3, "
         "light augmentation; finetune: 10 epochs from pretrained weights, lr 2e-4, light augmentation; "
-        "finetune_384: the official 384 fine-tuning of ConvFormer/CAFormer (30 epochs, constant lr, EMA)",
+        "finetune_384: the official 384 fine-tuning of ConvFormer, CAFormer and InceptionNeXt-B (30 epochs, "
+        "constant lr, EMA)",
     )
     FLAGS.add(
         p,

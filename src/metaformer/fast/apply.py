@@ -25,7 +25,7 @@ class FusedMetaFormer(MetaFormer):
     slices."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        per_image = self.config.widths[0] * self.config.mlp_ratio * x[0, 0].numel() / 16 * x.element_size()
+        per_image = self.config.widths[0] * self.config.mlp_ratios[0] * x[0, 0].numel() / 16 * x.element_size()
         slice_size = max(1, int(CPU_SLICE_BYTES // per_image))
         tracing = torch.compiler.is_compiling() or is_exporting()
         if x.device.type != "cpu" or tracing or x.shape[0] <= slice_size:

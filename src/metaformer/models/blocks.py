@@ -2,8 +2,8 @@
 
 The MetaFormer block is the paper's two lines, ``x = x + TokenMixer(Norm(x))`` and ``x = x + ChannelMLP(Norm(x))``,
 with its optional parts (layer scale, residual scale, stochastic depth) as modules that are the identity where a
-model has none. Faster executions of these blocks live in ``metaformer.fast``, which swaps them in and checks them
-against these.
+model has none. InceptionNeXt's MetaNeXt block has one branch: ``x = x + ChannelMLP(Norm(TokenMixer(x)))``.
+Faster executions of these blocks live in ``metaformer.fast``, which swaps them in and checks them against these.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class MetaFormerBlock(nn.Module):
     def _add_mlp(self, config: MetaFormerConfig, stage: int, drop_path: float) -> None:
         dim = config.widths[stage]
         self.norm2 = make_norm(config.norm, dim)
-        self.mlp = ConvMlp(dim, int(dim * config.mlp_ratio), config.act, config.drop_rate, config.mlp_bias)
+        self.mlp = ConvMlp(dim, int(dim * config.mlp_ratios[stage]), config.act, config.drop_rate, config.mlp_bias)
         self.drop_path2 = DropPath(drop_path)
         self.layer_scale2 = scale_or_identity(dim, config.layer_scale_init)
         self.res_scale2 = scale_or_identity(dim, config.res_scale_init[stage])
@@ -88,3 +88,22 @@ class NoResidualBlock(MetaFormerBlock):
 
     def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop_path2(self.layer_scale2(self.mlp(self.norm2(x))))
+
+
+@register_block("metanext")
+class MetaNeXtBlock(nn.Module):
+    """InceptionNeXt's block (MetaNeXt): the token mixer and the channel MLP in one residual branch,
+    ``x = x + drop(ls(mlp(norm(mixer(x)))))``; BatchNorm and layer scale in the official models."""
+
+    def __init__(self, config: MetaFormerConfig, stage: int, mixer: nn.Module, drop_path: float) -> None:
+        super().__init__()
+        dim = self.dim = config.widths[stage]
+        self.token_mixer = mixer
+        self.norm = make_norm(config.norm, dim)
+        hidden = int(dim * config.mlp_ratios[stage])
+        self.mlp = ConvMlp(dim, hidden, config.act, config.drop_rate, config.mlp_bias)
+        self.layer_scale = scale_or_identity(dim, config.layer_scale_init)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.layer_scale(self.mlp(self.norm(self.token_mixer(x)))))

@@ -16,12 +16,26 @@ from ..errors import ConfigError
 STEM = (7, 4, 2)  # kernel, stride, padding of the patch embedding
 DOWNSAMPLE = (3, 2, 1)  # the same for the embedding between stages
 MIN_INPUT_SIDE = 32
-HEADS = ("poolformer", "linear", "mlp")
+# poolformer: norm, pool, linear; linear: pool, LayerNorm, linear; mlp: pool, LayerNorm, the Baselines' MLP head;
+# metanext: pool, InceptionNeXt's MLP head (no norm before it)
+HEADS = ("poolformer", "linear", "mlp", "metanext")
+BASELINE_HEADS = ("linear", "mlp")
 INITS = ("poolformer", "baselines")
 # The fields with one entry per stage.
-PER_STAGE = ("depths", "widths", "blocks", "mixers", "mixer_settings", "pos_embed", "res_scale_init")
+PER_STAGE = ("depths", "widths", "blocks", "mixers", "mixer_settings", "pos_embed", "res_scale_init", "mlp_ratios")
 # The fields a checkpoint must agree with to be this architecture's (the others are sizes and training settings).
-STRUCTURE = (*PER_STAGE, "norm", "act", "mlp_ratio", "mlp_bias", "stem_norm", "downsample_norm", "head", "in_chans")
+STRUCTURE = (
+    *PER_STAGE,
+    "norm",
+    "act",
+    "mlp_bias",
+    "stem",
+    "stem_norm",
+    "downsample",
+    "downsample_norm",
+    "head",
+    "in_chans",
+)
 
 
 class Settings(Mapping):
@@ -74,10 +88,10 @@ class MetaFormerConfig:
     """A MetaFormer's architecture. The per-stage fields have one entry per stage.
 
     ``blocks`` names each stage's block kind (``metaformer``: the two-branch block; ``mixer_only`` and
-    ``no_residual``: two ablations), ``mixers`` its token mixer and ``mixer_settings`` the mixer's keyword
-    arguments (a mixer is built as ``cls(dim, **settings)``). A single mapping for ``mixer_settings`` applies to every
-    stage. Preprocessing (crop, mean, std) and class names are not architecture: they are in the model's
-    ``pretrained_cfg``.
+    ``no_residual``: two ablations; ``metanext``: InceptionNeXt's one-branch block), ``mixers`` its token mixer and
+    ``mixer_settings`` the mixer's keyword arguments (a mixer is built as ``cls(dim, **settings)``). A single mapping
+    for ``mixer_settings`` applies to every stage, and a single number for ``mlp_ratios``. Preprocessing (crop, mean,
+    std) and class names are not architecture: they are in the model's ``pretrained_cfg``.
     """
 
     depths: tuple[int, ...] = (2, 2, 6, 2)
@@ -87,14 +101,16 @@ class MetaFormerConfig:
     mixer_settings: tuple[Settings, ...] = (Settings(),) * 4
     norm: str = "groupnorm"
     act: str = "gelu"
-    mlp_ratio: float = 4.0
+    mlp_ratios: tuple[float, ...] = (4.0,) * 4  # the channel MLP's hidden width over the stage's
     mlp_bias: bool = True  # the Baselines' MLPs have no biases
     layer_scale_init: float | None = 1e-5  # PoolFormer's per-channel scale of each branch
     res_scale_init: tuple[float | None, ...] = (None,) * 4  # the Baselines': a learnable scale of each residual
     pos_embed: tuple[bool, ...] = (False,) * 4
+    stem: tuple[int, int, int] = STEM  # the patch embedding's kernel, stride and padding (InceptionNeXt: 4, 4, 0)
     stem_norm: str = "none"  # the Baselines: a norm after the stem convolution
+    downsample: tuple[int, int, int] = DOWNSAMPLE  # the same between stages (InceptionNeXt: 2, 2, 0)
     downsample_norm: str = "none"  # ... and before each downsampling convolution
-    head: str = "poolformer"  # poolformer: norm, pool, linear; linear: pool, LayerNorm, linear; mlp: ... MLP head
+    head: str = "poolformer"  # one of HEADS
     head_dropout: float = 0.0  # before the MLP head's last layer
     init: str = "poolformer"  # truncated normal for linear maps and the MLP's convolutions; baselines: every conv
     num_classes: int = 1000
@@ -108,6 +124,14 @@ class MetaFormerConfig:
         if isinstance(settings, Mapping):
             settings = (settings,) * len(self.depths)
         object.__setattr__(self, "mixer_settings", tuple(Settings(s) for s in settings))
+        ratios = self.mlp_ratios
+        ratios = (ratios,) * len(self.depths) if isinstance(ratios, (int, float)) else ratios
+        object.__setattr__(self, "mlp_ratios", tuple(float(r) for r in ratios))
+        for name in ("stem", "downsample"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+            kernel, stride, padding = getattr(self, name)
+            if min(kernel, stride) < 1 or padding < 0:
+                raise ConfigError(f"{name} is (kernel, stride, padding) of a convolution, got {getattr(self, name)}")
         stages = len(self.depths)
         for name in PER_STAGE:
             if len(getattr(self, name)) != stages:
@@ -117,7 +141,7 @@ class MetaFormerConfig:
         for name in ("drop_rate", "drop_path_rate", "head_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} is a probability in [0, 1), got {getattr(self, name)}")
-        if self.head_dropout and self.head != "mlp":
+        if self.head_dropout and self.head not in ("mlp", "metanext"):
             raise ConfigError(f"head_dropout applies to the MLP head only; this model's head is {self.head!r}")
         if self.image_size < MIN_INPUT_SIDE:
             raise ConfigError(f"image_size must be >= {MIN_INPUT_SIDE}, got {self.image_size}")
@@ -128,19 +152,29 @@ class MetaFormerConfig:
 
     def stage_grids(self, image_size: int | None = None) -> list[tuple[int, int]]:
         """Token grid (H, W) of each stage for a square input of ``image_size``."""
-        side = (image_size or self.image_size) + 2 * STEM[2] - STEM[0]
-        side = side // STEM[1] + 1
+        kernel, stride, padding = self.stem
+        side = ((image_size or self.image_size) + 2 * padding - kernel) // stride + 1
         grids = [(side, side)]
+        kernel, stride, padding = self.downsample
         for _ in self.depths[1:]:
-            side = (side + 2 * DOWNSAMPLE[2] - DOWNSAMPLE[0]) // DOWNSAMPLE[1] + 1
+            side = (side + 2 * padding - kernel) // stride + 1
             grids.append((side, side))
         return grids
 
+    def strides(self) -> list[int]:
+        """Each stage's output stride in pixels (4, 8, 16, 32 for every model of the zoo)."""
+        return [self.stem[1] * self.downsample[1] ** i for i in range(len(self.depths))]
+
     @property
     def is_baseline(self) -> bool:
-        """A model of the Baselines' code (sail-sg/metaformer) rather than PoolFormer's (sail-sg/poolformer): the
-        head that pools before its norm is theirs alone."""
-        return self.head != "poolformer"
+        """A model of the Baselines' code (sail-sg/metaformer) rather than PoolFormer's (sail-sg/poolformer) or
+        InceptionNeXt's: the heads that pool, then apply a LayerNorm, are theirs alone."""
+        return self.head in BASELINE_HEADS
+
+    @property
+    def is_metanext(self) -> bool:
+        """A model of InceptionNeXt's code (sail-sg/inceptionnext): MetaNeXt blocks and their head."""
+        return self.head == "metanext"
 
     def first_stages(self, count: int) -> MetaFormerConfig:
         """The architecture of the first ``count`` stages (a model pruned for its intermediate features)."""
@@ -156,13 +190,16 @@ class MetaFormerConfig:
         return values
 
 
+MLP_HEADS = ("mlp", "metanext")
+
+
 def class_layer(config: MetaFormerConfig) -> str:
     """The name of the layer whose rows are the classes: the linear head, or the MLP head's last layer."""
-    return "head.fc2" if config.head == "mlp" else "head"
+    return "head.fc2" if config.head in MLP_HEADS else "head"
 
 
 def head_keys(config: MetaFormerConfig) -> list[str]:
     """The state-dict keys of the classifier's head (for a model with classes)."""
-    if config.head == "mlp":
+    if config.head in MLP_HEADS:
         return [f"head.{layer}.{p}" for layer in ("fc1", "norm", "fc2") for p in ("weight", "bias")]
     return ["head.weight", "head.bias"]

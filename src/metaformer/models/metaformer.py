@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
 from .blocks import block_class
-from .config import DOWNSAMPLE, MIN_INPUT_SIDE, STEM, MetaFormerConfig
+from .config import MIN_INPUT_SIDE, MetaFormerConfig
 from .layers import ConvEmbed, MlpHead, Scale, StarReLU, make_norm, resize_pos_embed
 from .mixers import make_mixer
 from .pretrained import PretrainedCfg, Recorded, default_cfg
@@ -23,8 +23,10 @@ __all__ = ["MetaFormer", "MetaFormerConfig", "MetaFormerFeatures", "final_norm"]
 
 def final_norm(config: MetaFormerConfig) -> nn.Module:
     """The norm before the head: PoolFormer normalises the last map, then pools; the Baselines pool, then apply a
-    LayerNorm."""
+    LayerNorm; InceptionNeXt has none (its head normalises inside)."""
     width = config.widths[-1]
+    if config.is_metanext:
+        return nn.Identity()
     return nn.LayerNorm(width, eps=1e-6) if config.is_baseline else make_norm(config.norm, width)
 
 
@@ -38,7 +40,7 @@ class MetaFormerStage(nn.Module):
             self.downsample: nn.Module = nn.Identity()
         else:
             width = config.widths[index - 1]
-            self.downsample = ConvEmbed(width, dim, *DOWNSAMPLE, norm=config.downsample_norm, norm_first=True)
+            self.downsample = ConvEmbed(width, dim, *config.downsample, norm=config.downsample_norm, norm_first=True)
         self.pos_embed = nn.Parameter(torch.zeros(1, dim, *grid)) if config.pos_embed[index] else None
         kind, mixer, settings = config.blocks[index], config.mixers[index], config.mixer_settings[index]
         block = block_class(kind)
@@ -83,7 +85,7 @@ class _Trunk(Recorded, nn.Module):
         self.pretrained_cfg = (
             default_cfg("", config.image_size, config.in_chans) if pretrained_cfg is None else pretrained_cfg
         )
-        self.stem = ConvEmbed(config.in_chans, config.widths[0], *STEM, norm=config.stem_norm)
+        self.stem = ConvEmbed(config.in_chans, config.widths[0], *config.stem, norm=config.stem_norm)
         total = sum(config.depths)
         # Stochastic depth rises linearly from 0 at the first block to drop_path_rate at the last.
         rates = [config.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
@@ -178,6 +180,8 @@ class MetaFormer(_Trunk):
             return nn.Identity()
         if self.config.head == "mlp":
             return MlpHead(self.num_features, num_classes, dropout=self.config.head_dropout)
+        if self.config.head == "metanext":
+            return MlpHead(self.num_features, num_classes, 3, self.config.head_dropout, nn.GELU, eps=1e-6)
         return nn.Linear(self.num_features, num_classes)
 
     @property
@@ -189,7 +193,8 @@ class MetaFormer(_Trunk):
         return self._stage_outputs(x, (), len(self.stages) - 1)[0]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.norm(x.mean((-2, -1))) if self.config.is_baseline else self.norm(x).mean((-2, -1))
+        # PoolFormer normalises the map, then pools; the others pool first.
+        x = self.norm(x).mean((-2, -1)) if self.config.head == "poolformer" else self.norm(x.mean((-2, -1)))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -253,7 +258,7 @@ class MetaFormerFeatures(_Trunk):
             raise ConfigError(f"out_indices {self.out_indices} must pick stages 0..{len(config.depths) - 1}")
         self.out_norms = nn.ModuleDict({str(i): make_norm(config.norm, config.widths[i]) for i in self.out_indices})
         self.out_channels = [config.widths[i] for i in self.out_indices]
-        self.strides = [STEM[1] * DOWNSAMPLE[1] ** i for i in self.out_indices]
+        self.strides = [config.strides()[i] for i in self.out_indices]
         self.feature_info = [
             {"num_chs": c, "reduction": r, "module": f"stages.{i}"}
             for i, c, r in zip(self.out_indices, self.out_channels, self.strides, strict=True)

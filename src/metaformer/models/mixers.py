@@ -135,6 +135,28 @@ class Attention(nn.Module):
         return out.transpose(1, 2).reshape(batch, channels, height, width)
 
 
+class InceptionDWConv(nn.Module):
+    """InceptionNeXt's mixer: the channels split four ways, ``branch_ratio`` of them each through a square
+    ``k x k``, a ``1 x band`` and a ``band x 1`` depthwise convolution, the rest left as they are."""
+
+    def __init__(
+        self, dim: int, square_kernel_size: int = 3, band_kernel_size: int = 11, branch_ratio: float = 0.125
+    ) -> None:
+        super().__init__()
+        branch = int(dim * branch_ratio)
+        if not 0 < 3 * branch <= dim:
+            raise ValueError(f"branch_ratio {branch_ratio} of {dim} channels leaves no channel for a branch")
+        square, band = square_kernel_size, band_kernel_size
+        self.dwconv_hw = nn.Conv2d(branch, branch, square, padding=square // 2, groups=branch)
+        self.dwconv_w = nn.Conv2d(branch, branch, (1, band), padding=(0, band // 2), groups=branch)
+        self.dwconv_h = nn.Conv2d(branch, branch, (band, 1), padding=(band // 2, 0), groups=branch)
+        self.split_sizes = (dim - 3 * branch, branch, branch, branch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kept, square, wide, tall = torch.split(x, self.split_sizes, dim=1)
+        return torch.cat((kept, self.dwconv_hw(square), self.dwconv_w(wide), self.dwconv_h(tall)), dim=1)
+
+
 def register_mixer(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Register a token mixer class under ``name``, for ``MetaFormerConfig.mixers`` (also from user code).
 
@@ -154,6 +176,7 @@ for _name, _class in {
     "attention": Attention,
     "spatial_mlp": SpatialFc,
     "sepconv": SepConv,
+    "inception": InceptionDWConv,
 }.items():
     register_mixer(_name)(_class)
 

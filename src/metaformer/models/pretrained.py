@@ -1,7 +1,7 @@
 """One record per set of weights (``PretrainedCfg``): where it lives, how it is evaluated, its classes, its license
-and what the papers report. The released weights of the PoolFormers and the MetaFormer Baselines have one tag per
-file, spelled as timm spells them (``caformer_s18.sail_in22k_ft_in1k_384``); the official hybrids have one untagged
-file each.
+and what the papers report. The released weights of the PoolFormers, the MetaFormer Baselines and InceptionNeXt have
+one tag per file, spelled as timm spells them (``caformer_s18.sail_in22k_ft_in1k_384``); the official hybrids have
+one untagged file each.
 
 Every built model carries such a record as ``model.pretrained_cfg`` (a release's, or its architecture's with what a
 checkpoint says), which the processor, ``info``, the Hugging Face and timm folder writers and the service read.
@@ -79,6 +79,19 @@ HYBRIDS = {
     "metaformer_ppaa_s12_224": 0.95,
     "metaformer_pppf_s12_224": 0.9,
     "metaformer_ppff_s12_224": 0.95,
+}
+
+
+# InceptionNeXt, released by sail-sg/inceptionnext (plain state_dicts whose names timm kept) and copied by timm:
+# tag: (official file, input size, crop, the paper's top-1 and MACs). The crop is timm's; the official code evaluates
+# InceptionNeXt-B at 224 with 0.875, timm's record says 0.95 (the other crops agree).
+INCEPTION_HOST = "https://github.com/sail-sg/inceptionnext/releases/download/model/"
+INCEPTION_NEXT = {
+    "inception_next_atto.sail_in1k": ("inceptionnext_atto.pth", 224, 0.875, 75.3, 0.51),
+    "inception_next_tiny.sail_in1k": ("inceptionnext_tiny.pth", 224, 0.875, 82.3, 4.2),
+    "inception_next_small.sail_in1k": ("inceptionnext_small.pth", 224, 0.875, 83.5, 8.4),
+    "inception_next_base.sail_in1k": ("inceptionnext_base.pth", 224, 0.95, 84.0, 14.9),
+    "inception_next_base.sail_in1k_384": ("inceptionnext_base_384.pth", 384, 1.0, 85.2, 43.6),
 }
 
 
@@ -216,6 +229,23 @@ def _releases() -> dict[str, PretrainedCfg]:
                     macs_g=macs_384 if size == 384 else macs_224,
                 )
             )
+    for name, (file, size, crop_pct, top1, macs) in INCEPTION_NEXT.items():
+        arch, tag = name.split(".")
+        releases.append(
+            PretrainedCfg(
+                arch,
+                tag,
+                INCEPTION_HOST + file,
+                f"timm/{name}",
+                None,
+                arch,
+                (3, size, size),
+                crop_pct=crop_pct,
+                license="apache-2.0",
+                top1=top1,
+                macs_g=macs,
+            )
+        )
     return {release.name: release for release in releases}
 
 

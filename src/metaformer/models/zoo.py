@@ -1,5 +1,6 @@
 """Named variants: the official PoolFormers, the official hybrids, one S12 model per ablation row, the MetaFormer
-Baselines (IdentityFormer, RandFormer, PoolFormerV2, ConvFormer, CAFormer) and the dense models on them.
+Baselines (IdentityFormer, RandFormer, PoolFormerV2, ConvFormer, CAFormer), InceptionNeXt, and the dense models on
+them.
 
 Architecture only, and no torch: what the weights are is in ``pretrained.py``, how each model was trained in its
 task's recipe.
@@ -156,6 +157,38 @@ for _family, (_title, _sizes, _mixers, _settings, _norm, _head) in _BASELINES.it
             norm=_norm,
             head=_head,
         )
+
+# InceptionNeXt (Yu et al., "InceptionNeXt: When Inception Meets ConvNeXt", CVPR 2024; sail-sg/inceptionnext):
+# MetaNeXt blocks with the Inception depthwise mixer, BatchNorm, a 4x4 patch stem and 2x2 downsampling, an MLP head.
+# Named as timm names them (the official code says inceptionnext_tiny).
+_METANEXT = dict(
+    blocks=("metanext",) * 4,
+    mixers=("inception",) * 4,
+    norm="batchnorm",
+    mlp_ratios=(4, 4, 4, 3),
+    layer_scale_init=1e-6,
+    stem=(4, 4, 0),
+    stem_norm="batchnorm",
+    downsample=(2, 2, 0),
+    downsample_norm="batchnorm",
+    head="metanext",
+    init="baselines",
+)
+_INCEPTION_SIZES = {  # size: depths, widths, mixer settings
+    "atto": ((2, 2, 6, 2), (40, 80, 160, 320), {"band_kernel_size": 9, "branch_ratio": 0.25}),
+    "tiny": ((3, 3, 9, 3), M_WIDTHS, {}),
+    "small": ((3, 3, 27, 3), M_WIDTHS, {}),
+    "base": ((3, 3, 27, 3), (128, 256, 512, 1024), {}),
+}
+for _size, (_depths, _widths, _settings) in _INCEPTION_SIZES.items():
+    _register(
+        f"inception_next_{_size}",
+        f"InceptionNeXt-{_size.capitalize()}",
+        **_METANEXT,
+        depths=_depths,
+        widths=_widths,
+        mixer_settings=_settings,
+    )
 
 # Dense prediction (Table 3/4 of the paper): Semantic FPN on ADE20K (150 classes), RetinaNet and Mask R-CNN on
 # COCO (80 classes), on the PoolFormer backbones; and the same on the Baselines (which published no dense models).

@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ...errors import ConfigError
+from ...models.config import MLP_HEADS
 from ...models.zoo import get_spec
 from ..presets import changed
 
@@ -46,8 +47,20 @@ _FINETUNE_384 = {  # family: lr at 1024 images, drop path per size, head dropout
 }
 
 
+# sail-sg/inceptionnext's scripts: AdamW at 4e-3 for 4096 images, 20 warm-up epochs, a drop path per size; Atto at
+# 1e-3 for 1280 images with 5 (its 600 epochs and lighter augmentation are not this recipe's: see the README);
+# InceptionNeXt-B at 384: 30 epochs at 5e-5 for 1024 images, drop path 0.7, head dropout 0.5, EMA.
+_INCEPTION_NEXT = {
+    "inception_next_atto": Official(0.1, "adamw", 1e-3 * 1024 / 1280, 5),
+    "inception_next_tiny": Official(0.1, "adamw", 1e-3, 20),
+    "inception_next_small": Official(0.3, "adamw", 1e-3, 20),
+    "inception_next_base": Official(0.4, "adamw", 1e-3, 20, finetune_384=(5e-5, 0.7, 0.5)),
+}
+
+
 def _official_table() -> dict[str, Official]:
     table = {f"poolformer_{size}": Official(drop_path) for size, drop_path in _POOLFORMER_DROP_PATH.items()}
+    table.update(_INCEPTION_NEXT)
     for family, (sizes, optimizer, lr, warmup, drops, heads) in _BASELINES.items():
         tuned = _FINETUNE_384.get(family)
         for i, size in enumerate(sizes):
@@ -122,17 +135,17 @@ class Recipe:
     def resolved(self, model_name: str) -> Recipe:
         """This recipe with every setting left to the model (None) set to the model's official value."""
         spec = get_spec(model_name)
-        if self.head_dropout and spec.config.head != "mlp":
+        if self.head_dropout and spec.config.head not in MLP_HEADS:
             raise ConfigError(
-                f"--head-dropout applies to an MLP head (ConvFormer, CAFormer); {model_name} has a "
+                f"--head-dropout applies to an MLP head (ConvFormer, CAFormer, InceptionNeXt); {model_name} has a "
                 f"{spec.config.head} head"
             )
         official = OFFICIAL.get(model_name, Official())
         if self.name == "finetune_384":
             if official.finetune_384 is None:
                 raise ConfigError(
-                    f"the official 384 fine-tuning recipe exists for ConvFormer and CAFormer only, not "
-                    f"{model_name}; use --recipe finetune --image-size 384"
+                    "the official 384 fine-tuning recipe exists for ConvFormer, CAFormer and InceptionNeXt-B only, "
+                    f"not {model_name}; use --recipe finetune --image-size 384"
                 )
             lr, drop_path, head_dropout = official.finetune_384
             official = dataclasses.replace(

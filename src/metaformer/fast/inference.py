@@ -9,7 +9,8 @@ counts (linear, and maps a per-channel constant to itself):
 * channel MLP and ConvFormer's separable convolution: the norm's affine and the layer scale fold into the two
   pointwise layers (``folding.py``); on CPU the activation and the residual add run inside oneDNN's convolution
   epilogues, and every convolution keeps its weight in oneDNN's packed layout;
-* identity mixer: ``x + ls1 * n(x)`` is one multiply-add.
+* identity mixer: ``x + ls1 * n(x)`` is one multiply-add;
+* InceptionNeXt's block: BatchNorm (its statistics and affine) and the layer scale fold into the MLP's layers.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.blocks import MetaFormerBlock
+from ..models.blocks import MetaFormerBlock, MetaNeXtBlock
 from ..models.layers import ConvEmbed, GroupNorm1, SquaredReLU, StarReLU, average_pool, group_statistics
 from .folding import Normalize, channel_like, constant, fold_pair, norm_affine, ones_or, scale_of
 from .onednn import ONEDNN_ACT, OneDnnWeight, Packing, conv_add_, conv_pointwise, use_onednn
@@ -56,6 +57,34 @@ class FusedMlp(Packing):
         h = self.act(F.conv2d(x, self.fc1_weight, self.fc1_bias))
         out = F.conv2d(h, self.fc2_weight, self.fc2_bias)
         return out.add_(y) if self.res_scale is None else out.addcmul_(y, self.res_scale)
+
+
+class FusedMetaNeXt(Packing):
+    """InceptionNeXt's block ``x + ls * fc2(act(fc1(norm(mixer(x)))))`` with the norm's affine (BatchNorm's
+    statistics too) in ``fc1`` and the layer scale in ``fc2``; on oneDNN the activation is ``fc1``'s epilogue. The
+    residual is added out of place: the block's input may be a stage's output that ``forward_intermediates``
+    returns."""
+
+    def __init__(self, block: MetaNeXtBlock) -> None:
+        super().__init__()
+        mlp = block.mlp
+        self.token_mixer = block.token_mixer
+        self.normalize = Normalize(block.norm)
+        self.act = mlp.act
+        self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias = fold_pair(
+            block.norm, mlp.fc1, mlp.fc2, scale_of(block.layer_scale)
+        )
+        self.onednn_act = ONEDNN_ACT.get(type(self.act))
+        self.fc1_packed = OneDnnWeight([0, 0], [1, 1])
+        self.fc2_packed = OneDnnWeight([0, 0], [1, 1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.normalize(self.token_mixer(x))
+        if self.onednn_act is not None and use_onednn(y):
+            h = conv_pointwise(y, self.fc1_weight, self.fc1_bias, self.fc1_packed, *self.onednn_act)
+            return conv_pointwise(h, self.fc2_weight, self.fc2_bias, self.fc2_packed).add_(x)
+        h = self.act(F.conv2d(y, self.fc1_weight, self.fc1_bias))
+        return F.conv2d(h, self.fc2_weight, self.fc2_bias).add_(x)
 
 
 class FusedSepConv(Packing):

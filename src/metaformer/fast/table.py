@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..models.blocks import MetaFormerBlock, MixerOnlyBlock
+from ..models.blocks import MetaFormerBlock, MetaNeXtBlock, MixerOnlyBlock
 from ..models.layers import ConvEmbed, ConvMlp, GroupNorm1, LayerNormChannel, Scale, SquaredReLU, StarReLU
 from ..models.mixers import IdentityMixer, Pooling, SepConv
 from .inference import (
     DecomposedGroupNorm1,
     FusedConvEmbed,
     FusedIdentity,
+    FusedMetaNeXt,
     FusedMlp,
     FusedPooling,
     FusedSepConv,
@@ -136,6 +137,19 @@ def _training_mlp(block: nn.Module) -> Reason:
     )
 
 
+def _metanext_block(block: nn.Module) -> Reason:
+    mlp = getattr(block, "mlp", None)
+    return _first(
+        lambda: _exactly(block, MetaNeXtBlock),
+        lambda: _exactly(block.norm, *_AFFINE),
+        lambda: _exactly(mlp, ConvMlp),
+        lambda: _exactly(mlp.fc1, nn.Conv2d) or _exactly(mlp.fc2, nn.Conv2d),
+        lambda: _exactly(mlp.act, nn.GELU, nn.ReLU, nn.SiLU),
+        lambda: _scale(block.layer_scale),
+        lambda: _unhooked(block, block.token_mixer, block.norm, mlp, mlp.fc1, mlp.act, mlp.fc2, block.layer_scale),
+    )
+
+
 def _int8_mlp(mlp: nn.Module) -> Reason:
     return _exactly(mlp, FusedMlp) or _exactly(mlp.act, nn.GELU, nn.ReLU, nn.SiLU, SquaredReLU)
 
@@ -173,6 +187,14 @@ SWAPS: list[Swap] = [
         _folded_mlp,
         FusedMlp,
         "poolformer_s12",
+    ),
+    Swap(
+        "inference",
+        "module",
+        "InceptionNeXt's block with the norm and layer scale folded into the MLP, oneDNN epilogues",
+        _metanext_block,
+        FusedMetaNeXt,
+        "inception_next_atto",
     ),
     Swap(
         "inference",

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import importlib
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import CLASSIFIERS, FIXED_GRID, randomize
+from tiny import TINY
 
 import metaformer
 from metaformer.fast.inference import FusedBlock, FusedIdentity, FusedMlp, FusedPooling, PlainToken
@@ -288,3 +291,26 @@ def test_training_keeps_less_for_the_backward_than_timm():
     assert len(metaformer.use_custom_backward(ours)) == 12  # every block of S12
     ours, theirs = saved_bytes(ours), saved_bytes(timm.create_model("poolformer_s12"))
     assert ours <= 0.9 * theirs, (ours, theirs)  # measured: 0.87
+
+
+def test_bfloat16_on_a_cpu_without_it_is_warned_once(monkeypatch, imagenet_samples, tmp_path):
+    from metaformer.cli import main
+
+    preparing = importlib.import_module("metaformer.fast.prepare")  # the module: the package exports prepare()
+
+    monkeypatch.setattr(preparing, "native_bfloat16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        preparing.check_options(dtype="bfloat16")  # a CPU with bfloat16 instructions: nothing to say
+    monkeypatch.setattr(preparing, "native_bfloat16", lambda: False)
+    with pytest.warns(UserWarning, match="no bfloat16 instructions .* runs emulated, several times slower"):
+        preparing.check_options(dtype="bfloat16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        preparing.check_options(dtype="bfloat16", device="cuda")  # GPUs have it
+        preparing.check_options(dtype="float32")
+    checkpoint = metaformer.save_checkpoint(metaformer.create_model(TINY, num_classes=3), tmp_path / "t.safetensors")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # the command line's: each place once
+        assert main(["predict", str(imagenet_samples[0]), "--checkpoint", str(checkpoint), "--dtype", "bfloat16"]) == 0
+    assert sum("no bfloat16 instructions" in str(w.message) for w in caught) == 1  # checked twice, said once

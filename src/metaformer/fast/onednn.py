@@ -24,6 +24,11 @@ _ONEDNN_DTYPES = (
 )
 
 
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX); elsewhere it is emulated, and slow."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def is_exporting() -> bool:
     """Whether ``torch.export`` is tracing (torch 2.7 and later can tell; before, export traced through dynamo,
     which ``is_compiling`` sees)."""

@@ -138,3 +138,20 @@ def test_the_readme_table_is_the_metadata():
         assert cells[0] == f"`{arch}`" and float(cells[1]) == round(params / 1e6, 3)
         assert cells[2] == (f"{release.macs_g} / {big.macs_g}" if big else f"{release.macs_g}")
         assert float(cells[3]) == release.top1 and cells[4] == (f"{big.top1}" if big else "")
+
+
+def test_dense_models_on_its_trunk():
+    model = randomize(metaformer.create_model("fpn_inception_next_atto", num_classes=5), seed=4).train()
+    logits = model(torch.randn(2, 3, 97, 130))
+    assert logits.shape == (2, 5, 97, 130)
+    logits.logsumexp(1).mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():  # the folded blocks inside a dense model too
+        assert torch.allclose(metaformer.fuse(model)(x), model(x), atol=1e-4, rtol=0)
+    assert {"retinanet_inception_next_tiny", "mask_rcnn_inception_next_small"} <= set(metaformer.list_models())
+    detector = metaformer.create_model("retinanet_inception_next_tiny", min_size=128, max_size=160).eval()
+    with torch.no_grad():
+        found = detector([torch.rand(3, 120, 150)])[0]
+    assert set(found) == {"boxes", "labels", "scores"}

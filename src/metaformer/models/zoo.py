@@ -195,15 +195,19 @@ for _size, (_depths, _widths, _settings) in _INCEPTION_SIZES.items():
 # RandFormer has none: its frozen token mixing fixes the input to 224x224.
 _POOLFORMERS_DET = ("poolformer_s12", "poolformer_s24", "poolformer_s36")
 _CONV_DET = ("convformer_s18", "convformer_s36", "caformer_s18", "caformer_s36")
+# InceptionNeXt published no FPN or detectors (its paper reports UperNet): these take its trunk as the others do,
+# each stage's output through a BatchNorm of its own.
+_INCEPTION_DET = ("inception_next_tiny", "inception_next_small")
 _SEGMENTATION_TRUNKS = [
     *_POOLFORMERS,
     *(f"{family}_{size}" for family in ("identityformer", "poolformerv2") for size in _V2_SIZES),
     *(f"{family}_{size}" for family in ("convformer", "caformer") for size in _CONV_SIZES),
+    *(f"inception_next_{size}" for size in _INCEPTION_SIZES),
 ]
 _DENSE = [
     ("fpn", "segmentation", "Semantic FPN", 150, _SEGMENTATION_TRUNKS),
-    ("retinanet", "detection", "RetinaNet", 80, [*_POOLFORMERS_DET, *_CONV_DET]),
-    ("mask_rcnn", "instance_segmentation", "Mask R-CNN", 80, [*_POOLFORMERS_DET, *_CONV_DET]),
+    ("retinanet", "detection", "RetinaNet", 80, [*_POOLFORMERS_DET, *_CONV_DET, *_INCEPTION_DET]),
+    ("mask_rcnn", "instance_segmentation", "Mask R-CNN", 80, [*_POOLFORMERS_DET, *_CONV_DET, *_INCEPTION_DET]),
 ]
 for _prefix, _task, _title, _classes, _trunks in _DENSE:
     for _trunk_name in _trunks:

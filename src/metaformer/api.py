@@ -164,7 +164,7 @@ def infer_model_name(checkpoint: Checkpoint) -> str:
         config = dataclasses.replace(spec.config, num_classes=num_classes)
         if checkpoint.format == "timm" and not default_cfg(name).timm_architecture:
             continue  # a model timm does not have
-        if checkpoint.format in POOLFORMER_ONLY and config.head != "poolformer":
+        if checkpoint.format in POOLFORMER_ONLY and not config.is_poolformer_v1:
             continue
         if any(getattr(config, k) != v for k, v in stored.items()):
             continue

@@ -163,7 +163,7 @@ def convert_state_dict(state_dict: StateDict, config: MetaFormerConfig, to: str)
     them (values are shared, not copied)."""
     if to not in CLASSIFIER_KEYS:
         raise CheckpointError(f"unknown format {to!r}; choose one of {CLASSIFIER_FORMATS}")
-    if to in POOLFORMER_ONLY and config.head != "poolformer":
+    if to in POOLFORMER_ONLY and not config.is_poolformer_v1:
         raise CheckpointError(
             f"the {to} format has PoolFormer v1 only, not the MetaFormer Baselines or InceptionNeXt; write ours "
             "(safetensors), the official one or timm's"

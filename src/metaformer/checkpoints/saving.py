@@ -134,7 +134,7 @@ def _dense_metadata(model: nn.Module) -> dict[str, str]:
 def hf_config(config: MetaFormerConfig, record: PretrainedCfg) -> dict:
     """The ``config.json`` of Hugging Face's ``PoolFormerForImageClassification`` for this architecture and record
     (its class names)."""
-    if config.head != "poolformer":
+    if not config.is_poolformer_v1:
         raise ConfigError(
             "Hugging Face transformers has PoolFormer v1 only, not the MetaFormer Baselines or InceptionNeXt; write "
             "ours (safetensors), the official format or timm's"
@@ -215,7 +215,7 @@ def _save_hf_folder(model: nn.Module, state_dict: StateDict, path: Path) -> Path
 def timm_head_difference(model: MetaFormer, pixels: torch.Tensor | None = None) -> float:
     """The largest difference in probability between a PoolFormer v1 and timm's reading of its weights, whose head
     takes the final norm after the pooling, on ``pixels`` (default: two seeded random images)."""
-    if model.config.head != "poolformer":  # timm's other heads are the official ones
+    if not model.config.is_poolformer_v1:  # timm's other heads are the official ones
         return 0.0
     parameter = next(model.parameters())
     if pixels is None:

@@ -2,10 +2,9 @@
 
 After each round (an epoch, or the iterations between two evaluations) the weights are written first, then
 ``last.state.pt`` with the whole metrics history, then ``metrics.jsonl`` and ``steps.jsonl`` rewritten from that
-history. Every file
-is written under a temporary name and renamed. So a kill at any moment leaves a folder whose state is complete;
-a metrics line is written only once its round is resumable; and ``--resume`` rewrites ``metrics.jsonl`` from the
-state, so it never holds a round twice or misses one.
+history. Every file is written under a temporary name and renamed. So a kill at any moment leaves a folder whose
+state is complete; a metrics line is written only once its round is resumable; and ``--resume`` rewrites
+``metrics.jsonl`` and ``steps.jsonl`` from the state, so they never hold a round twice or miss one.
 """
 
 from __future__ import annotations

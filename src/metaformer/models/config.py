@@ -20,6 +20,7 @@ MIN_INPUT_SIDE = 32
 # metanext: pool, InceptionNeXt's MLP head (no norm before it)
 HEADS = ("poolformer", "linear", "mlp", "metanext")
 BASELINE_HEADS = ("linear", "mlp")
+MLP_HEADS = ("mlp", "metanext")
 INITS = ("poolformer", "baselines")
 # The fields with one entry per stage.
 PER_STAGE = ("depths", "widths", "blocks", "mixers", "mixer_settings", "pos_embed", "res_scale_init", "mlp_ratios")
@@ -141,7 +142,7 @@ class MetaFormerConfig:
         for name in ("drop_rate", "drop_path_rate", "head_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} is a probability in [0, 1), got {getattr(self, name)}")
-        if self.head_dropout and self.head not in ("mlp", "metanext"):
+        if self.head_dropout and self.head not in MLP_HEADS:
             raise ConfigError(f"head_dropout applies to the MLP head only; this model's head is {self.head!r}")
         if self.image_size < MIN_INPUT_SIDE:
             raise ConfigError(f"image_size must be >= {MIN_INPUT_SIDE}, got {self.image_size}")
@@ -172,6 +173,12 @@ class MetaFormerConfig:
         return self.head in BASELINE_HEADS
 
     @property
+    def is_poolformer_v1(self) -> bool:
+        """A model of PoolFormer's code (sail-sg/poolformer), whose head normalises the map, then pools: the one
+        kind Hugging Face transformers and mmpretrain hold."""
+        return self.head == "poolformer"
+
+    @property
     def is_metanext(self) -> bool:
         """A model of InceptionNeXt's code (sail-sg/inceptionnext): MetaNeXt blocks and their head."""
         return self.head == "metanext"
@@ -188,9 +195,6 @@ class MetaFormerConfig:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         values["mixer_settings"] = [dict(s) for s in self.mixer_settings]
         return values
-
-
-MLP_HEADS = ("mlp", "metanext")
 
 
 def class_layer(config: MetaFormerConfig) -> str:

@@ -194,7 +194,7 @@ class MetaFormer(_Trunk):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         # PoolFormer normalises the map, then pools; the others pool first.
-        x = self.norm(x).mean((-2, -1)) if self.config.head == "poolformer" else self.norm(x.mean((-2, -1)))
+        x = self.norm(x).mean((-2, -1)) if self.config.is_poolformer_v1 else self.norm(x.mean((-2, -1)))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,9 +19,12 @@ import metaformer
 from metaformer.cli import main
 from metaformer.engine.plot import validation_label
 from metaformer.engine.schedules import cosine
+from metaformer.errors import ConfigError
 from metaformer.explain import cam_stage
+from metaformer.tasks import RunSettings, train
 from metaformer.tasks.detection.recipe import DetectionRecipe
 
+QUIET = {"num_workers": 0, "progress": False}
 CIFAR_CAT = DATA_DIR / "cifar10-small" / "train" / "cat" / "0000.jpg"
 
 
@@ -131,6 +134,12 @@ def test_an_extended_run_keeps_its_schedule_unless_told(cifar3, tmp_path, capsys
     assert "give --epochs more than the run's 4" in capsys.readouterr().err
     assert main(["train", str(cifar3), "--model", TINY, "--schedule-extend"]) == 2
     assert "--schedule-extend goes with --resume" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse's refusal of a non-positive count
+        main(["train", str(cifar3), "--model", TINY, "--log-every", "0"])
+    assert "--log-every" in capsys.readouterr().err
+    settings = RunSettings(data=str(cifar3), model=TINY, output=str(tmp_path / "x"), log_every=0, **QUIET)
+    with pytest.raises(ConfigError, match="log_every must be a positive number of steps, got 0"):
+        train(settings)
 
 
 def test_detection_decays_stay_or_move_with_the_longer_run():

@@ -9,11 +9,12 @@ by round; each figure is the median over rounds, and each ratio is against the g
 float32 on CPU).
 Groups: inference latency at batch 1, throughput at batch 32 (float32 and bfloat16), a training step (forward,
 backward, AdamW) at batch 32 (float32, and bfloat16 autocast on CPU), and the whole ``predict`` pipeline (decode,
-resize, crop, model) over the real photos in ``../shared/data/imagenet-samples``; and the Baselines' ConvFormer-S18
-and CAFormer-S18 at batch 32 against timm's (float32 and bfloat16), with the floor row (the model's convolutions and
-linear layers alone, same run) and each row's fraction of it. Peak memory: CUDA's allocator
-peak; for CPU training, the activations kept for the backward (bytes saved by autograd), which is what grows with
-the batch. Writes everything to ``--json``. Needs the dev extra (timm, transformers).
+resize, crop, model) over the real photos in ``../shared/data/imagenet-samples``; the Baselines' ConvFormer-S18
+and CAFormer-S18 at batch 32 against timm's (float32 and bfloat16), and InceptionNeXt-T and MambaOut-T (float32),
+with the floor row (the model's convolutions and linear layers alone, same run) and each row's fraction of it. On a
+CPU without native bf16 (no AVX-512 BF16 or AMX) the bfloat16 groups are skipped: oneDNN would emulate them. Peak
+memory: CUDA's allocator peak; for CPU training, the activations kept for the backward (bytes saved by autograd),
+which is what grows with the batch. Writes everything to ``--json``. Needs the dev extra (timm, transformers).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import metaformer
 from metaformer import ImageProcessor, load_image
 from metaformer.checkpoints import save_checkpoint
 from metaformer.fast.int8 import int8_unsupported_reason
+from metaformer.fast.onednn import native_bfloat16
 
 DATA = Path(os.environ.get("METAFORMER_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 CL = torch.channels_last
@@ -315,8 +317,8 @@ def pipeline_rows(models: dict, batch: int, device: torch.device) -> tuple[list,
 
 
 def baselines_rows(name: str, batch: int, device: torch.device, dtype: torch.dtype) -> list:
-    """A Baselines model (ConvFormer, CAFormer) against timm's with the same weights: eager timm, ours plain and
-    fused; in bf16, timm under autocast against ours fused in bf16."""
+    """A model timm also has (ConvFormer, CAFormer, InceptionNeXt, MambaOut) against timm's with the same weights:
+    eager timm, ours plain and fused; in bf16, timm under autocast against ours fused in bf16."""
     from conftest import randomize  # the tests' non-trivial weights: residual and StarReLU scales away from 1
 
     ours = randomize(metaformer.create_model(name)).eval()
@@ -405,7 +407,9 @@ GROUPS = [
     "baselines",
     "baselines_bf16",
     "train_baselines",
+    "families",
 ]
+BF16_GROUPS = ("bf16", "train_bf16", "baselines_bf16")
 
 
 def run_groups_apart(argv: list[str], groups: list[str], output: Path) -> None:
@@ -434,7 +438,11 @@ def main() -> None:
     args = parser.parse_args()
     if not args.only:
         argv = [a for a in sys.argv[1:] if not a.startswith("--json") and a != args.json]
-        return run_groups_apart(argv, GROUPS, Path(args.json))
+        groups = GROUPS
+        if args.device == "cpu" and not native_bfloat16():
+            print(f"this CPU has no native bf16 instructions: skipping {', '.join(BF16_GROUPS)}")
+            groups = [g for g in GROUPS if g not in BF16_GROUPS]
+        return run_groups_apart(argv, groups, Path(args.json))
     device = torch.device(args.device)
     rounds, compile_rows = (3, False) if args.quick else (args.rounds, True)
     inductor_config.freezing = True  # inference graphs: constant weights folded and prepacked, for every peer alike
@@ -489,6 +497,13 @@ def main() -> None:
                 rows = baselines_rows(name, 32, device, dtype)
                 title = f"{name}, batch 32{', bfloat16' if dtype == torch.bfloat16 else ''}"
                 report["groups"].append(run_group(title, rows, rounds, device))
+                print_floor_fractions(report["groups"][-1], f"{name} ")
+    if "families" in wanted:
+        for name in ("inception_next_tiny", "mambaout_tiny"):
+            report["groups"].append(
+                run_group(f"{name}, batch 32", baselines_rows(name, 32, device, torch.float32), rounds, device)
+            )
+            if cpu:
                 print_floor_fractions(report["groups"][-1], f"{name} ")
     if "train_baselines" in wanted:
         for name in ("convformer_s18", "caformer_s18"):

@@ -66,7 +66,7 @@ def test_every_release_is_spelled_and_evaluated_as_timm_has_it():
 
     ours = {name: release for name, release in RELEASES.items() if release.hf_hub_id}
     archs = {release.architecture for release in ours.values()}
-    assert set(ours) == {name for name in timm.list_pretrained() if name.split(".")[0] in archs}  # all 50
+    assert set(ours) == {name for name in timm.list_pretrained() if name.split(".")[0] in archs}  # all 62
     for name, release in ours.items():
         cfg = get_pretrained_cfg(name)
         assert (cfg.hf_hub_id, cfg.input_size[-1], cfg.crop_pct, cfg.num_classes, cfg.interpolation, cfg.license) == (
@@ -78,9 +78,9 @@ def test_every_release_is_spelled_and_evaluated_as_timm_has_it():
             release.license,
         )
     assert (
-        len(TAGGED) == 65 and RELEASES["caformer_b36.sail_in22k_ft_in1k_384"].top1 == 88.1
-    )  # 55 + 5 + 5 InceptionNeXt
-    assert len(RELEASES) == 70 and not RELEASES["metaformer_ppaa_s12_224"].tag  # and the 5 untagged hybrids
+        len(TAGGED) == 77 and RELEASES["caformer_b36.sail_in22k_ft_in1k_384"].top1 == 88.1
+    )  # 55 + 5 + 5 InceptionNeXt + 12 MambaOut
+    assert len(RELEASES) == 82 and not RELEASES["metaformer_ppaa_s12_224"].tag  # and the 5 untagged hybrids
     assert RELEASES["caformer_m36.sail_in22k"].url.endswith("/caformer/caformer_m36_in21k.pth")  # not "m364"
     assert RELEASES["convformer_b36.sail_in22k_ft_in1k_384"].url.endswith("convformer_b36_384_in21ft1k.pth")
 

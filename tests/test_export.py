@@ -28,13 +28,15 @@ def photos(imagenet_samples):
     return imagenet_samples[:4]
 
 
-# Each kind of token mixing the exporter meets: pooling, attention (CAFormer), a fixed-grid matrix (RandFormer) and
-# InceptionNeXt's split depthwise convolutions, one block per stage: the exporter traces each block alike, so the
-# depth adds time and no check.
+# Each kind of token mixing the exporter meets: pooling, attention (CAFormer), a fixed-grid matrix (RandFormer),
+# InceptionNeXt's split depthwise convolutions and MambaOut's gate over channels-last memory, one block per stage:
+# the exporter traces each block alike, so the depth adds time and no check.
 ONE_BLOCK_PER_STAGE = {"depths": (1, 1, 1, 1), "widths": (32, 64, 96, 128)}
 
 
-@pytest.mark.parametrize("name", slow_but([TINY, "caformer_s18", "randformer_s12", "inception_next_atto"], {TINY}))
+@pytest.mark.parametrize(
+    "name", slow_but([TINY, "caformer_s18", "randformer_s12", "inception_next_atto", "mambaout_femto"], {TINY})
+)
 def test_onnx_equals_pytorch_at_two_batch_sizes_and_two_image_sizes(name, photos, tmp_path):
     overrides = {} if name == TINY else ONE_BLOCK_PER_STAGE
     model = randomize(metaformer.create_model(name, **overrides), seed=2).eval()

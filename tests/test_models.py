@@ -35,7 +35,8 @@ def final_side(side: int, config: metaformer.MetaFormerConfig) -> int:
     """The last stage's side for an input side, through the stem and downsampling convolutions ``config`` names
     (PoolFormer: 7x7 stride 4 padding 2, then 3x3 stride 2 padding 1; InceptionNeXt: 4x4 and 2x2, no padding)."""
     (kernel, stride, padding), step = config.stem, config.downsample
-    side = (side + 2 * padding - kernel) // stride + 1
+    for _ in range(config.stem_convs):  # MambaOut's stem: two such convolutions
+        side = (side + 2 * padding - kernel) // stride + 1
     for _ in range(3):
         side = (side + 2 * step[2] - step[0]) // step[1] + 1
     return side

@@ -4,6 +4,7 @@ our necks and heads then compute what OpenMMLab's own modules computed with the 
 from __future__ import annotations
 
 import json
+import math
 from collections import OrderedDict
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def openmmlab_file(tmp_path: Path, model_name: str, shapes: dict, out_norms: tup
     backbone = {f"backbone.{k}": v for k, v in convert_state_dict(trunk.state_dict(), trunk.config, "official").items()}
     weights = reference_weights(shapes)
     path = tmp_path / f"{model_name}_openmmlab.pth"
-    classes = [f"class{i}" for i in range(150 if model_name.startswith("fpn") else 80)]
+    classes = [f"class{i}" for i in range(150 if model_name.startswith(("fpn", "upernet")) else 80)]
     torch.save({"meta": {"CLASSES": classes, "mmcv_version": "1.3.17"}, "state_dict": {**backbone, **weights}}, path)
     return path, trunk.state_dict()
 
@@ -68,6 +69,32 @@ def test_mmseg_semantic_fpn_loads_completely_and_computes_as_mmseg(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(image), again(image))
     assert again.labels == model.labels
+
+
+def test_mmseg_upernet_loads_completely_and_computes_as_mmseg(tmp_path):
+    """UPerHead and its auxiliary FCNHead against mmseg's own modules (the fixture), parameters and buffers named
+    and shaped as mmseg's, every one loaded."""
+    reference = fixture("mmseg_upernet")
+    path, _ = openmmlab_file(tmp_path, "upernet_poolformer_s12", reference["shapes"], (0, 1, 2, 3))
+    model = metaformer.create_model("upernet_poolformer_s12", checkpoint=path, strict=True).eval()
+    head_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("backbone."))
+    mmseg_params = sum(
+        math.prod(shape)
+        for key, shape in reference["shapes"].items()
+        if not key.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    )
+    assert head_params == mmseg_params == 30_487_852
+    features = reference_inputs(reference["inputs"]["shapes"], reference["inputs"]["seed"])
+    with torch.no_grad():
+        close_to(model.head.bottleneck(model.head.pyramid(features[-1])), reference["outputs"]["bottleneck"], "psp")
+        close_to(model.head(features), reference["outputs"]["logits"], "logits")
+        close_to(model.aux_head(features[2]), reference["outputs"]["aux_logits"], "aux_logits")
+    out = tmp_path / "upernet.safetensors"
+    assert main(["convert", str(path), str(out), "--to", "safetensors", "--model", "upernet_poolformer_s12"]) == 0
+    again = metaformer.create_model("upernet_poolformer_s12", checkpoint=out, strict=True).eval()
+    image = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        assert torch.equal(model(image), again(image))
 
 
 def test_mmdet_retinanet_loads_and_computes_as_mmdet(tmp_path):

@@ -306,7 +306,16 @@ def test_forward_intermediates_and_pruning_equal_timms(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["poolformer_s12", "caformer_s18", "metaformer_random_s12", "fpn_poolformer_s12", "inception_next_atto"]
+    "name",
+    [
+        "poolformer_s12",
+        "caformer_s18",
+        "metaformer_random_s12",
+        "fpn_poolformer_s12",
+        "inception_next_atto",
+        "mambaout_femto",
+        "upernet_mambaout_femto",
+    ],
 )
 def test_the_stored_counts_are_the_models(name):
     from metaformer.counts import measure, stored_counts

@@ -16,7 +16,7 @@ import torch
 from conftest import DATA_DIR
 from PIL import Image
 from safetensors.torch import load_file
-from tiny import TINY_FPN
+from tiny import TINY_FPN, TINY_UPERNET
 
 import metaformer
 from metaformer.cli import main
@@ -334,3 +334,35 @@ def test_an_iteration_run_extends_from_the_step_it_reached(small_camvid, tmp_pat
     assert "already at iteration 5, beyond --stop-after 4; nothing to do" in capsys.readouterr().out
     assert main(["train", "--resume", str(run), "--epochs", "3"]) == 2  # once a TypeError
     assert "a segmentation run, which is extended with --iterations, not --epochs" in capsys.readouterr().err
+
+
+def test_upernet_trains_with_its_auxiliary_head_and_recipe(small_camvid, tmp_path):
+    """UperNet's recipe is its own (160k iterations, AdamW 6e-5, weight decay 0.01, poly power 1, 1500 warm-up
+    iterations, the auxiliary loss at 0.4), recorded in config.json; the auxiliary head trains and inference never
+    runs it."""
+    run = tmp_path / "run"
+    flags = [flag if flag != TINY_FPN else TINY_UPERNET for flag in SMALL_RUN]
+    assert main(["train", str(small_camvid), "--output", str(run), "--iterations", "2", *flags]) == 0
+    recipe = json.loads((run / "config.json").read_text())["recipe"]
+    assert (recipe["lr"], recipe["weight_decay"], recipe["power"], recipe["warmup_iterations"]) == (
+        6e-5,
+        0.01,
+        1.0,
+        1500,
+    )
+    assert recipe["aux_weight"] == 0.4
+    trained = load_file(run / "last.safetensors")
+    fresh = metaformer.create_model(TINY_UPERNET).state_dict()
+    assert not torch.equal(trained["aux_head.classifier.weight"], fresh["aux_head.classifier.weight"])
+    model = metaformer.create_model(TINY_UPERNET, checkpoint=run / "last.safetensors").eval()
+    calls = []
+    model.aux_head.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 96)).shape == (1, 11, 64, 96) and not calls
+    model.train()
+    outputs = model(torch.randn(2, 3, 64, 96))
+    assert set(outputs) == {"out", "aux"} and outputs["aux"].shape == (2, 11, 64, 96) and calls
+    from metaformer.engine.schedules import warmed_up
+
+    assert warmed_up(1.0, 0, 1500) == pytest.approx(1e-6) and warmed_up(1.0, 750, 1500) == pytest.approx(0.5, abs=1e-6)
+    assert warmed_up(0.5, 1500, 1500) == 0.5

@@ -13,6 +13,7 @@ from metaformer.models.zoo import get_spec
 
 TINY = "test_tiny_poolformer"
 TINY_FPN = "test_tiny_fpn"  # Semantic FPN, 11 classes as CamVid
+TINY_UPERNET = "test_tiny_upernet"  # UperNet, 11 classes
 TINY_RETINANET = "test_tiny_retinanet"  # RetinaNet, 80 classes as COCO
 TINY_MASK_RCNN = "test_tiny_mask_rcnn"  # Mask R-CNN, 80 classes as COCO
 
@@ -21,6 +22,8 @@ if TINY not in metaformer.list_models():
     metaformer.register_model(TINY, config, "PoolFormer-S12's blocks, one per stage, narrow (tests)")
     metaformer.register_model(TINY_FPN, config, "Semantic FPN on the tiny PoolFormer (tests)",
                               task="segmentation", num_classes=11)  # fmt: skip
+    metaformer.register_model(TINY_UPERNET, config, "UperNet on the tiny PoolFormer (tests)",
+                              task="segmentation", num_classes=11, head="upernet")  # fmt: skip
     for name, kind in ((TINY_RETINANET, "detection"), (TINY_MASK_RCNN, "instance_segmentation")):
         metaformer.register_model(name, config, f"{kind} on the tiny PoolFormer (tests)", task=kind, num_classes=80)
 

@@ -87,6 +87,7 @@ def create_model(
         settings = source.evaluation_settings()  # evaluate as the model was trained, unless told otherwise
         overrides.setdefault("image_size", settings.get("image_size", record.image_size))
         overrides.setdefault("crop_pct", settings.get("crop_pct", record.crop_pct))
+        record = record.replace(crop_mode=settings.get("crop_mode", record.crop_mode))
     if num_classes is not None:
         overrides["num_classes"] = num_classes
     crop_pct = overrides.pop("crop_pct", record.crop_pct)
@@ -126,7 +127,7 @@ def _create_dense(
     labels: Sequence[str] | None,
     overrides: dict,
 ) -> DenseModel:
-    model_class = task(spec.task).load("model")
+    model_class = task(spec.task).model_class(spec.head)
     input_size = {k: overrides.pop(k) for k in model_class.input_options if k in overrides}
     checkpoint = open_checkpoint(source) if source is not None else None
     if checkpoint is not None and checkpoint.is_dense:

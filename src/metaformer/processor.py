@@ -1,5 +1,6 @@
 """Evaluation preprocessing, as Hugging Face's PoolFormer processor: resize the short side to ``size / crop_pct``
-(bicubic), crop the centre, normalise."""
+(bicubic), crop the centre, normalise; or, for the releases timm evaluates so (``crop_mode="squash"``), resize both
+sides to ``size / crop_pct``, then crop."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from .data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from .data.images import load_image, to_rgb
-from .models.pretrained import PretrainedCfg, default_cfg, split_tag
+from .models.pretrained import CROP_MODES, PretrainedCfg, default_cfg, split_tag
 from .models.zoo import get_spec
 
 INTERPOLATIONS = {"bicubic": TF.InterpolationMode.BICUBIC, "bilinear": TF.InterpolationMode.BILINEAR}
@@ -24,7 +25,9 @@ class ImageProcessor:
     """The ImageNet evaluation transform, callable on one or many PIL images or paths.
 
     Resize the shorter side to ``int(size / crop_pct)`` (bicubic), crop the centre ``size x size`` (offsets
-    floored, as Hugging Face's processor), scale to [0, 1] and normalise with the ImageNet mean and std.
+    floored, as Hugging Face's processor), scale to [0, 1] and normalise with the ImageNet mean and std. With
+    ``crop_mode="squash"`` both sides are resized to ``int(size / crop_pct)``, the aspect ratio given up (timm's
+    squash mode, which a release fine-tuned on squashed images is evaluated with).
     Returns a float tensor ``[N, 3, size, size]``. ``exif_transpose`` turns photos upright by their EXIF
     orientation, as ``predict`` does; ``eval`` turns it off, as the ImageNet protocol reads the stored pixels.
     """
@@ -37,7 +40,10 @@ class ImageProcessor:
         std: Sequence[float] = IMAGENET_STD,
         exif_transpose: bool = True,
         interpolation: str = "bicubic",
+        crop_mode: str = "center",
     ) -> None:
+        if crop_mode not in CROP_MODES:
+            raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {crop_mode!r}")
         if not 0 < crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
         if interpolation not in INTERPOLATIONS:
@@ -48,6 +54,7 @@ class ImageProcessor:
         self.std = tuple(std)
         self.exif_transpose = exif_transpose
         self.interpolation = interpolation
+        self.crop_mode = crop_mode
 
     @classmethod
     def from_record(cls, record: PretrainedCfg, *, exif_transpose: bool = True) -> ImageProcessor:
@@ -60,6 +67,7 @@ class ImageProcessor:
             std=record.std,
             exif_transpose=exif_transpose,
             interpolation=record.interpolation,
+            crop_mode=record.crop_mode,
         )
 
     @classmethod
@@ -75,7 +83,7 @@ class ImageProcessor:
     def __repr__(self) -> str:
         return (
             f"ImageProcessor(size={self.size}, crop_pct={self.crop_pct}, interpolation={self.interpolation!r}, "
-            f"exif_transpose={self.exif_transpose})"
+            f"crop_mode={self.crop_mode!r}, exif_transpose={self.exif_transpose})"
         )
 
     def __call__(self, images: ImageInput | Sequence[ImageInput]) -> torch.Tensor:
@@ -89,7 +97,9 @@ class ImageProcessor:
             image = load_image(image, exif_transpose=self.exif_transpose)
         else:
             image = to_rgb(image)
-        image = TF.resize(image, [self.resized_side], interpolation=INTERPOLATIONS[self.interpolation])
+        side = self.resized_side
+        size = [side, side] if self.crop_mode == "squash" else [side]
+        image = TF.resize(image, size, interpolation=INTERPOLATIONS[self.interpolation])
         left, top = self._crop_offsets(*image.size)
         image = image.crop((left, top, left + self.size, top + self.size))
         tensor = TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)
@@ -109,6 +119,8 @@ class ImageProcessor:
         short = self.resized_side
         # torchvision's resize to one side: the other side scaled and truncated
         resized = (short, int(short * height / width)) if width <= height else (int(short * width / height), short)
+        if self.crop_mode == "squash":
+            resized = (short, short)
         left, top = self._crop_offsets(*resized)
         x_scale, y_scale = width / resized[0], height / resized[1]
         return (left * x_scale, top * y_scale, (left + self.size) * x_scale, (top + self.size) * y_scale)

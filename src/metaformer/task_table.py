@@ -31,10 +31,22 @@ class Task:
     train_flags: tuple[str, ...]  # the task-specific flags of `metaformer train`
     eval_flags: tuple[str, ...]  # ... and of `metaformer eval`
 
+    # Other model classes of the task, by the dense head a model spec names (a segmentation model is a Semantic FPN
+    # unless its head is "upernet").
+    heads: tuple[tuple[str, str], ...] = ()
+
     def load(self, part: str) -> Any:
         """The class or function that ``part`` (``model``, ``recipe``, ...) names, imported now."""
-        module, _, attribute = getattr(self, part).partition(":")
-        return getattr(importlib.import_module(module), attribute)
+        return _import(getattr(self, part))
+
+    def model_class(self, head: str | None = None) -> Any:
+        """The model class of this task with the dense head ``head`` (None or an unlisted head: ``model``)."""
+        return _import(dict(self.heads).get(head or "", self.model))
+
+
+def _import(path: str) -> Any:
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 _CLASSIFICATION_TRAIN = (
@@ -105,6 +117,7 @@ TASKS: dict[str, Task] = {
         "iteration",
         ("--iterations", "--crop-size", "--scale", "--num-classes", "--ignore-index"),
         ("--tta", "--num-classes", "--ignore-index", "--scale", "--split"),
+        (("upernet", "metaformer.models.upernet:UperNet"),),
     ),
     "detection": _detection("detection", "detection"),
     "instance_segmentation": _detection("instance_segmentation", "instance segmentation"),

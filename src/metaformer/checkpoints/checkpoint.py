@@ -12,6 +12,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..models.config import STRUCTURE, MetaFormerConfig, Settings
+from ..models.pretrained import CROP_MODES
 from .formats import CLASSIFIER_FORMATS, StateDict, backbone_part, classifier_key, detect_format, normalize
 from .reading import read_state_dict, unwrap
 
@@ -65,8 +66,8 @@ class Checkpoint:
 
     def num_classes(self) -> int | None:
         """Rows of a classifier checkpoint's head, or None if it has no head."""
-        # A linear head, or an MLP head (the Baselines', InceptionNeXt's: each format may name them apart).
-        for config in (MetaFormerConfig(), MetaFormerConfig(head="metanext")):
+        # A linear head, or an MLP head (the Baselines', InceptionNeXt's, MambaOut's: each format may name them apart).
+        for config in (MetaFormerConfig(), MetaFormerConfig(head="metanext"), MetaFormerConfig(head="mambaout")):
             for layer in ("head", "head.fc2"):
                 head = self.state_dict.get(classifier_key(self.format, f"{layer}.weight", config))
                 if head is not None:
@@ -114,7 +115,7 @@ class Checkpoint:
 
     def evaluation_settings(self) -> dict:
         """The input size and crop our classifier files (and timm's folders) record, which the model should be
-        evaluated with: ``image_size`` and ``crop_pct`` where recorded."""
+        evaluated with: ``image_size``, ``crop_pct`` and ``crop_mode`` where recorded."""
         settings = {}
         if "config" in self.metadata:  # version 0.1 kept the crop in the architecture
             stored = json.loads(self.metadata["config"])
@@ -125,6 +126,8 @@ class Checkpoint:
                 settings["image_size"] = record["input_size"][-1]
             if isinstance(record.get("crop_pct"), (int, float)):
                 settings["crop_pct"] = float(record["crop_pct"])
+            if record.get("crop_mode") in CROP_MODES:
+                settings["crop_mode"] = record["crop_mode"]
         return settings
 
     def input_settings(self) -> dict:

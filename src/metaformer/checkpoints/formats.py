@@ -25,6 +25,7 @@ DENSE_FORMATS = ("metaformer-dense", "mmseg", "mmdet")
 # Keys only a whole dense model of ours has (a classifier has "head.weight"; an mmcls file "backbone.network...").
 OUR_DENSE_PREFIXES = (
     "neck.",
+    "aux_head.",
     "head.scale_heads.",
     "head.classification_head.",
     "backbone.fpn.",
@@ -59,6 +60,8 @@ def _to_official(key: str, config: MetaFormerConfig) -> str:
         return _to_official_baselines(key)
     if config.is_metanext:
         return _to_metanext(key)
+    if config.is_mambaout:
+        return _to_official_mambaout(key)
     blocks, downsample, pos_embed = official_indices(config)
     key = re.sub(r"^stem\.proj\.", "patch_embed.proj.", key)
     key = re.sub(r"^stages\.(\d+)\.downsample\.", lambda m: f"network.{downsample[int(m[1])]}.", key)
@@ -86,6 +89,26 @@ def _to_metanext(key: str) -> str:
     return re.sub(r"\.layer_scale\.scale$", ".gamma", key)
 
 
+def _to_official_mambaout(key: str) -> str:
+    # yuweihao/MambaOut: the stem is downsampling layer 0; blocks hold their convolution directly.
+    key = re.sub(r"^stem\.", "downsample_layers.0.", key)
+    key = re.sub(r"^stages\.(\d+)\.downsample\.proj\.", r"downsample_layers.\1.conv.", key)
+    key = re.sub(r"^stages\.(\d+)\.downsample\.norm\.", r"downsample_layers.\1.norm.", key)
+    key = key.replace(".token_mixer.conv.", ".conv.")
+    return re.sub(r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2.", key)
+
+
+def _to_timm_mambaout(key: str) -> str:
+    # timm's MambaOut: the final norm and the MLP head's layers are all in its head; the layer scale is "ls.gamma".
+    key = key.replace(".downsample.proj.", ".downsample.conv.")
+    key = key.replace(".token_mixer.conv.", ".conv.")
+    key = re.sub(r"\.layer_scale\.scale$", ".ls.gamma", key)
+    key = re.sub(r"^head\.fc1\.", "head.pre_logits.fc.", key)
+    key = re.sub(r"^head\.norm\.", "head.pre_logits.norm.", key)
+    key = re.sub(r"^head\.fc2\.", "head.fc.", key)
+    return re.sub(r"^norm\.", "head.norm.", key)
+
+
 def _to_mmcls(key: str, config: MetaFormerConfig) -> str:
     # mmcls/mmpretrain's PoolFormer has the official names under "backbone."; its classifier's final norm is the
     # last stage's output norm, and its head a LinearClsHead.
@@ -99,6 +122,8 @@ def _to_mmcls(key: str, config: MetaFormerConfig) -> str:
 def _to_timm(key: str, config: MetaFormerConfig) -> str:
     if config.is_metanext:
         return _to_metanext(key)
+    if config.is_mambaout:
+        return _to_timm_mambaout(key)
     key = re.sub(r"^stem\.proj\.", "stem.conv.", key)
     key = key.replace(".downsample.proj.", ".downsample.conv.")
     key = re.sub(r"^head\.(fc1|norm|fc2)\.", r"head.fc.\1.", key)  # ConvFormer's and CAFormer's MLP head
@@ -143,13 +168,16 @@ def classifier_key(format: str, key: str, config: MetaFormerConfig) -> str:
     return CLASSIFIER_KEYS[format](key, config)
 
 
-_POINTWISE = re.compile(r"^stages\.(\d+)\.blocks\.\d+\.(mlp\.fc[12]|token_mixer\.pwconv[12])\.weight$")
+_POINTWISE = re.compile(r"^stages\.(\d+)\.blocks\.\d+\.(mlp\.fc[12]|token_mixer\.pwconv[12]|fc[12])\.weight$")
 
 
 def stored_as_linear(format: str, key: str, config: MetaFormerConfig) -> bool:
     """Whether ``format`` keeps our 1x1 convolution ``key`` as an ``nn.Linear`` weight ``[out, in]``: the
-    Baselines' official code runs channels-last throughout, timm only in CAFormer's attention stages."""
+    Baselines' official code runs channels-last throughout, timm only in CAFormer's attention stages; MambaOut's
+    official code and timm's both run channels-last."""
     match = _POINTWISE.match(key)
+    if match and config.is_mambaout:
+        return format in ("official", "timm")
     if not match or not config.is_baseline:
         return False
     if format == "official":
@@ -165,8 +193,8 @@ def convert_state_dict(state_dict: StateDict, config: MetaFormerConfig, to: str)
         raise CheckpointError(f"unknown format {to!r}; choose one of {CLASSIFIER_FORMATS}")
     if to in POOLFORMER_ONLY and not config.is_poolformer_v1:
         raise CheckpointError(
-            f"the {to} format has PoolFormer v1 only, not the MetaFormer Baselines or InceptionNeXt; write ours "
-            "(safetensors), the official one or timm's"
+            f"the {to} format has PoolFormer v1 only, not the MetaFormer Baselines, InceptionNeXt or MambaOut; "
+            "write ours (safetensors), the official one or timm's"
         )
     return {
         classifier_key(to, k, config): v.flatten(1) if stored_as_linear(to, k, config) else v
@@ -207,6 +235,16 @@ _MMSEG = [  # (our pattern, their replacement) for Semantic FPN's neck and head
     (r"^head\.scale_heads\.(\d+)\.(\d+)\.0\.", r"decode_head.scale_heads.\1.\2.conv."),
     (r"^head\.scale_heads\.(\d+)\.(\d+)\.1\.", r"decode_head.scale_heads.\1.\2.bn."),
     (r"^head\.classifier\.", r"decode_head.conv_seg."),
+    (r"^aux_head\.classifier\.", r"auxiliary_head.conv_seg."),
+]
+_CONV_MODULE = {"0": "conv", "1": "bn"}  # mmcv's ConvModule, our ConvNormReLU's layers
+_MMSEG_UPERNET = [  # UperNet's head and auxiliary head, each ending in a ConvNormReLU's layer index
+    (r"^head\.pyramid\.stages\.(\d+)\.1\.", r"decode_head.psp_modules.\1.1."),
+    (r"^head\.bottleneck\.", r"decode_head.bottleneck."),
+    (r"^head\.lateral\.(\d+)\.", r"decode_head.lateral_convs.\1."),
+    (r"^head\.output\.(\d+)\.", r"decode_head.fpn_convs.\1."),
+    (r"^head\.fuse\.", r"decode_head.fpn_bottleneck."),
+    (r"^aux_head\.conv\.", r"auxiliary_head.convs.0."),
 ]
 _MMDET_NECK = [
     (r"^backbone\.fpn\.inner_blocks\.(\d+)\.0\.", r"neck.lateral_convs.\1.conv."),
@@ -248,6 +286,12 @@ def dense_key(format: str, trunk: str, key: str, config: MetaFormerConfig) -> De
         return "backbone." + classifier_key("official", key[len(trunk) :], config), None
     if key in _MMDET_MASK_RCNN_CLASSES and format == "mmdet":
         return _MMDET_MASK_RCNN_CLASSES[key]
+    if format == "mmseg":
+        for pattern, replacement in _MMSEG_UPERNET:
+            if re.match(pattern, key):
+                rest = re.sub(pattern, "", key)  # "0.weight": the ConvNormReLU's layer, then the parameter
+                layer, _, parameter = rest.partition(".")
+                return re.match(pattern, key).expand(replacement) + f"{_CONV_MODULE[layer]}.{parameter}", None
     table = {"mmseg": _MMSEG, "mmdet": _MMDET_NECK + _MMDET_RETINANET + _MMDET_MASK_RCNN}[format]
     for pattern, replacement in table:
         if re.match(pattern, key):
@@ -271,8 +315,10 @@ def detect_format(state_dict: StateDict) -> str:
         return "hf"
     if "backbone.patch_embed.proj.weight" in keys:
         return "mmcls"
-    if "patch_embed.proj.weight" in keys or "downsample_layers.0.conv.weight" in keys:
+    if {"patch_embed.proj.weight", "downsample_layers.0.conv.weight", "downsample_layers.0.conv1.weight"} & keys:
         return "official"
+    if "stem.conv1.weight" in keys:  # MambaOut's stem is named alike in ours and timm's; its blocks are not
+        return "metaformer" if any(".token_mixer." in k for k in keys) else "timm"
     if "stem.conv.weight" in keys or "stem.0.weight" in keys:  # InceptionNeXt's official names are timm's
         return "timm"
     if "stem.proj.weight" in keys:

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from ..errors import CheckpointError
 from ..files import file_problem, read_json_object
+from ..models.pretrained import CROP_MODES
 
 StateDict = dict[str, torch.Tensor]
 WRAPPERS = ("state_dict", "model", "module", "state_dict_ema")  # keys under which trainers nest the weights
@@ -233,8 +234,10 @@ def _timm_folder_metadata(config: dict) -> dict:
         evaluation["image_size"] = pretrained["input_size"][-1]
     if isinstance(pretrained.get("crop_pct"), (int, float)):
         evaluation["crop_pct"] = float(pretrained["crop_pct"])
+    if pretrained.get("crop_mode") in CROP_MODES:
+        evaluation["crop_mode"] = pretrained["crop_mode"]
     if evaluation:
-        record = {"crop_pct": evaluation["crop_pct"]} if "crop_pct" in evaluation else {}
+        record = {k: evaluation[k] for k in ("crop_pct", "crop_mode") if k in evaluation}
         if "image_size" in evaluation:
             record["input_size"] = [3, evaluation["image_size"], evaluation["image_size"]]
         metadata["pretrained_cfg"] = json.dumps(record)

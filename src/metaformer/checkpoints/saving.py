@@ -16,10 +16,11 @@ from torch import nn
 from ..data.imagenet import imagenet_classes
 from ..errors import ConfigError
 from ..files import atomic_write, write_json
+from ..models.config import class_layer
 from ..models.dense import is_dense
 from ..models.metaformer import MetaFormer, MetaFormerConfig, MetaFormerFeatures
 from ..models.pretrained import PretrainedCfg
-from .formats import StateDict, convert_state_dict
+from .formats import StateDict, classifier_key, convert_state_dict
 
 SAVE_FORMATS = ("metaformer", "official", "timm", "hf")
 # The file names each format is written to; Hugging Face's format is a folder.
@@ -136,8 +137,8 @@ def hf_config(config: MetaFormerConfig, record: PretrainedCfg) -> dict:
     (its class names)."""
     if not config.is_poolformer_v1:
         raise ConfigError(
-            "Hugging Face transformers has PoolFormer v1 only, not the MetaFormer Baselines or InceptionNeXt; write "
-            "ours (safetensors), the official format or timm's"
+            "Hugging Face transformers has PoolFormer v1 only, not the MetaFormer Baselines, InceptionNeXt or "
+            "MambaOut; write ours (safetensors), the official format or timm's"
         )
     unsupported = []
     if set(config.mixers) != {"pooling"} or config.norm != "groupnorm" or any(config.pos_embed):
@@ -247,14 +248,18 @@ def timm_config(model: MetaFormer) -> dict:
         "fixed_input_size": False,
         "interpolation": record.interpolation,
         "crop_pct": record.crop_pct,
-        "crop_mode": "center",
+        "crop_mode": record.crop_mode,
         "mean": list(record.mean),
         "std": list(record.std),
         "num_classes": config.num_classes,
         "pool_size": [size // 32, size // 32],
-        "first_conv": "stem.conv",
-        "classifier": {"mlp": "head.fc.fc2", "metanext": "head.fc2"}.get(config.head, "head.fc"),
+        "first_conv": _timm_layer(config, f"stem.{next(model.stem.named_parameters())[0]}"),
+        "classifier": _timm_layer(config, f"{class_layer(config)}.weight"),
     }
+    if record.test_input_size:
+        pretrained_cfg["test_input_size"] = list(record.test_input_size)
+    if record.test_crop_pct:
+        pretrained_cfg["test_crop_pct"] = record.test_crop_pct
     result = {
         "architecture": timm_name,
         "num_classes": config.num_classes,
@@ -268,6 +273,11 @@ def timm_config(model: MetaFormer) -> dict:
         result["label_names"] = [wnid for wnid, _ in imagenet_classes()]
         result["label_descriptions"] = dict(imagenet_classes())
     return result
+
+
+def _timm_layer(config: MetaFormerConfig, parameter: str) -> str:
+    """The layer holding our ``parameter`` as timm names it."""
+    return classifier_key("timm", parameter, config).rsplit(".", 1)[0]
 
 
 def _save_timm_folder(model: nn.Module, converted: StateDict, path: Path) -> Path:

@@ -79,7 +79,11 @@ def _example(args: argparse.Namespace, model: torch.nn.Module, kind: str) -> tup
 
     side = args.image_size or (512 if kind == "segmentation" else model.config.image_size)
     if args.check_image:
-        processor = ImageProcessor(size=side, crop_pct=1.0 if kind == "segmentation" else model.pretrained_cfg.crop_pct)
+        if kind == "segmentation":
+            processor = ImageProcessor(size=side, crop_pct=1.0)
+        else:
+            record = model.pretrained_cfg
+            processor = ImageProcessor(size=side, crop_pct=record.crop_pct, crop_mode=record.crop_mode)
         return processor([args.check_image]).expand(args.batch_size, -1, -1, -1).contiguous(), args.check_image
     generator = torch.Generator().manual_seed(0)
     return torch.randn(args.batch_size, 3, side, side, generator=generator), "random pixels"

@@ -8,6 +8,7 @@ import os
 from ..errors import UsageError
 from ..task_table import TASKS
 from ..tasks.classification.recipe import RECIPES
+from ..tasks.segmentation.recipe import HEADS as SEGMENTATION_HEADS
 from .options import (
     TaskFlags,
     add_batch_size,
@@ -60,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--lr",
         type=positive_float,
         help="learning rate (classification: 1e-3 x global batch / 1024, "
-        "CAFormer 2e-3; finetune 2e-4; segmentation 2e-4; RetinaNet 1e-4; Mask R-CNN 2e-4)",
+        "CAFormer 2e-3; finetune 2e-4; Semantic FPN 2e-4; UperNet 6e-5; RetinaNet 1e-4; Mask R-CNN 2e-4)",
     )
     p.add_argument(
         "--weight-decay", type=non_negative_float, help="AdamW weight decay (classification 0.05, dense 1e-4)"
@@ -160,7 +161,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "autograd functions: less memory kept for the backward; faster on AMX Xeons, slower on AVX-512 EPYCs "
         "(README, Training speed). Off: the reference modules, which hooks see",
     )
-    FLAGS.add(p, "--iterations", type=positive, help="training iterations (40000)")
+    FLAGS.add(p, "--iterations", type=positive, help="training iterations (Semantic FPN 40000, UperNet 160000)")
     FLAGS.add(p, "--crop-size", type=positive, help="training crop (512)")
     add_scale(FLAGS, p, "the resize scale of training and evaluation (2048 512)")
     FLAGS.add(
@@ -234,8 +235,9 @@ def run(args: argparse.Namespace) -> int:
 def _recipe_batch_sizes() -> str:
     """Each recipe's batch size, read from the recipes themselves."""
     sizes = [f"classification {name} {recipe.batch_size}" for name, recipe in RECIPES.items()]
-    dense = [kind for kind in TASKS if kind != "classification"]
-    sizes += [f"{kind} {TASKS[kind].load('recipe')().batch_size}" for kind in dense]
+    sizes += [f"segmentation {head} {settings['batch_size']}" for head, settings in SEGMENTATION_HEADS.items()]
+    detection = [kind for kind in TASKS if kind not in ("classification", "segmentation")]
+    sizes += [f"{kind} {TASKS[kind].load('recipe')().batch_size}" for kind in detection]
     return ", ".join(sizes)
 
 

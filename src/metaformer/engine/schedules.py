@@ -20,6 +20,13 @@ def poly(iteration: int, base_lr: float, iterations: int, power: float, min_lr: 
     return max(base_lr * max(1 - iteration / iterations, 0.0) ** power, min_lr)
 
 
+def warmed_up(rate: float, iteration: int, warmup_iters: int, warmup_ratio: float = 1e-6) -> float:
+    """mmcv's linear warm-up over a schedule's rate: from ``warmup_ratio`` of it to all of it in ``warmup_iters``."""
+    if iteration >= warmup_iters:
+        return rate
+    return rate * (1 - (1 - iteration / warmup_iters) * (1 - warmup_ratio))
+
+
 def steps_with_warmup(
     iteration: int, epoch: float, base_lr: float, decay_epochs: Sequence[int], warmup_iters: int, warmup_ratio: float
 ) -> float:

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import ConfigError, MetaformerError
 from ..files import atomic_write
-from ..models.dense import SemanticFPN, is_dense
+from ..models.dense import is_dense
 from ..models.pretrained import PretrainedCfg
 from .apply import is_fused, swap_modules
 
@@ -35,7 +35,7 @@ def export_form(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in evaluation mode with every one-group GroupNorm decomposed; same outputs."""
     if is_fused(model):
         raise ConfigError("export the plain model: a fused one runs oneDNN kernels no exporter knows")
-    if is_dense(model) and not isinstance(model, SemanticFPN):
+    if is_dense(model) and model.task != "segmentation":
         # torch.export stops at the box selection, whose output sizes depend on the data; torchvision supports
         # these models only through the TorchScript-based ONNX exporter (the README shows it).
         raise ConfigError(
@@ -72,7 +72,7 @@ def _dynamic_shapes(model: nn.Module, static: bool, example: torch.Tensor) -> di
 
 
 def _input_name(model: nn.Module) -> str:
-    return "images" if isinstance(model, SemanticFPN) else "x"
+    return "images" if is_dense(model) and model.task == "segmentation" else "x"
 
 
 def _traced_with(example: torch.Tensor, static: bool) -> torch.Tensor:
@@ -187,6 +187,7 @@ def onnx_metadata(record: PretrainedCfg) -> dict[str, str]:
         "model": record.architecture,
         "input_size": json.dumps(list(record.input_size)),
         "crop_pct": json.dumps(record.crop_pct),
+        "crop_mode": record.crop_mode,
         "interpolation": record.interpolation,
         "mean": json.dumps(list(record.mean)),
         "std": json.dumps(list(record.std)),

@@ -10,7 +10,9 @@ counts (linear, and maps a per-channel constant to itself):
   pointwise layers (``folding.py``); on CPU the activation and the residual add run inside oneDNN's convolution
   epilogues, and every convolution keeps its weight in oneDNN's packed layout;
 * identity mixer: ``x + ls1 * n(x)`` is one multiply-add;
-* InceptionNeXt's block: BatchNorm (its statistics and affine) and the layer scale fold into the MLP's layers.
+* InceptionNeXt's block: BatchNorm (its statistics and affine) and the layer scale fold into the MLP's layers;
+* MambaOut's Gated CNN block: the LayerNorm's affine and the layer scale fold into ``fc1`` and ``fc2``, and the gate
+  is its own rows of ``fc1`` with the activation as their epilogue, multiplied in place.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.blocks import MetaFormerBlock, MetaNeXtBlock
+from ..models.blocks import GatedCNNBlock, MetaFormerBlock, MetaNeXtBlock
 from ..models.layers import ConvEmbed, GroupNorm1, SquaredReLU, StarReLU, average_pool, group_statistics
 from .folding import Normalize, channel_like, constant, fold_pair, norm_affine, ones_or, scale_of
 from .onednn import ONEDNN_ACT, OneDnnWeight, Packing, conv_add_, conv_pointwise, use_onednn
@@ -85,6 +87,48 @@ class FusedMetaNeXt(Packing):
             return conv_pointwise(h, self.fc2_weight, self.fc2_bias, self.fc2_packed).add_(x)
         h = self.act(F.conv2d(y, self.fc1_weight, self.fc1_bias))
         return F.conv2d(h, self.fc2_weight, self.fc2_bias).add_(x)
+
+
+def _frozen(tensor: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(tensor.detach().contiguous(), requires_grad=False)
+
+
+class FusedGatedCNN(Packing):
+    """MambaOut's block ``x + ls * fc2(act(g) * cat(i, mixer(c)))`` with ``(g, i, c) = fc1(norm(x))``: the norm's
+    affine in ``fc1``, the layer scale in ``fc2``. ``fc1`` runs as two layers, the gate's rows (the activation their
+    oneDNN epilogue) and the others', so the product is taken in place on the gate without a concatenation. The
+    residual is added out of place, as in every block form here whose input may be a tensor the caller keeps."""
+
+    def __init__(self, block: GatedCNNBlock) -> None:
+        super().__init__()
+        w1, b1, w2, b2 = fold_pair(block.norm, block.fc1, block.fc2, scale_of(block.layer_scale))
+        hidden, self.kept, _ = block.split_sizes
+        self.normalize = Normalize(block.norm)
+        self.act = block.act
+        self.token_mixer = block.token_mixer
+        self.gate_weight, self.gate_bias = _frozen(w1[:hidden]), _frozen(b1[:hidden])
+        self.value_weight, self.value_bias = _frozen(w1[hidden:]), _frozen(b1[hidden:])
+        self.fc2_weight, self.fc2_bias = w2, b2
+        self.onednn_act = ONEDNN_ACT.get(type(self.act))
+        self.gate_packed = OneDnnWeight([0, 0], [1, 1])
+        self.value_packed = OneDnnWeight([0, 0], [1, 1])
+        self.fc2_packed = OneDnnWeight([0, 0], [1, 1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        n = self.normalize(x)
+        onednn = self.onednn_act is not None and use_onednn(n)
+        if onednn:
+            gate = conv_pointwise(n, self.gate_weight, self.gate_bias, self.gate_packed, *self.onednn_act)
+            values = conv_pointwise(n, self.value_weight, self.value_bias, self.value_packed)
+        else:
+            gate = self.act(F.conv2d(n, self.gate_weight, self.gate_bias))
+            values = F.conv2d(n, self.value_weight, self.value_bias)
+        gate[:, : self.kept].mul_(values[:, : self.kept])
+        gate[:, self.kept :].mul_(self.token_mixer(values[:, self.kept :]))
+        if onednn:
+            return conv_pointwise(gate, self.fc2_weight, self.fc2_bias, self.fc2_packed).add_(x)
+        return F.conv2d(gate, self.fc2_weight, self.fc2_bias).add_(x)
 
 
 class FusedSepConv(Packing):

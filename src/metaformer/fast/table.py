@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..models.blocks import MetaFormerBlock, MetaNeXtBlock, MixerOnlyBlock
+from ..models.blocks import GatedCNNBlock, MetaFormerBlock, MetaNeXtBlock, MixerOnlyBlock
 from ..models.layers import ConvEmbed, ConvMlp, GroupNorm1, LayerNormChannel, Scale, SquaredReLU, StarReLU
-from ..models.mixers import IdentityMixer, Pooling, SepConv
+from ..models.mixers import IdentityMixer, PartialDepthwiseConv, Pooling, SepConv
 from .inference import (
     DecomposedGroupNorm1,
     FusedConvEmbed,
+    FusedGatedCNN,
     FusedIdentity,
     FusedMetaNeXt,
     FusedMlp,
@@ -150,6 +151,18 @@ def _metanext_block(block: nn.Module) -> Reason:
     )
 
 
+def _gated_cnn_block(block: nn.Module) -> Reason:
+    return _first(
+        lambda: _exactly(block, GatedCNNBlock),
+        lambda: _exactly(block.norm, *_AFFINE),
+        lambda: _exactly(block.fc1, nn.Conv2d) or _exactly(block.fc2, nn.Conv2d),
+        lambda: _exactly(block.token_mixer, PartialDepthwiseConv),
+        lambda: _exactly(block.act, nn.GELU, nn.ReLU, nn.SiLU),
+        lambda: _scale(block.layer_scale),
+        lambda: _unhooked(block, block.norm, block.fc1, block.act, block.token_mixer, block.fc2, block.layer_scale),
+    )
+
+
 def _int8_mlp(mlp: nn.Module) -> Reason:
     return _exactly(mlp, FusedMlp) or _exactly(mlp.act, nn.GELU, nn.ReLU, nn.SiLU, SquaredReLU)
 
@@ -195,6 +208,14 @@ SWAPS: list[Swap] = [
         _metanext_block,
         FusedMetaNeXt,
         "inception_next_atto",
+    ),
+    Swap(
+        "inference",
+        "module",
+        "MambaOut's Gated CNN block with the norm and layer scale folded, the gate's activation an epilogue",
+        _gated_cnn_block,
+        FusedGatedCNN,
+        "mambaout_femto",
     ),
     Swap(
         "inference",

@@ -2,7 +2,8 @@
 
 The MetaFormer block is the paper's two lines, ``x = x + TokenMixer(Norm(x))`` and ``x = x + ChannelMLP(Norm(x))``,
 with its optional parts (layer scale, residual scale, stochastic depth) as modules that are the identity where a
-model has none. InceptionNeXt's MetaNeXt block has one branch: ``x = x + ChannelMLP(Norm(TokenMixer(x)))``.
+model has none. InceptionNeXt's MetaNeXt block has one branch: ``x = x + ChannelMLP(Norm(TokenMixer(x)))``, and
+MambaOut's Gated CNN block one too, its token mixer inside a gated channel MLP.
 Faster executions of these blocks live in ``metaformer.fast``, which swaps them in and checks them against these.
 """
 
@@ -15,7 +16,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .config import MetaFormerConfig, registrar
-from .layers import ConvMlp, DropPath, make_norm, scale_or_identity
+from .layers import ConvMlp, DropPath, make_activation, make_norm, scale_or_identity
 
 BLOCKS: dict[str, type[nn.Module]] = {}
 
@@ -107,3 +108,37 @@ class MetaNeXtBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.drop_path(self.layer_scale(self.mlp(self.norm(self.token_mixer(x)))))
+
+
+@register_block("gated_cnn")
+class GatedCNNBlock(nn.Module):
+    """MambaOut's block (a Gated CNN): ``fc1`` of the normed input makes a gate, kept channels and the channels the
+    token mixer convolves; ``x = x + drop(ls(fc2(act(gate) * cat(kept, mixer(conv)))))``. The hidden width is the
+    stage's MLP ratio (8/3) times its width, the mixer's part its ``channels``.
+
+    The tensors stay ``[B, C, H, W]`` as in every block, in channels-last memory (made so once per stage), where the
+    per-token norm and the pointwise layers read each token's channels contiguously, as the official code's
+    ``[B, H, W, C]`` tensors do."""
+
+    def __init__(self, config: MetaFormerConfig, stage: int, mixer: nn.Module, drop_path: float) -> None:
+        super().__init__()
+        dim = self.dim = config.widths[stage]
+        hidden = int(dim * config.mlp_ratios[stage])
+        conv = getattr(mixer, "channels", dim)  # a mixer that says nothing convolves every hidden channel it can
+        if not 0 < conv <= hidden:
+            raise ConfigError(f"the token mixer takes {conv} channels; the gated block has {hidden} to give it")
+        self.norm = make_norm(config.norm, dim)
+        self.fc1 = nn.Conv2d(dim, 2 * hidden, 1, bias=config.mlp_bias)
+        self.act = make_activation(config.act)
+        self.token_mixer = mixer
+        self.fc2 = nn.Conv2d(hidden, dim, 1, bias=config.mlp_bias)
+        self.drop = nn.Dropout(config.drop_rate)
+        self.layer_scale = scale_or_identity(dim, config.layer_scale_init)
+        self.drop_path = DropPath(drop_path)
+        self.split_sizes = (hidden, hidden - conv, conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)  # a no-op after the stage's first block
+        gate, kept, conv = torch.split(self.fc1(self.norm(x)), self.split_sizes, dim=1)
+        y = self.act(gate) * torch.cat((kept, self.token_mixer(conv)), dim=1)
+        return x + self.drop_path(self.layer_scale(self.drop(self.fc2(y))))

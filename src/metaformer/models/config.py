@@ -17,10 +17,15 @@ STEM = (7, 4, 2)  # kernel, stride, padding of the patch embedding
 DOWNSAMPLE = (3, 2, 1)  # the same for the embedding between stages
 MIN_INPUT_SIDE = 32
 # poolformer: norm, pool, linear; linear: pool, LayerNorm, linear; mlp: pool, LayerNorm, the Baselines' MLP head;
-# metanext: pool, InceptionNeXt's MLP head (no norm before it)
-HEADS = ("poolformer", "linear", "mlp", "metanext")
+# metanext: pool, InceptionNeXt's MLP head (no norm before it); mambaout: pool, LayerNorm, MambaOut's MLP head;
+# norm_mlp: pool, LayerNorm, an MLP without a hidden norm (timm's MambaOut *_rw models)
+HEADS = ("poolformer", "linear", "mlp", "metanext", "mambaout", "norm_mlp")
 BASELINE_HEADS = ("linear", "mlp")
-MLP_HEADS = ("mlp", "metanext")
+MAMBAOUT_HEADS = ("mambaout", "norm_mlp")
+MLP_HEADS = ("mlp", "metanext", *MAMBAOUT_HEADS)
+# patch: one strided convolution (then stem_norm); two_conv: MambaOut's (InternImage's) two convolutions of the stem's
+# kernel, stride and padding, to half the width and then the width, with stem_mid_norm and the activation between
+STEM_KINDS = ("patch", "two_conv")
 INITS = ("poolformer", "baselines")
 # The fields with one entry per stage.
 PER_STAGE = ("depths", "widths", "blocks", "mixers", "mixer_settings", "pos_embed", "res_scale_init", "mlp_ratios")
@@ -31,9 +36,12 @@ STRUCTURE = (
     "act",
     "mlp_bias",
     "stem",
+    "stem_kind",
     "stem_norm",
+    "stem_mid_norm",
     "downsample",
     "downsample_norm",
+    "downsample_norm_first",
     "head",
     "in_chans",
 )
@@ -89,7 +97,8 @@ class MetaFormerConfig:
     """A MetaFormer's architecture. The per-stage fields have one entry per stage.
 
     ``blocks`` names each stage's block kind (``metaformer``: the two-branch block; ``mixer_only`` and
-    ``no_residual``: two ablations; ``metanext``: InceptionNeXt's one-branch block), ``mixers`` its token mixer and
+    ``no_residual``: two ablations; ``metanext``: InceptionNeXt's one-branch block; ``gated_cnn``: MambaOut's),
+    ``mixers`` its token mixer and
     ``mixer_settings`` the mixer's keyword arguments (a mixer is built as ``cls(dim, **settings)``). A single mapping
     for ``mixer_settings`` applies to every stage, and a single number for ``mlp_ratios``. Preprocessing (crop, mean,
     std) and class names are not architecture: they are in the model's ``pretrained_cfg``.
@@ -108,9 +117,12 @@ class MetaFormerConfig:
     res_scale_init: tuple[float | None, ...] = (None,) * 4  # the Baselines': a learnable scale of each residual
     pos_embed: tuple[bool, ...] = (False,) * 4
     stem: tuple[int, int, int] = STEM  # the patch embedding's kernel, stride and padding (InceptionNeXt: 4, 4, 0)
+    stem_kind: str = "patch"  # one of STEM_KINDS (MambaOut: two_conv, each conv 3, 2, 1)
     stem_norm: str = "none"  # the Baselines: a norm after the stem convolution
+    stem_mid_norm: str = "none"  # two_conv: the norm between its convolutions
     downsample: tuple[int, int, int] = DOWNSAMPLE  # the same between stages (InceptionNeXt: 2, 2, 0)
-    downsample_norm: str = "none"  # ... and before each downsampling convolution
+    downsample_norm: str = "none"  # ... and a norm with each downsampling convolution,
+    downsample_norm_first: bool = True  # before it (the Baselines, InceptionNeXt) or after it (MambaOut)
     head: str = "poolformer"  # one of HEADS
     head_dropout: float = 0.0  # before the MLP head's last layer
     init: str = "poolformer"  # truncated normal for linear maps and the MLP's convolutions; baselines: every conv
@@ -148,13 +160,21 @@ class MetaFormerConfig:
             raise ConfigError(f"image_size must be >= {MIN_INPUT_SIDE}, got {self.image_size}")
         if self.head not in HEADS:
             raise ConfigError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.stem_kind not in STEM_KINDS:
+            raise ConfigError(f"stem_kind must be one of {STEM_KINDS}, got {self.stem_kind!r}")
+        if self.stem_mid_norm != "none" and self.stem_kind != "two_conv":
+            raise ConfigError(
+                f"stem_mid_norm is the norm between two_conv's convolutions; the stem is {self.stem_kind}"
+            )
         if self.init not in INITS:
             raise ConfigError(f"init must be one of {INITS}, got {self.init!r}")
 
     def stage_grids(self, image_size: int | None = None) -> list[tuple[int, int]]:
         """Token grid (H, W) of each stage for a square input of ``image_size``."""
         kernel, stride, padding = self.stem
-        side = ((image_size or self.image_size) + 2 * padding - kernel) // stride + 1
+        side = image_size or self.image_size
+        for _ in range(self.stem_convs):
+            side = (side + 2 * padding - kernel) // stride + 1
         grids = [(side, side)]
         kernel, stride, padding = self.downsample
         for _ in self.depths[1:]:
@@ -164,7 +184,11 @@ class MetaFormerConfig:
 
     def strides(self) -> list[int]:
         """Each stage's output stride in pixels (4, 8, 16, 32 for every model of the zoo)."""
-        return [self.stem[1] * self.downsample[1] ** i for i in range(len(self.depths))]
+        return [self.stem[1] ** self.stem_convs * self.downsample[1] ** i for i in range(len(self.depths))]
+
+    @property
+    def stem_convs(self) -> int:
+        return 2 if self.stem_kind == "two_conv" else 1
 
     @property
     def is_baseline(self) -> bool:
@@ -182,6 +206,11 @@ class MetaFormerConfig:
     def is_metanext(self) -> bool:
         """A model of InceptionNeXt's code (sail-sg/inceptionnext): MetaNeXt blocks and their head."""
         return self.head == "metanext"
+
+    @property
+    def is_mambaout(self) -> bool:
+        """A model of MambaOut's code (yuweihao/MambaOut) or timm's *_rw variants of it: Gated CNN blocks."""
+        return self.head in MAMBAOUT_HEADS
 
     def first_stages(self, count: int) -> MetaFormerConfig:
         """The architecture of the first ``count`` stages (a model pruned for its intermediate features)."""
@@ -205,5 +234,6 @@ def class_layer(config: MetaFormerConfig) -> str:
 def head_keys(config: MetaFormerConfig) -> list[str]:
     """The state-dict keys of the classifier's head (for a model with classes)."""
     if config.head in MLP_HEADS:
-        return [f"head.{layer}.{p}" for layer in ("fc1", "norm", "fc2") for p in ("weight", "bias")]
+        layers = ("fc1", "fc2") if config.head == "norm_mlp" else ("fc1", "norm", "fc2")
+        return [f"head.{layer}.{p}" for layer in layers for p in ("weight", "bias")]
     return ["head.weight", "head.bias"]

@@ -1,6 +1,6 @@
 """Dense prediction on the MetaFormer backbone: what every dense model shares (``DenseModel``), and Semantic FPN
-segmentation (as mmseg's ``FPN`` + ``FPNHead`` in the official configs). The detectors are in ``detection.py``,
-which imports torchvision's detection code only when a detector is built."""
+segmentation (as mmseg's ``FPN`` + ``FPNHead`` in the official configs). UperNet is in ``upernet.py``, the
+detectors in ``detection.py``, which imports torchvision's detection code only when a detector is built."""
 
 from __future__ import annotations
 
@@ -52,9 +52,11 @@ class DenseModel(Recorded, nn.Module):
 
 
 class ConvNormReLU(nn.Sequential):
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    """mmcv's ``ConvModule`` as the OpenMMLab heads use it: a convolution without bias, BatchNorm, ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
@@ -109,16 +111,28 @@ class FPNHead(nn.Module):
         return self.classifier(self.dropout(out))
 
 
-class SemanticFPN(DenseModel):
-    """Backbone (four stages, each through its own norm), FPN neck, FPN head. ``forward`` returns class logits at
-    the input's resolution; ``forward_logits`` at stride 4. ``test_scale`` (long, short side) is the size whole
-    images are resized to for evaluation, recorded in checkpoints; so is ``ignore_index``, the mask value of its
-    training data that is no class, which its evaluation then uses."""
+class SegmentationModel(DenseModel):
+    """What every segmentation model shares: the backbone under ``backbone.``, and the input settings its
+    checkpoints record. ``test_scale`` (long, short side) is the size whole images are resized to for evaluation;
+    ``ignore_index`` the mask value of its training data that is no class, which its evaluation then uses."""
 
     task = "segmentation"
-    class_layers = ("head.classifier.",)
     trunk_prefix = "backbone."
     input_options = ("test_scale", "ignore_index")
+
+    def _segmentation_inputs(self, test_scale: tuple[int, int], ignore_index: int) -> None:
+        self.test_scale = tuple(test_scale)
+        self.ignore_index = ignore_index
+
+    def input_settings(self) -> dict:
+        return {"test_scale": list(self.test_scale), "ignore_index": self.ignore_index}
+
+
+class SemanticFPN(SegmentationModel):
+    """Backbone (four stages, each through its own norm), FPN neck, FPN head. ``forward`` returns class logits at
+    the input's resolution; ``forward_logits`` at stride 4."""
+
+    class_layers = ("head.classifier.",)
 
     def __init__(
         self,
@@ -135,11 +149,7 @@ class SemanticFPN(DenseModel):
         self.neck = FPNNeck(self.backbone.out_channels)
         self.head = FPNHead(num_classes)
         self._describe(name, num_classes, labels)
-        self.test_scale = tuple(test_scale)
-        self.ignore_index = ignore_index
-
-    def input_settings(self) -> dict:
-        return {"test_scale": list(self.test_scale), "ignore_index": self.ignore_index}
+        self._segmentation_inputs(test_scale, ignore_index)
 
     def forward_logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.neck(self.backbone(images)))

@@ -75,12 +75,13 @@ class SquaredReLU(nn.Module):
         return F.relu(x).square()
 
 
-# The Baselines' norms have no bias and eps 1e-6.
+# The Baselines' norms have no bias and eps 1e-6; MambaOut's LayerNorm has a bias and eps 1e-6.
 NORMS: dict[str, NormFactory] = {
     "groupnorm": GroupNorm1,
     "groupnorm_nobias": lambda num_channels: GroupNorm1(num_channels, eps=1e-6, bias=False),
     "layernorm": LayerNormChannel,
     "layernorm_nobias": lambda num_channels: LayerNormChannel(num_channels, eps=1e-6, bias=False),
+    "layernorm_eps1e-6": lambda num_channels: LayerNormChannel(num_channels, eps=1e-6),
     "batchnorm": nn.BatchNorm2d,
     "none": lambda num_channels: nn.Identity(),
 }
@@ -183,9 +184,37 @@ class ConvEmbed(nn.Module):
         return self.norm(self.proj(x))
 
 
+class TwoConvStem(nn.Module):
+    """MambaOut's stem (from InternImage): a convolution to half the width, a norm (or none), the activation, a
+    convolution to the width and a norm; each convolution of ``kernel_size``, ``stride`` and ``padding``."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        *,
+        mid_norm: str,
+        norm: str,
+        act: str,
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_dim, out_dim // 2, kernel_size, stride=stride, padding=padding)
+        self.norm1 = make_norm(mid_norm, out_dim // 2)
+        self.act = make_activation(act)
+        self.conv2 = nn.Conv2d(out_dim // 2, out_dim, kernel_size, stride=stride, padding=padding)
+        self.norm2 = make_norm(norm, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
+
+
 class MlpHead(nn.Module):
-    """The MLP classifiers: fc to ``ratio`` x width, an activation, LayerNorm, dropout, fc. ConvFormer's and
-    CAFormer's: ratio 4, SquaredReLU, eps 1e-5; InceptionNeXt's: ratio 3, GELU, eps 1e-6."""
+    """The MLP classifiers: fc to ``ratio`` x width, an activation, LayerNorm (none where ``eps`` is None),
+    dropout, fc. ConvFormer's and CAFormer's: ratio 4, SquaredReLU, eps 1e-5; InceptionNeXt's: ratio 3, GELU, eps
+    1e-6; MambaOut's: ratio 4, GELU, eps 1e-6; timm's MambaOut *_rw: ratio 4, GELU, no norm."""
 
     def __init__(
         self,
@@ -194,13 +223,13 @@ class MlpHead(nn.Module):
         ratio: float = 4,
         dropout: float = 0.0,
         act: type[nn.Module] = SquaredReLU,
-        eps: float = 1e-5,
+        eps: float | None = 1e-5,
     ) -> None:
         super().__init__()
         hidden = int(ratio * dim)
         self.fc1 = nn.Linear(dim, hidden)
         self.act = act()
-        self.norm = nn.LayerNorm(hidden, eps=eps)
+        self.norm = nn.Identity() if eps is None else nn.LayerNorm(hidden, eps=eps)
         self.drop = nn.Dropout(dropout)
         self.fc2 = nn.Linear(hidden, num_classes)
 

@@ -14,20 +14,37 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import ConfigError
 from .blocks import block_class
 from .config import MIN_INPUT_SIDE, MetaFormerConfig
-from .layers import ConvEmbed, MlpHead, Scale, StarReLU, make_norm, resize_pos_embed
+from .layers import ConvEmbed, MlpHead, Scale, SquaredReLU, StarReLU, TwoConvStem, make_norm, resize_pos_embed
 from .mixers import make_mixer
 from .pretrained import PretrainedCfg, Recorded, default_cfg
 
 __all__ = ["MetaFormer", "MetaFormerConfig", "MetaFormerFeatures", "final_norm"]
 
 
+# The MLP heads: hidden width over the input's, hidden activation, the hidden LayerNorm's eps (None: no norm).
+MLP_HEAD_SHAPES: dict[str, tuple[float, type[nn.Module], float | None]] = {
+    "mlp": (4, SquaredReLU, 1e-5),  # ConvFormer, CAFormer
+    "metanext": (3, nn.GELU, 1e-6),  # InceptionNeXt
+    "mambaout": (4, nn.GELU, 1e-6),  # MambaOut
+    "norm_mlp": (4, nn.GELU, None),  # timm's MambaOut *_rw (GELU also where the blocks use SiLU)
+}
+
+
 def final_norm(config: MetaFormerConfig) -> nn.Module:
-    """The norm before the head: PoolFormer normalises the last map, then pools; the Baselines pool, then apply a
-    LayerNorm; InceptionNeXt has none (its head normalises inside)."""
+    """The norm before the head: PoolFormer normalises the last map, then pools; the Baselines and MambaOut pool,
+    then apply a LayerNorm; InceptionNeXt has none (its head normalises inside)."""
     width = config.widths[-1]
     if config.is_metanext:
         return nn.Identity()
-    return nn.LayerNorm(width, eps=1e-6) if config.is_baseline else make_norm(config.norm, width)
+    return make_norm(config.norm, width) if config.is_poolformer_v1 else nn.LayerNorm(width, eps=1e-6)
+
+
+def make_stem(config: MetaFormerConfig) -> nn.Module:
+    dim = config.widths[0]
+    if config.stem_kind == "two_conv":
+        mid = config.stem_mid_norm
+        return TwoConvStem(config.in_chans, dim, *config.stem, mid_norm=mid, norm=config.stem_norm, act=config.act)
+    return ConvEmbed(config.in_chans, dim, *config.stem, norm=config.stem_norm)
 
 
 class MetaFormerStage(nn.Module):
@@ -40,7 +57,8 @@ class MetaFormerStage(nn.Module):
             self.downsample: nn.Module = nn.Identity()
         else:
             width = config.widths[index - 1]
-            self.downsample = ConvEmbed(width, dim, *config.downsample, norm=config.downsample_norm, norm_first=True)
+            norm, first = config.downsample_norm, config.downsample_norm_first
+            self.downsample = ConvEmbed(width, dim, *config.downsample, norm=norm, norm_first=first)
         self.pos_embed = nn.Parameter(torch.zeros(1, dim, *grid)) if config.pos_embed[index] else None
         kind, mixer, settings = config.blocks[index], config.mixers[index], config.mixer_settings[index]
         block = block_class(kind)
@@ -85,7 +103,7 @@ class _Trunk(Recorded, nn.Module):
         self.pretrained_cfg = (
             default_cfg("", config.image_size, config.in_chans) if pretrained_cfg is None else pretrained_cfg
         )
-        self.stem = ConvEmbed(config.in_chans, config.widths[0], *config.stem, norm=config.stem_norm)
+        self.stem = make_stem(config)
         total = sum(config.depths)
         # Stochastic depth rises linearly from 0 at the first block to drop_path_rate at the last.
         rates = [config.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
@@ -178,10 +196,9 @@ class MetaFormer(_Trunk):
     def _new_head(self, num_classes: int) -> nn.Module:
         if not num_classes:
             return nn.Identity()
-        if self.config.head == "mlp":
-            return MlpHead(self.num_features, num_classes, dropout=self.config.head_dropout)
-        if self.config.head == "metanext":
-            return MlpHead(self.num_features, num_classes, 3, self.config.head_dropout, nn.GELU, eps=1e-6)
+        if self.config.head in MLP_HEAD_SHAPES:
+            ratio, act, eps = MLP_HEAD_SHAPES[self.config.head]
+            return MlpHead(self.num_features, num_classes, ratio, self.config.head_dropout, act, eps)
         return nn.Linear(self.num_features, num_classes)
 
     @property
@@ -229,7 +246,7 @@ class MetaFormer(_Trunk):
             raise ConfigError(f"{len(labels)} labels for {num_classes} classes: give one name per class")
         self.config = dataclasses.replace(self.config, num_classes=num_classes)
         self.pretrained_cfg = self.pretrained_cfg.without_weights().replace(num_classes=num_classes, label_names=labels)
-        reference = self.stem.proj.weight
+        reference = next(self.stem.parameters())
         if num_classes and isinstance(self.head, MlpHead):  # keep the trained hidden layer; new class rows
             self.head.fc2 = nn.Linear(self.head.fc2.in_features, num_classes)
             fresh: nn.Module = self.head.fc2

@@ -157,6 +157,21 @@ class InceptionDWConv(nn.Module):
         return torch.cat((kept, self.dwconv_hw(square), self.dwconv_w(wide), self.dwconv_h(tall)), dim=1)
 
 
+class PartialDepthwiseConv(nn.Module):
+    """MambaOut's mixer: a ``k x k`` depthwise convolution over the ``int(conv_ratio * dim)`` channels the Gated
+    CNN block gives it (``channels``), the only place its tokens meet."""
+
+    def __init__(self, dim: int, kernel_size: int = 7, conv_ratio: float = 1.0) -> None:
+        super().__init__()
+        self.channels = int(conv_ratio * dim)
+        if self.channels < 1:
+            raise ValueError(f"conv_ratio {conv_ratio} of {dim} channels leaves no channel to convolve")
+        self.conv = nn.Conv2d(self.channels, self.channels, kernel_size, padding=kernel_size // 2, groups=self.channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
 def register_mixer(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Register a token mixer class under ``name``, for ``MetaFormerConfig.mixers`` (also from user code).
 
@@ -177,6 +192,7 @@ for _name, _class in {
     "spatial_mlp": SpatialFc,
     "sepconv": SepConv,
     "inception": InceptionDWConv,
+    "partial_dwconv": PartialDepthwiseConv,
 }.items():
     register_mixer(_name)(_class)
 

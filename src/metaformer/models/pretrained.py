@@ -94,6 +94,36 @@ INCEPTION_NEXT = {
     "inception_next_base.sail_in1k_384": ("inceptionnext_base_384.pth", 384, 1.0, 85.2, 43.6),
 }
 
+# MambaOut, released by yuweihao/MambaOut (plain state_dicts, channels-last names) and copied by timm, and timm's own
+# *_rw models (no official file): tag: (official file, input size, crop, classes, the paper's top-1 and MACs). timm
+# tests those trained at 224 at 288 too (its test size), the *_rw base models with crop 1.0 there.
+MAMBAOUT_HOST = "https://github.com/yuweihao/MambaOut/releases/download/model/"
+MAMBAOUT = {
+    "mambaout_femto.in1k": ("mambaout_femto.pth", 224, 1.0, 1000, 78.9, 1.2),
+    "mambaout_kobe.in1k": ("mambaout_kobe.pth", 224, 1.0, 1000, 80.0, 1.5),
+    "mambaout_tiny.in1k": ("mambaout_tiny.pth", 224, 1.0, 1000, 82.7, 4.5),
+    "mambaout_small.in1k": ("mambaout_small.pth", 224, 1.0, 1000, 84.1, 9.0),
+    "mambaout_base.in1k": ("mambaout_base.pth", 224, 1.0, 1000, 84.2, 15.8),
+    "mambaout_small_rw.sw_e450_in1k": (None, 224, 1.0, 1000, None, None),
+    "mambaout_base_short_rw.sw_e500_in1k": (None, 224, 0.95, 1000, None, None),
+    "mambaout_base_tall_rw.sw_e500_in1k": (None, 224, 0.95, 1000, None, None),
+    "mambaout_base_wide_rw.sw_e500_in1k": (None, 224, 0.95, 1000, None, None),
+    "mambaout_base_plus_rw.sw_e150_in12k_ft_in1k": (None, 224, 1.0, 1000, None, None),
+    "mambaout_base_plus_rw.sw_e150_r384_in12k_ft_in1k": (None, 384, 1.0, 1000, None, None),
+    "mambaout_base_plus_rw.sw_e150_in12k": (None, 224, 1.0, 11821, None, None),  # ImageNet-12k's 11,821 classes
+}
+
+
+def _mambaout_test_settings(size: int, crop_pct: float) -> dict:
+    """timm's test size and crop of a MambaOut release (a test crop where it differs from the crop), and the
+    squashed (not cropped) 384 fine-tune's resize."""
+    if size == 384:
+        return {"test_input_size": (3, 384, 384), "crop_mode": "squash"}
+    return {"test_input_size": (3, 288, 288), "test_crop_pct": 1.0 if crop_pct != 1.0 else None}
+
+
+CROP_MODES = ("center", "squash")
+
 
 class Recorded:
     """What a model with a ``pretrained_cfg`` record answers from it: its architecture's name and its classes'."""
@@ -123,6 +153,7 @@ class PretrainedCfg(Mapping):
     timm_architecture: str | None = None  # the same architecture in timm, where timm has it
     input_size: tuple[int, int, int] = (3, 224, 224)
     crop_pct: float = 0.9
+    crop_mode: str = "center"  # center: resize the short side, crop the centre; squash: resize both sides, crop
     interpolation: str = "bicubic"
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
@@ -131,10 +162,16 @@ class PretrainedCfg(Mapping):
     license: str | None = None
     top1: float | None = None  # the paper's ImageNet-1k top-1, %
     macs_g: float | None = None  # the paper's MACs at the input size
+    test_input_size: tuple[int, int, int] | None = None  # timm's larger evaluation size, where it has one
+    test_crop_pct: float | None = None  # ... and its crop there
 
     def __post_init__(self) -> None:
         if not 0 < self.crop_pct <= 1:
             raise ConfigError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        if self.crop_mode not in CROP_MODES:
+            raise ConfigError(f"crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
+        if self.test_input_size is not None:
+            object.__setattr__(self, "test_input_size", tuple(self.test_input_size))
         if self.label_names is not None:
             object.__setattr__(self, "label_names", tuple(self.label_names))
             if len(self.label_names) != self.num_classes:
@@ -244,6 +281,25 @@ def _releases() -> dict[str, PretrainedCfg]:
                 license="apache-2.0",
                 top1=top1,
                 macs_g=macs,
+            )
+        )
+    for name, (file, size, crop_pct, classes, top1, macs) in MAMBAOUT.items():
+        arch, tag = name.split(".")
+        releases.append(
+            PretrainedCfg(
+                arch,
+                tag,
+                MAMBAOUT_HOST + file if file else None,
+                f"timm/{name}",
+                None,
+                arch,
+                (3, size, size),
+                crop_pct=crop_pct,
+                num_classes=classes,
+                license="apache-2.0",
+                top1=top1,
+                macs_g=macs,
+                **_mambaout_test_settings(size, crop_pct),
             )
         )
     return {release.name: release for release in releases}

@@ -1,6 +1,6 @@
 """Named variants: the official PoolFormers, the official hybrids, one S12 model per ablation row, the MetaFormer
-Baselines (IdentityFormer, RandFormer, PoolFormerV2, ConvFormer, CAFormer), InceptionNeXt, and the dense models on
-them.
+Baselines (IdentityFormer, RandFormer, PoolFormerV2, ConvFormer, CAFormer), InceptionNeXt, MambaOut, and the dense
+models on them.
 
 Architecture only, and no torch: what the weights are is in ``pretrained.py``, how each model was trained in its
 task's recipe.
@@ -31,6 +31,7 @@ class ModelSpec:
     task: str = "classification"  # a key of metaformer.task_table.TASKS
     backbone: str | None = None  # dense models: the classifier whose trunk they use
     default_classes: int = 1000
+    head: str | None = None  # dense models: fpn, upernet, retinanet or mask_rcnn (the task table's model class)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -190,46 +191,123 @@ for _size, (_depths, _widths, _settings) in _INCEPTION_SIZES.items():
         mixer_settings=_settings,
     )
 
+# MambaOut (Yu and Wang, "MambaOut: Do We Really Need Mamba for Vision?", 2024; yuweihao/MambaOut): Gated CNN
+# blocks (hidden width 8/3, a 7x7 depthwise convolution on part of it), LayerNorm (eps 1e-6), a two-convolution
+# stem and normed 3x3 downsampling, a pooled-then-normed MLP head. The *_rw models are timm's own (no middle norm in
+# the stem, the norm before each downsampling convolution, layer scale, an MLP head without a hidden norm).
+_MAMBAOUT = dict(
+    blocks=("gated_cnn",) * 4,
+    mixers=("partial_dwconv",) * 4,
+    norm="layernorm_eps1e-6",
+    mlp_ratios=8 / 3,
+    layer_scale_init=None,
+    stem=(3, 2, 1),
+    stem_kind="two_conv",
+    stem_norm="layernorm_eps1e-6",
+    stem_mid_norm="layernorm_eps1e-6",
+    downsample=(3, 2, 1),
+    downsample_norm="layernorm_eps1e-6",
+    downsample_norm_first=False,
+    head="mambaout",
+    init="baselines",
+)
+_MAMBAOUT_RW = dict(stem_mid_norm="none", downsample_norm_first=True, layer_scale_init=1e-6, head="norm_mlp")
+_B_WIDTHS = (128, 256, 512, 768)
+_MAMBAOUT_SIZES = {  # name: description, depths, widths, changes
+    "femto": ("Femto", (3, 3, 9, 3), (48, 96, 192, 288), {}),
+    "kobe": ("Kobe (24 blocks)", (3, 3, 15, 3), (48, 96, 192, 288), {}),
+    "tiny": ("Tiny", (3, 3, 9, 3), (96, 192, 384, 576), {}),
+    "small": ("Small", (3, 4, 27, 3), (96, 192, 384, 576), {}),
+    "base": ("Base", (3, 4, 27, 3), _B_WIDTHS, {}),
+    "small_rw": ("Small (timm's)", (3, 4, 27, 3), (96, 192, 384, 576), _MAMBAOUT_RW),
+    "base_short_rw": (
+        "Base short (timm's)",
+        (3, 3, 25, 3),
+        _B_WIDTHS,
+        {**_MAMBAOUT_RW, "mlp_ratios": 3.0, "mixer_settings": {"conv_ratio": 1.25}},
+    ),
+    "base_tall_rw": (
+        "Base tall (timm's)",
+        (3, 4, 30, 3),
+        _B_WIDTHS,
+        {**_MAMBAOUT_RW, "mlp_ratios": 2.5, "mixer_settings": {"conv_ratio": 1.25}},
+    ),
+    "base_wide_rw": (
+        "Base wide (timm's)",
+        (3, 4, 27, 3),
+        _B_WIDTHS,
+        {**_MAMBAOUT_RW, "mlp_ratios": 3.0, "mixer_settings": {"conv_ratio": 1.5}, "act": "silu"},
+    ),
+    "base_plus_rw": (
+        "Base plus (timm's)",
+        (3, 4, 30, 3),
+        _B_WIDTHS,
+        {**_MAMBAOUT_RW, "mlp_ratios": 3.0, "mixer_settings": {"conv_ratio": 1.5}, "act": "silu"},
+    ),
+}
+for _size, (_title, _depths, _widths, _change) in _MAMBAOUT_SIZES.items():
+    _register(
+        f"mambaout_{_size}",
+        f"MambaOut-{_title}",
+        **{**_MAMBAOUT, "depths": _depths, "widths": _widths, **_change},
+    )
+
 # Dense prediction (Table 3/4 of the paper): Semantic FPN on ADE20K (150 classes), RetinaNet and Mask R-CNN on
 # COCO (80 classes), on the PoolFormer backbones; and the same on the Baselines (which published no dense models).
+# UperNet, the ADE20K head of the InceptionNeXt and MambaOut papers, on every trunk Semantic FPN takes.
 # RandFormer has none: its frozen token mixing fixes the input to 224x224.
 _POOLFORMERS_DET = ("poolformer_s12", "poolformer_s24", "poolformer_s36")
 _CONV_DET = ("convformer_s18", "convformer_s36", "caformer_s18", "caformer_s36")
 # InceptionNeXt published no FPN or detectors (its paper reports UperNet): these take its trunk as the others do,
 # each stage's output through a BatchNorm of its own.
 _INCEPTION_DET = ("inception_next_tiny", "inception_next_small")
+# MambaOut's paper reports Mask R-CNN on Tiny and Small; its code has no dense models: each stage's output through a
+# LayerNorm of its own, as for the Baselines.
+_MAMBAOUT_DET = ("mambaout_tiny", "mambaout_small")
 _SEGMENTATION_TRUNKS = [
     *_POOLFORMERS,
     *(f"{family}_{size}" for family in ("identityformer", "poolformerv2") for size in _V2_SIZES),
     *(f"{family}_{size}" for family in ("convformer", "caformer") for size in _CONV_SIZES),
     *(f"inception_next_{size}" for size in _INCEPTION_SIZES),
+    *(f"mambaout_{size}" for size in _MAMBAOUT_SIZES if not size.endswith("_rw")),
 ]
+_DETECTION_TRUNKS = [*_POOLFORMERS_DET, *_CONV_DET, *_INCEPTION_DET, *_MAMBAOUT_DET]
 _DENSE = [
     ("fpn", "segmentation", "Semantic FPN", 150, _SEGMENTATION_TRUNKS),
-    ("retinanet", "detection", "RetinaNet", 80, [*_POOLFORMERS_DET, *_CONV_DET, *_INCEPTION_DET]),
-    ("mask_rcnn", "instance_segmentation", "Mask R-CNN", 80, [*_POOLFORMERS_DET, *_CONV_DET, *_INCEPTION_DET]),
+    ("upernet", "segmentation", "UperNet", 150, _SEGMENTATION_TRUNKS),
+    ("retinanet", "detection", "RetinaNet", 80, _DETECTION_TRUNKS),
+    ("mask_rcnn", "instance_segmentation", "Mask R-CNN", 80, _DETECTION_TRUNKS),
 ]
 for _prefix, _task, _title, _classes, _trunks in _DENSE:
     for _trunk_name in _trunks:
         _trunk = _REGISTRY[_trunk_name]
         _name = f"{_prefix}_{_trunk_name}"
         _description = f"{_title} on {_trunk.description.split(' (')[0]}"
-        _REGISTRY[_name] = ModelSpec(_name, _trunk.config, _description, _task, _trunk.name, _classes)
+        _REGISTRY[_name] = ModelSpec(_name, _trunk.config, _description, _task, _trunk.name, _classes, _prefix)
 
 
 def register_model(
-    name: str, config: MetaFormerConfig, description: str = "", *, task: str = "classification", num_classes: int = 1000
+    name: str,
+    config: MetaFormerConfig,
+    description: str = "",
+    *,
+    task: str = "classification",
+    num_classes: int = 1000,
+    head: str | None = None,
 ) -> ModelSpec:
     """Register a model of architecture ``config`` under ``name`` (user code: a model with a mixer of its own), for
     ``create_model``, ``list_models`` and the command line run from that code. ``task`` makes it a dense model on
-    that trunk (``"segmentation"``: a Semantic FPN; ``"detection"``: RetinaNet; ``"instance_segmentation"``: Mask
-    R-CNN) with ``num_classes`` classes."""
-    task_row(task)  # an unknown kind is an error
+    that trunk (``"segmentation"``: a Semantic FPN, or UperNet with ``head="upernet"``; ``"detection"``: RetinaNet;
+    ``"instance_segmentation"``: Mask R-CNN) with ``num_classes`` classes."""
+    row = task_row(task)  # an unknown kind is an error
+    if head is not None and head not in dict(row.heads):
+        known = [h for h, _ in row.heads]
+        raise ConfigError(f"head {head!r}: a {task} model takes {known or 'no'} other head(s) than its default")
     if name in _REGISTRY:
         raise ConfigError(f"a model is already registered as {name!r}")
     if "." in name:
         raise ConfigError(f"{name!r}: a '.' separates a release tag; name the model without one")
-    spec = ModelSpec(name, config, description or f"{name} (registered)", task, None, num_classes)
+    spec = ModelSpec(name, config, description or f"{name} (registered)", task, None, num_classes, head)
     _REGISTRY[name] = spec
     return spec
 

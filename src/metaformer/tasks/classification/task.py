@@ -60,7 +60,7 @@ class ClassificationTask(LibraryTask):
             image_size=recipe.image_size,  # the recipe's, not the size an --init checkpoint was trained at
         )
         self.mixer = batch_mixer(len(self.classes), recipe)
-        self.crop_pct = model.pretrained_cfg.crop_pct
+        self.crop = model.pretrained_cfg.crop_pct, model.pretrained_cfg.crop_mode
         if self.settings.custom_backward:  # opt-in; the blocks keep their modules, so checkpoints are unchanged
             use_custom_backward(model)
         return model
@@ -125,7 +125,8 @@ class ClassificationTask(LibraryTask):
 
     @functools.cached_property
     def validation(self) -> tuple[ImageFolder, list[int]]:
-        processor = ImageProcessor(size=self.recipe.image_size, crop_pct=self.crop_pct, exif_transpose=False)
+        crop_pct, crop_mode = self.crop
+        processor = ImageProcessor(self.recipe.image_size, crop_pct, exif_transpose=False, crop_mode=crop_mode)
         dataset = ImageFolder(self.folders[1], processor.transform, classes=self.classes, exif_transpose=False)
         return dataset, class_to_output(dataset.classes, self.classes, len(self.classes))
 

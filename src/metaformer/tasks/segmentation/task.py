@@ -1,4 +1,4 @@
-"""Training Semantic FPN with the official recipe: 40k iterations of mmseg's augmentation, AdamW, poly decay."""
+"""Training Semantic FPN (40k iterations) and UperNet (160k) with mmseg's augmentation, AdamW and poly decay."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...api import create_model
-from ...engine.schedules import poly
+from ...engine.distributed import DistributedContext
+from ...engine.schedules import poly, warmed_up
+from ...engine.task import RunSettings
 from ...errors import DatasetError
 from ..common import LibraryTask, decay_groups
 from .data import IGNORE, SegmentationFolder, SegmentationLayout, TrainTransform, collate, detect_layout
@@ -22,6 +24,9 @@ class SegmentationTask(LibraryTask):
     best_metric = "mIoU"
     default_eval_every = 4000  # the official configs evaluate and checkpoint every 4000 iterations
     recipe: SegmentationRecipe
+
+    def __init__(self, settings: RunSettings, recipe: SegmentationRecipe, context: DistributedContext) -> None:
+        super().__init__(settings, recipe.resolved(settings.model), context)  # config.json records what was used
 
     @functools.cached_property
     def layout(self) -> SegmentationLayout:
@@ -61,7 +66,8 @@ class SegmentationTask(LibraryTask):
 
     def lr_at(self, step: int, steps_per_epoch: int) -> float:
         recipe = self.recipe
-        return poly(step, recipe.lr, recipe.schedule_iterations or recipe.iterations, recipe.power)
+        rate = poly(step, recipe.lr, recipe.schedule_iterations or recipe.iterations, recipe.power)
+        return warmed_up(rate, step, recipe.warmup_iterations)
 
     @property
     def channels_last(self) -> bool:
@@ -71,8 +77,12 @@ class SegmentationTask(LibraryTask):
         self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device
     ) -> torch.Tensor:
         images, masks = (t.to(device, non_blocking=True) for t in batch)
-        logits = model(images).float()  # through the DDP wrapper, at the crop's (= the masks') resolution
-        return F.cross_entropy(logits, masks, ignore_index=IGNORE)
+        outputs = model(images)  # through the DDP wrapper, at the crop's (= the masks') resolution
+        if isinstance(outputs, dict):  # UperNet's main and auxiliary logits, its loss 1 and aux_weight
+            aux = F.cross_entropy(outputs["aux"].float(), masks, ignore_index=IGNORE)
+            main = F.cross_entropy(outputs["out"].float(), masks, ignore_index=IGNORE)
+            return main + self.recipe.aux_weight * aux
+        return F.cross_entropy(outputs.float(), masks, ignore_index=IGNORE)
 
     @functools.cached_property
     def validation(self) -> SegmentationFolder:

@@ -167,6 +167,22 @@ def test_the_official_recipes():
     assert (tiny.optimizer, tiny.resolved_lr(4096), tiny.warmup_epochs, tiny.drop_path) == ("adamw", 4e-3, 20, 0.2)
     drops = [PAPER.resolved(f"mambaout_{size}").drop_path for size in ("femto", "kobe", "small", "base")]
     assert drops == [0.025, 0.025, 0.4, 0.6]
+    wide = PAPER.resolved("mambaout_base_wide_rw")  # timm's own: the official settings of its size
+    assert (wide.warmup_epochs, wide.drop_path) == (20, 0.6) and PAPER.resolved("mambaout_small_rw").drop_path == 0.4
+
+
+def test_info_of_a_release_shows_its_evaluation_and_classes(capsys):
+    from metaformer.cli import main
+    from metaformer.cli.models import model_info
+
+    squashed = model_info("mambaout_base_plus_rw.sw_e150_r384_in12k_ft_in1k")
+    assert squashed["image_size"] == 384 and squashed["config"]["image_size"] == 384
+    assert squashed["pretrained_cfg"]["crop_mode"] == "squash" and squashed["pretrained_cfg"]["test_input_size"]
+    in12k = model_info("mambaout_base_plus_rw.sw_e150_in12k")
+    assert in12k["config"]["num_classes"] == 11821 and in12k["params"] == 134_909_485
+    assert model_info("caformer_s18.sail_in1k_384")["pretrained_cfg"]["crop_pct"] == 1.0  # not the 0.9 default
+    assert main(["info", "mambaout_base_plus_rw.sw_e150_r384_in12k_ft_in1k"]) == 0
+    assert "crop_pct 1.0 (squash)" in capsys.readouterr().out
 
 
 def test_fused_equals_plain_and_features():

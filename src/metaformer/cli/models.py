@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UsageError
-from ..models.pretrained import releases_of
+from ..models.pretrained import releases_of, split_tag
 from ..models.zoo import get_spec, list_models
 from ..task_table import TASKS
 from .options import (
@@ -132,13 +132,16 @@ def model_info(name: str, image_size: int | None = None) -> dict:
         return {**result, "backbone": spec.backbone, "num_classes": spec.default_classes}
     from ..tasks.classification.recipe import official
 
-    record = default_cfg(name, counts["input"]["image_size"], spec.config.in_chans)
+    arch, release = split_tag(name)  # a tag shows its release's evaluation, size and classes
+    size = counts["input"]["image_size"]
+    record = release if release is not None else default_cfg(arch, size, spec.config.in_chans)
+    result["config"].update(image_size=size, num_classes=record.num_classes)
     return {
         **result,
-        "image_size": counts["input"]["image_size"],
+        "image_size": size,
         "pretrained_cfg": record.to_dict(),
-        "training": dataclasses.asdict(official(name)),
-        "pretrained": [release.name for release in releases_of(name)],
+        "training": dataclasses.asdict(official(arch)),
+        "pretrained": [r.name for r in releases_of(arch)],
     }
 
 
@@ -157,7 +160,8 @@ def info(args: argparse.Namespace) -> int:
     record = result["pretrained_cfg"]
     print(f"  MACs        {result['macs'] / 1e9:.3f} G at {result['image_size']}x{result['image_size']}")
     print(
-        f"  eval        crop_pct {record['crop_pct']}, {record['interpolation']}, mean {record['mean']}, "
+        f"  eval        crop_pct {record['crop_pct']}{' (squash)' if record['crop_mode'] == 'squash' else ''}, "
+        f"{record['interpolation']}, mean {record['mean']}, "
         f"std {record['std']}"
     )
     for key, value in result["config"].items():
@@ -168,7 +172,7 @@ def info(args: argparse.Namespace) -> int:
         f"{training['warmup_epochs']:g} epochs, drop path {training['drop_path']:g}, head dropout "
         f"{training['head_dropout']:g}"
     )
-    for release in releases_of(result["name"]):
+    for release in releases_of(split_tag(result["name"])[0]):
         top1 = f"top-1 {release.top1}%" if release.top1 is not None else f"{release.num_classes} classes"
         print(f"  pretrained  {release.name} ({release.image_size}px, {top1}; {release.hf_hub_id or release.url})")
     return 0

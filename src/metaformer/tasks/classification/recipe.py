@@ -57,9 +57,10 @@ _INCEPTION_NEXT = {
     "inception_next_base": Official(0.4, "adamw", 1e-3, 20, finetune_384=(5e-5, 0.7, 0.5)),
 }
 
-# yuweihao/MambaOut's scripts: AdamW at 4e-3 for 4096 images, 20 warm-up epochs, a drop path per size (timm's *_rw
-# models were trained by timm's own recipes, which it did not publish with them: they get these).
-_MAMBAOUT_DROP_PATH = {"femto": 0.025, "kobe": 0.025, "tiny": 0.2, "small": 0.4, "base": 0.6}
+# yuweihao/MambaOut's scripts: AdamW at 4e-3 for 4096 images, 20 warm-up epochs, a drop path per size. timm's *_rw
+# models were trained by timm's own recipes, not published with them: they get these, with their size's drop path.
+_MAMBAOUT_DROP_PATH = {"femto": 0.025, "kobe": 0.025, "tiny": 0.2, "small": 0.4, "base": 0.6, "small_rw": 0.4}
+_MAMBAOUT_DROP_PATH.update({f"base_{kind}_rw": 0.6 for kind in ("short", "tall", "wide", "plus")})
 _MAMBAOUT = {f"mambaout_{size}": Official(drop, "adamw", 1e-3, 20) for size, drop in _MAMBAOUT_DROP_PATH.items()}
 
 

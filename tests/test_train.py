@@ -178,7 +178,8 @@ def test_resume_continues_exactly(tiny, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process(tiny, tmp_path):
+@pytest.mark.parametrize("batch, accumulation", [("8", "1"), ("4", "2")])  # 2 x 8, or 2 x 4 x 2 (no_sync): 16
+def test_two_process_ddp_matches_one_process(tiny, tmp_path, batch, accumulation):
     common = [
         "--model",
         TINY,
@@ -208,7 +209,7 @@ def test_two_process_ddp_matches_one_process(tiny, tmp_path):
         "--output",
         str(tmp_path / "two"),
     ]
-    command += ["--batch-size", "8"]
+    command += ["--batch-size", batch, "--grad-accum-steps", accumulation]
     command += common
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -66,6 +66,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--weight-decay", type=non_negative_float, help="AdamW weight decay (classification 0.05, dense 1e-4)"
     )
+    p.add_argument(
+        "--grad-accum-steps",
+        type=positive,
+        default=1,
+        help="micro-batches of --batch-size per optimizer step (1): the global batch is batch x this x processes, "
+        "which the learning-rate rule, the schedule, EMA, logging and --eval-every count in; one GPU reaches the "
+        "papers' 4096 with --batch-size 128 --grad-accum-steps 32",
+    )
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="mixed precision (default none)")
     add_num_workers(p)
     add_device(p, under_torchrun=True)
@@ -224,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
         stop_after=args.stop_after,
         eval_every=args.eval_every,
         log_every=args.log_every,
+        grad_accum_steps=args.grad_accum_steps,
     )
     if args.num_workers is not None:
         settings.num_workers = args.num_workers

@@ -84,7 +84,7 @@ class Plan:
 def plan_warnings(plan: Plan, task: TrainingTask, samples: int, world_size: int) -> list[str]:
     """A run that is not the one the user meant: an epoch of a few steps, much data left out of each epoch, a
     warm-up as long as the run, or what the task itself has to say."""
-    global_batch = task.batch_size * world_size
+    global_batch = task.global_batch
     steps, dropped = plan.steps_per_epoch, samples - plan.steps_per_epoch * global_batch
     messages = []
     if (plan.unit == "epoch" and steps < FEW_STEPS) or dropped > samples * DROPPED_SHARE:

@@ -44,6 +44,9 @@ class RunSettings:
     stop_after: int | None = None  # in the task's unit; the schedule stays the full run's (as a job limit)
     eval_every: int | None = None  # in the task's unit; None: the task's default
     log_every: int = 50  # optimizer steps between two lines of steps.jsonl (timm's --log-interval)
+    # Micro-batches of the recipe's batch size per optimizer step (timm's --grad-accum-steps): the global batch is
+    # batch x this x processes, which the learning-rate rule, the schedule and every count of steps use.
+    grad_accum_steps: int = 1
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -70,8 +73,13 @@ class TrainingTask(abc.ABC):
 
     # --- data
     @property
+    def global_batch(self) -> int:
+        """Images per optimizer step over every process and accumulated micro-batch."""
+        return self.batch_size * self.settings.grad_accum_steps * self.context.world_size
+
+    @property
     def batch_size(self) -> int:
-        """Samples per process and step."""
+        """Samples per process and micro-batch (a step's, without accumulation)."""
         return self.recipe.batch_size
 
     @abc.abstractmethod

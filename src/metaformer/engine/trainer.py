@@ -7,12 +7,13 @@ Each round ends with a checkpoint, so a run resumes exactly at any round's end.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -34,6 +35,18 @@ from .task import RunSettings, TrainingTask
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def in_groups(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive groups of ``size`` items (a step's micro-batches); a shorter last group if the items run out."""
+    group: list = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
 class Trainer:
     def __init__(self, task: TrainingTask, context: DistributedContext, folder: RunFolder) -> None:
         settings = task.settings
@@ -41,14 +54,19 @@ class Trainer:
             raise ConfigError(f"amp must be none, bf16 or fp16, got {settings.amp!r}")
         if settings.log_every < 1:
             raise ConfigError(f"log_every must be a positive number of steps, got {settings.log_every}")
+        if settings.grad_accum_steps < 1:
+            raise ConfigError(
+                f"grad_accum_steps must be a positive number of micro-batches, got {settings.grad_accum_steps}"
+            )
         self.task, self.settings, self.context, self.folder = task, settings, context, folder
         self.device = context.device
         self.dataset = task.train_dataset()
-        global_batch = task.batch_size * context.world_size
+        global_batch = task.global_batch
         if len(self.dataset) < global_batch:
+            accumulated = f" x {settings.grad_accum_steps} accumulated" if settings.grad_accum_steps > 1 else ""
             raise DatasetError(
                 f"{settings.data}: {len(self.dataset)} training samples, fewer than one global "
-                f"batch ({task.batch_size} x {context.world_size} processes); lower --batch-size"
+                f"batch ({task.batch_size}{accumulated} x {context.world_size} processes); lower --batch-size"
             )
         self.plan = Plan.make(task, len(self.dataset) // global_batch)
         if context.is_main:
@@ -64,9 +82,10 @@ class Trainer:
         if task.ema_decay:
             self.ema = AveragedModel(self.module, multi_avg_fn=get_ema_multi_avg_fn(task.ema_decay), use_buffers=True)
         self.model: nn.Module = self.module
+        self.ddp: DistributedDataParallel | None = None
         if context.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.module, device_ids=ids)
+            self.model = self.ddp = DistributedDataParallel(self.module, device_ids=ids)
         if settings.compile:
             self.model = torch.compile(self.model)
         self.optimizer = task.build_optimizer(self.module)
@@ -120,8 +139,9 @@ class Trainer:
 
     def _loader(self, start: int, stop: int) -> DataLoader:
         context = self.context
+        batch, accumulation = self.task.batch_size, self.settings.grad_accum_steps
         sampler = StreamSampler(
-            len(self.dataset), self.task.batch_size, context.rank, context.world_size, self.settings.seed, start, stop
+            len(self.dataset), batch, context.rank, context.world_size, self.settings.seed, start, stop, accumulation
         )
         return DataLoader(
             Guarded(self.dataset),
@@ -140,7 +160,7 @@ class Trainer:
         title = plan.title(stop)
         bar = tqdm(
             self._loader(start, stop),
-            total=stop - start,
+            total=(stop - start) * self.settings.grad_accum_steps,
             desc=title,
             unit="batch",
             leave=False,
@@ -148,13 +168,14 @@ class Trainer:
         )
         lr = 0.0
         window = torch.zeros(2, dtype=torch.float64)  # loss * count, count since the last logged step
-        for offset, batch in enumerate(bar):
+        for offset, micro_batches in enumerate(in_groups(bar, self.settings.grad_accum_steps)):
             step = start + offset
             lr = self.task.lr_at(step, plan.steps_per_epoch)
-            totals[2] += len(batch.skipped)
-            value = self._step(step, lr, batch)
+            size = sum(batch.size for batch in micro_batches)
+            totals[2] += sum(len(batch.skipped) for batch in micro_batches)
+            value = self._step(step, lr, micro_batches)
             if value is not None:
-                counted = torch.tensor([value * batch.size, batch.size], dtype=torch.float64)
+                counted = torch.tensor([value * size, size], dtype=torch.float64)
                 totals[:2] += counted
                 window += counted
                 bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
@@ -180,18 +201,31 @@ class Trainer:
             "skipped_images": int(skipped),
         }
 
-    def _step(self, step: int, lr: float, batch: Batch) -> float | None:
-        """One optimizer step on ``batch``; its loss, or None where no process had a sample to train on."""
+    def _step(self, step: int, lr: float, micro_batches: list[Batch]) -> float | None:
+        """One optimizer step on its micro-batches (one without accumulation): each one's mean loss weighed by its
+        share of the step's samples, so N micro-batches of B give the gradient of one batch of N x B; DDP syncs the
+        gradients on the last backward only. Returns the step's loss, or None where no micro-batch had samples on
+        every process."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-        self._warn_skipped(batch.skipped)
-        if not self._usable(batch):
+        for batch in micro_batches:
+            self._warn_skipped(batch.skipped)
+        used = [batch for batch, usable in zip(micro_batches, self._usable(micro_batches), strict=True) if usable]
+        if not used:
             return None
         amp = self.settings.amp
-        with torch.autocast(self.device.type, dtype=AMP_DTYPES.get(amp), enabled=amp != "none"):
-            loss = self.task.training_step(self.model, batch.data, self.device)
-        value = self._finite(loss, step)
-        self.scaler.scale(loss).backward()
+        samples = sum(batch.size for batch in used)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for index, batch in enumerate(used):
+            last = index == len(used) - 1
+            sync = contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
+            with sync:
+                with torch.autocast(self.device.type, dtype=AMP_DTYPES.get(amp), enabled=amp != "none"):
+                    loss = self.task.training_step(self.model, batch.data, self.device)
+                share = batch.size / samples
+                total += loss.detach().double() * share
+                self.scaler.scale(loss * share if len(used) > 1 else loss).backward()
+        value = self._finite(total, step)  # before the optimizer steps: a bad step changes no weight
         if self.task.clip_grad:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.module.parameters(), self.task.clip_grad)
@@ -216,16 +250,19 @@ class Trainer:
                 self.reported.add(message)
                 warnings.warn(f"skipping unreadable training image: {message}", stacklevel=2)
 
-    def _usable(self, batch: Batch) -> bool:
-        """Whether every process has samples to train on. A dataset error stops every process (its own message
-        where it happened); in DDP all must take the same decision, or a collective would wait forever."""
-        flags = torch.tensor([float(bool(batch.fatal)), float(batch.size == 0)])
+    def _usable(self, micro_batches: list[Batch]) -> list[bool]:
+        """Which micro-batches every process has samples of, to train on. A dataset error stops every process (its
+        own message where it happened); in DDP all must take the same decisions, or a collective (and the backward
+        passes that sync) would wait forever."""
+        flags = torch.tensor([float(any(b.fatal for b in micro_batches))] + [float(b.size == 0) for b in micro_batches])
         if self.context.enabled:
-            flags = self.context.all_reduce_sum(flags)  # one collective a step for both questions
+            flags = self.context.all_reduce_sum(flags)  # one collective a step for every question
         if flags[0] > 0:
-            batch.raise_fatal()
+            for batch in micro_batches:
+                if batch.fatal:
+                    batch.raise_fatal()
             raise MetaformerError("another training process stopped on a dataset error; its error is above")
-        return flags[1] == 0
+        return [bool(flag == 0) for flag in flags[1:]]
 
     def _finite(self, loss: torch.Tensor, step: int) -> float:
         value = loss.detach().item()  # the step's one read of the loss from the device

@@ -65,10 +65,6 @@ class ClassificationTask(LibraryTask):
             use_custom_backward(model)
         return model
 
-    @property
-    def global_batch(self) -> int:
-        return self.recipe.batch_size * self.context.world_size
-
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         groups = decay_groups(model, self.recipe.weight_decay, model.no_weight_decay())
         lr = self.recipe.resolved_lr(self.global_batch)

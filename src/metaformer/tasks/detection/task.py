@@ -113,5 +113,5 @@ class DetectionTask(LibraryTask):
             "lr": self.recipe.resolved_lr(self.kind),
             "decay_epochs": list(self.recipe.resolved_decay_epochs()),
             "classes": list(self.labels),
-            "global_batch": self.recipe.batch_size * self.context.world_size,
+            "global_batch": self.global_batch,
         }

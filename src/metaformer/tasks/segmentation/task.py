@@ -98,5 +98,5 @@ class SegmentationTask(LibraryTask):
             "classes": list(layout.classes) if layout.classes else None,
             "splits": [layout.train_split, layout.val_split],
             "reduce_zero_label": layout.reduce_zero_label,
-            "global_batch": self.recipe.batch_size * self.context.world_size,
+            "global_batch": self.global_batch,
         }

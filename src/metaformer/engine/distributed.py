@@ -64,11 +64,28 @@ class DistributedContext:
         return holder[0]
 
 
+def process_ranks(environ: dict[str, str] | os._Environ = os.environ) -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from torchrun's variables, else from SLURM's (``srun`` starting one
+    process per task, as timm reads them), else one process. SLURM gives no rendezvous address: the job script sets
+    ``MASTER_ADDR`` (its first node) and ``MASTER_PORT``."""
+    if "WORLD_SIZE" in environ:
+        return int(environ.get("RANK", "0")), int(environ["WORLD_SIZE"]), int(environ.get("LOCAL_RANK", "0"))
+    tasks = int(environ.get("SLURM_NTASKS", "1"))
+    if tasks > 1 and "SLURM_PROCID" in environ:
+        missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in environ]
+        if missing:
+            raise ConfigError(
+                f"srun started {tasks} tasks, but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                "not set: export MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1) and "
+                "MASTER_PORT=29500 in the job script (or run `srun torchrun ...`)"
+            )
+        return int(environ["SLURM_PROCID"]), tasks, int(environ.get("SLURM_LOCALID", "0"))
+    return 0, 1, 0
+
+
 def init_distributed(device: str = "cpu") -> DistributedContext:
-    """One process, or the process group torchrun describes (NCCL for CUDA, gloo for CPU)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    """One process, or the process group torchrun (or srun) describes (NCCL for CUDA, gloo for CPU)."""
+    rank, world_size, local_rank = process_ranks()
     target = torch.device(device)
     if target.type == "cuda":
         if not torch.cuda.is_available():
@@ -76,7 +93,8 @@ def init_distributed(device: str = "cpu") -> DistributedContext:
         target = torch.device("cuda", local_rank if world_size > 1 else (target.index or 0))
         torch.cuda.set_device(target)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if target.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+        backend = "nccl" if target.type == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size)
     return DistributedContext(rank, world_size, local_rank, target)
 
 

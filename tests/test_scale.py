@@ -1,0 +1,88 @@
+"""Training on many machines: two torchrun "nodes" of two processes each, and srun's tasks without torchrun (SLURM's
+variables), each giving the weights of one process with the same global batch."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+from test_train import FAST, subset
+from tiny import TINY
+
+from metaformer.cli import main
+from metaformer.engine.distributed import process_ranks
+from metaformer.errors import ConfigError
+
+TINY_SCRIPT = str(Path(__file__).with_name("tiny.py"))
+EXACT = ["--model", TINY, "--epochs", "1", "--lr", "1e-3", "--warmup-epochs", "0", "--no-augment", "--drop-path", "0"]
+EXACT += ["--mixup", "0", "--cutmix", "0", *FAST]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return subset(tmp_path_factory.mktemp("scale") / "data", ["airplane", "frog"], train=16, val=4)
+
+
+@pytest.fixture(scope="module")
+def one_process(data, tmp_path_factory) -> dict:
+    run = tmp_path_factory.mktemp("one") / "run"
+    assert main(["train", str(data), "--output", str(run), "--batch-size", "16", *EXACT]) == 0
+    return load_file(run / "last.safetensors")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def assert_same_weights(reference: dict, run: Path) -> None:
+    weights = load_file(run / "last.safetensors")
+    assert max((reference[k] - weights[k]).abs().max().item() for k in reference) < 1e-4
+
+
+def test_slurm_ranks_are_read_and_a_missing_address_is_said():
+    slurm = {"SLURM_NTASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1"}
+    with pytest.raises(ConfigError, match="MASTER_ADDR and MASTER_PORT are not set"):
+        process_ranks(slurm)
+    assert process_ranks({**slurm, "MASTER_ADDR": "node1", "MASTER_PORT": "29500"}) == (3, 4, 1)
+    assert process_ranks({**slurm, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "0"}) == (1, 2, 0)  # torchrun's
+    assert process_ranks({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) == (0, 1, 0)
+
+
+@pytest.mark.slow
+def test_two_nodes_of_two_processes_train_as_one_process(data, one_process, tmp_path):
+    run, port = tmp_path / "run", free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    agents = []
+    for node in (0, 1):  # two torchrun agents meeting at one c10d rendezvous, as on two machines
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "2"]
+        command += ["--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "scale-test"]
+        command += ["--node_rank", str(node), TINY_SCRIPT, "train", str(data), "--output", str(run)]
+        command += ["--batch-size", "4", *EXACT]
+        agents.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for agent in agents:
+        _, err = agent.communicate(timeout=600)
+        assert agent.returncode == 0, err[-3000:]
+    assert_same_weights(one_process, run)
+
+
+@pytest.mark.slow
+def test_srun_tasks_without_torchrun_train_as_one_process(data, one_process, tmp_path):
+    run, port = tmp_path / "run", free_port()
+    tasks = []
+    for rank in (0, 1):  # what srun --ntasks 2 sets in each task
+        env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+        env.update(OMP_NUM_THREADS="1", SLURM_NTASKS="2", SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank))
+        env.update(SLURM_NTASKS_PER_NODE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        command = [sys.executable, TINY_SCRIPT, "train", str(data), "--output", str(run), "--batch-size", "8", *EXACT]
+        tasks.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for task in tasks:
+        _, err = task.communicate(timeout=600)
+        assert task.returncode == 0, err[-3000:]
+    assert_same_weights(one_process, run)

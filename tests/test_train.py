@@ -491,3 +491,58 @@ def test_lamb_without_timm_is_said_before_any_data_is_read(tiny, tmp_path, monke
     assert run_train(tiny, "--model", "caformer_s18", "--output", run, "--batch-size", "16", *FAST) == 2
     assert 'pip install "metaformer[train]"' in capsys.readouterr().err and not run.exists()
     assert get_recipe("paper", optimizer="adamw").resolved("caformer_s18").optimizer == "adamw"  # --optimizer
+
+
+def test_layer_decay_scales_each_layers_rate_and_is_recorded(tiny, tmp_path):
+    from metaformer.tasks.common import layer_decay_groups, layer_of
+
+    model = metaformer.create_model("poolformer_s12", num_classes=3)
+    depths = model.config.depths  # 2, 2, 6, 2: 12 blocks, so the head is layer 13
+    assert [layer_of(n, depths) for n in ("stem.proj.weight", "stages.1.downsample.proj.weight", "head.weight")] == [
+        0,
+        3,
+        13,
+    ]
+    assert layer_of("stages.2.blocks.5.mlp.fc1.weight", depths) == 2 + 2 + 5 + 1
+    groups = layer_decay_groups(model, 0.05, model.no_weight_decay(), 0.5)
+    scales = {g["layer"]: g["lr_scale"] for g in groups}
+    assert scales[13] == 1.0 and scales[12] == 0.5 and scales[0] == 0.5**13
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))  # each parameter once
+    run = tmp_path / "run"
+    flags = ["--model", TINY, "--epochs", "1", "--batch-size", "16", "--lr", "1e-3", "--layer-decay", "0.5", *FAST]
+    assert run_train(tiny, "--output", run, "--warmup-epochs", "0", *flags) == 0
+    resolved = json.loads((run / "config.json").read_text())["resolved"]
+    assert resolved["layer_lr_scales"] == [0.5**5, 0.5**4, 0.5**3, 0.5**2, 0.5, 1.0]  # stem, 4 blocks, head
+    state = torch.load(run / "last.state.pt", weights_only=True)["optimizer"]["param_groups"]
+    lrs = {group["layer"]: group["lr"] for group in state}
+    assert lrs[0] / lrs[5] == pytest.approx(0.5**5) and lrs[3] / lrs[5] == pytest.approx(0.25)  # the last step's
+    with pytest.raises(ConfigError, match="--layer-decay"):
+        get_recipe("paper", layer_decay=1.5)
+
+
+def test_gradient_checkpointing_recomputes_the_blocks_and_changes_nothing_else(tiny, tmp_path):
+    def counted(model: torch.nn.Module) -> list[int]:
+        calls = []
+        for stage in model.stages:
+            for block in stage.blocks:  # the mixer's hook: the recomputation stops once it has what it needs
+                block.token_mixer.register_forward_hook(lambda *args: calls.append(1))
+        return calls
+
+    torch.manual_seed(0)
+    plain = metaformer.create_model(TINY, num_classes=3, drop_path_rate=0.1).train()
+    saving = metaformer.create_model(TINY, num_classes=3, drop_path_rate=0.1).train()
+    saving.load_state_dict(plain.state_dict())
+    saving.set_grad_checkpointing(True)
+    x, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    gradients = []
+    for model in (plain, saving):
+        calls = counted(model)
+        torch.manual_seed(1)  # the same drop-path draws: checkpointing replays the random state
+        torch.nn.functional.cross_entropy(model(x), labels).backward()
+        gradients.append([p.grad for p in model.parameters()])
+        assert len(calls) == (8 if model is saving else 4)  # every block ran again in the backward
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*gradients, strict=True))
+    run = tmp_path / "run"
+    flags = ["--model", TINY, "--epochs", "1", "--batch-size", "16", "--grad-checkpointing", *FAST]
+    assert run_train(tiny, "--output", run, *flags) == 0
+    assert json.loads((run / "config.json").read_text())["settings"]["grad_checkpointing"] is True

@@ -65,6 +65,7 @@ _CLASSIFICATION_TRAIN = (
     "--head-dropout",
     "--optimizer",
     "--clip-grad",
+    "--layer-decay",
     "--ema",
     "--no-augment",
     "--no-channels-last",

@@ -74,6 +74,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "which the learning-rate rule, the schedule, EMA, logging and --eval-every count in; one GPU reaches the "
         "papers' 4096 with --batch-size 128 --grad-accum-steps 32",
     )
+    p.add_argument(
+        "--grad-checkpointing",
+        action="store_true",
+        help="recompute each MetaFormer block's activations in the backward pass instead of keeping them: less "
+        "memory for a larger batch, about a third more compute",
+    )
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="mixed precision (default none)")
     add_num_workers(p)
     add_device(p, under_torchrun=True)
@@ -157,6 +163,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="the model's official one by default: AdamW, LAMB for CAFormer (timm's, which needs timm installed)",
     )
     FLAGS.add(p, "--clip-grad", type=positive_float, help="clip the gradient norm to this value (off)")
+    FLAGS.add(
+        p,
+        "--layer-decay",
+        type=positive_float,
+        help="layer-wise learning-rate decay for fine-tuning (timm's and BEiT's): the head trains at the rate, "
+        "each block below at RATE times the one above, the stem lowest (off; 0.7-0.9 usual); config.json records "
+        "the scales",
+    )
     FLAGS.add(p, "--ema", action="store_true", help="keep an exponential moving average of the weights (0.9998)")
     FLAGS.add(p, "--no-augment", action="store_true", help="train on the evaluation transform")
     FLAGS.add(p, "--no-channels-last", action="store_true", help="keep NCHW contiguous tensors")
@@ -233,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         log_every=args.log_every,
         grad_accum_steps=args.grad_accum_steps,
+        grad_checkpointing=args.grad_checkpointing,
     )
     if args.num_workers is not None:
         settings.num_workers = args.num_workers

@@ -48,6 +48,7 @@ class RunSettings:
     # Micro-batches of the recipe's batch size per optimizer step (timm's --grad-accum-steps): the global batch is
     # batch x this x processes, which the learning-rate rule, the schedule and every count of steps use.
     grad_accum_steps: int = 1
+    grad_checkpointing: bool = False  # recompute each block's activations in the backward: less memory, more time
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

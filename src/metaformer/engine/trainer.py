@@ -74,6 +74,9 @@ class Trainer:
                 warnings.warn(message, stacklevel=2)
         torch.manual_seed(settings.seed)  # the same initial weights in every process
         model = task.build_model()
+        if settings.grad_checkpointing:
+            trunk = getattr(model, "trunk", model)  # a dense model's MetaFormer trunk, or the classifier itself
+            trunk.set_grad_checkpointing(True)
         torch.manual_seed(settings.seed + context.rank)  # each process its own augmentation stream
         random.seed(settings.seed + context.rank)
         memory_format = torch.channels_last if task.channels_last else torch.preserve_format

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -32,6 +33,37 @@ def decay_groups(model: nn.Module, weight_decay: float, skip: set[str] = frozens
         if param.requires_grad:
             (no_decay if param.ndim <= 1 or name in skip else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def layer_of(name: str, depths: Sequence[int]) -> int:
+    """A classifier parameter's layer for layer-wise decay: 0 the stem, 1 to L the blocks in order (a stage's
+    downsampling and position table with its first block), L + 1 the final norm and the head."""
+    if name.startswith("stem."):
+        return 0
+    match = re.match(r"stages\.(\d+)\.(?:blocks\.(\d+)|downsample|pos_embed)", name)
+    if match:
+        stage = int(match[1])
+        return sum(depths[:stage]) + int(match[2] or 0) + 1
+    return sum(depths) + 1
+
+
+def layer_decay_groups(model: nn.Module, weight_decay: float, skip: set[str], rate: float) -> list[dict]:
+    """``decay_groups`` per layer, each with its ``lr_scale``: ``rate ** (L + 1 - layer)``, 1 for the head."""
+    depths, top = model.config.depths, sum(model.config.depths) + 1
+    layers: dict[int, list[tuple[str, nn.Parameter]]] = {}
+    for name, param in model.named_parameters():
+        layers.setdefault(layer_of(name, depths), []).append((name, param))
+    groups = []
+    for layer in sorted(layers):
+        decay = [p for n, p in layers[layer] if p.requires_grad and not (p.ndim <= 1 or n in skip)]
+        no_decay = [p for n, p in layers[layer] if p.requires_grad and (p.ndim <= 1 or n in skip)]
+        scale = rate ** (top - layer)
+        groups += [
+            {"params": params, "weight_decay": wd, "lr_scale": scale, "layer": layer}
+            for params, wd in ((decay, weight_decay), (no_decay, 0.0))
+            if params
+        ]
+    return groups
 
 
 def photo_tensor(image: Image.Image, max_side: int | None = None) -> tuple[torch.Tensor, float]:

@@ -110,6 +110,7 @@ class Recipe:
     head_dropout: float | None = None  # the MLP head's dropout (ConvFormer, CAFormer); None: the model's official
     ema_decay: float | None = None  # the paper's optional model EMA: 0.9998
     clip_grad: float | None = None
+    layer_decay: float | None = None  # layer-wise lr decay (fine-tuning): each block below the head at this x
     image_size: int = 224
     schedule: str = "cosine"  # or constant (the 384 fine-tuning)
     schedule_epochs: int | None = None  # the epochs the cosine spans; None: the run's (set when a run is extended)
@@ -119,6 +120,8 @@ class Recipe:
         if not 0 < low <= high <= 1:
             raise ConfigError(f"--crop-scale takes 0 < MIN <= MAX <= 1 (areas of the image), got {low} {high}")
 
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"--layer-decay is a factor in (0, 1], got {self.layer_decay}")
         if self.schedule not in ("cosine", "constant"):
             raise ConfigError(f"schedule must be cosine or constant, got {self.schedule!r}")
         if self.optimizer not in (None, *OPTIMIZERS):

@@ -15,8 +15,9 @@ from ...engine.schedules import cosine
 from ...engine.task import RunSettings
 from ...errors import ConfigError, DatasetError
 from ...fast import use_custom_backward
+from ...models.zoo import get_spec
 from ...processor import ImageProcessor
-from ..common import LibraryTask, decay_groups
+from ..common import LibraryTask, decay_groups, layer_decay_groups
 from .data import ImageFolder, batch_mixer, class_to_output, train_transform, train_val_folders
 from .metrics import evaluate, top_k
 from .recipe import PAPER, Recipe
@@ -66,7 +67,10 @@ class ClassificationTask(LibraryTask):
         return model
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        groups = decay_groups(model, self.recipe.weight_decay, model.no_weight_decay())
+        skip, rate = model.no_weight_decay(), self.recipe.layer_decay
+        groups = decay_groups(model, self.recipe.weight_decay, skip)
+        if rate is not None:
+            groups = layer_decay_groups(model, self.recipe.weight_decay, skip, rate)
         lr = self.recipe.resolved_lr(self.global_batch)
         if self.recipe.optimizer == "lamb":
             return lamb(groups, lr)
@@ -147,7 +151,16 @@ class ClassificationTask(LibraryTask):
             "drop_path": self.recipe.drop_path,
             "classes": self.classes,
             "top_k": top_k(len(self.classes)),
+            **self._layer_scales(),
         }
+
+    def _layer_scales(self) -> dict:
+        """With --layer-decay, each layer's learning-rate scale (0: the stem, then each block, last: the head)."""
+        rate = self.recipe.layer_decay
+        if rate is None:
+            return {}
+        top = sum(get_spec(self.settings.model).config.depths) + 1
+        return {"layer_lr_scales": [rate ** (top - layer) for layer in range(top + 1)]}
 
 
 def lamb(groups: list[dict], lr: float) -> torch.optim.Optimizer:

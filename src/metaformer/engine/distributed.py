@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError, MetaformerError
+from ..errors import ConfigError, MetaformerError, RunFolderError
 
 
 @dataclass(frozen=True)
@@ -101,3 +103,18 @@ def init_distributed(device: str = "cpu") -> DistributedContext:
 def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def on_main(context: DistributedContext, action: Callable[[], Any]) -> None:
+    """Run ``action`` on the main process; its error (a refusal, a failed write) stops every process."""
+    error: Exception | None = None
+    if context.is_main:
+        try:
+            action()
+        except (MetaformerError, OSError) as raised:
+            error = raised
+    message = context.broadcast_object(str(error) if error is not None else None)
+    if error is not None:
+        raise error
+    if message is not None:
+        raise RunFolderError(f"the main process stopped: {message}")

@@ -13,8 +13,7 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -27,10 +26,10 @@ from tqdm import tqdm
 from ..data.guarded import Batch, Guarded, GuardedCollate
 from ..data.samplers import StreamSampler
 from ..errors import ConfigError, DatasetError, MetaformerError, NonFiniteLossError, RunFolderError
-from .distributed import DistributedContext, init_distributed, shutdown_distributed
+from .distributed import DistributedContext, on_main
 from .plan import Plan, plan_warnings
 from .run_folder import RunFolder, random_state, set_random_state
-from .task import RunSettings, TrainingTask
+from .task import TrainingTask
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -366,7 +365,7 @@ class Trainer:
                     "continuation is not bit-identical",
                     stacklevel=2,
                 )
-        _on_main(self.context, self._heal_folder)
+        on_main(self.context, self._heal_folder)
         if self.context.is_main:
             self._say_if_idle()
 
@@ -390,50 +389,3 @@ class Trainer:
                 f"{self.settings.stop_after}; nothing to do (give a later --stop-after, or none)",
                 flush=True,
             )
-
-
-def run_training(
-    make_task: Callable[[DistributedContext], TrainingTask],
-    settings: RunSettings,
-    kind: str,
-    *,
-    resume: bool = False,
-    force: bool = False,
-) -> list[dict]:
-    """Start (or resume) the run ``make_task`` describes in ``settings.output``, in one process or under torchrun."""
-    context = init_distributed(settings.device)
-    folder = RunFolder(settings.output)
-    try:
-        _on_main(context, folder.lock)  # before anything is deleted or read: a live run keeps its folder
-        if not resume:
-            _on_main(context, lambda: folder.prepare_new(force))
-        trainer = Trainer(make_task(context), context, folder)
-        if resume:
-            trainer.load_state()  # before config.json changes: a state that cannot be resumed leaves it as it was
-        else:
-            _on_main(context, folder.remove_temporaries)
-        _on_main(context, lambda: folder.write_config(trainer.config_record(kind)))
-        return trainer.fit()
-    except BaseException:
-        if context.is_main and not resume:
-            folder.discard_unstarted()  # a data error found by the first batch leaves the folder as it was
-        raise
-    finally:
-        if context.is_main:
-            folder.unlock()
-        shutdown_distributed()
-
-
-def _on_main(context: DistributedContext, action: Callable[[], Any]) -> None:
-    """Run ``action`` on the main process; its error (a refusal, a failed write) stops every process."""
-    error: Exception | None = None
-    if context.is_main:
-        try:
-            action()
-        except (MetaformerError, OSError) as raised:
-            error = raised
-    message = context.broadcast_object(str(error) if error is not None else None)
-    if error is not None:
-        raise error
-    if message is not None:
-        raise RunFolderError(f"the main process stopped: {message}")

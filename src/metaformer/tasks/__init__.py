@@ -28,7 +28,7 @@ def training_parts(kind: str) -> tuple[type[TrainingTask], type]:
 def train(settings: RunSettings, recipe: Any | None = None, *, force: bool = False) -> list[dict]:
     """Train ``settings.model`` on ``settings.data`` into ``settings.output`` with ``recipe`` (default: the
     paper's for that task); returns a metrics record per round. ``force`` replaces a run already in the folder."""
-    from ..engine.trainer import run_training
+    from ..engine.launch import run_training
 
     kind = get_spec(settings.model).task
     task_class, recipe_class = training_parts(kind)
@@ -47,9 +47,9 @@ def resume(
     """Continue the run in folder ``run`` exactly where it stopped; ``longer`` extends it (``epochs=`` or
     ``iterations=``, by task). The learning-rate schedule keeps its length unless ``schedule_extend`` spreads it
     over the longer run; which of the two happens is printed."""
+    from ..engine.launch import run_training
     from ..engine.run_folder import RunFolder
     from ..engine.task import RunSettings, dataclass_from_dict
-    from ..engine.trainer import run_training
 
     config = RunFolder(run).check_resumable()
     kind = config["task"]

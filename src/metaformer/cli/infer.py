@@ -31,9 +31,12 @@ from .options import (
     probability,
     refuse_existing,
 )
+from .outputs import JsonLines
 
 if TYPE_CHECKING:
     import torch
+
+    from ..engine.distributed import DistributedContext
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -50,6 +53,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_num_workers(p)
     add_progress(p)
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    p.add_argument(
+        "--output",
+        help="write one JSON line per image to this file as each batch finishes (under torchrun each process takes "
+        "its share of the images, and the parts are merged in the images' order at the end)",
+    )
+    p.add_argument("--resume", action="store_true", help="with --output: classify only the images it lacks")
+    p.add_argument("--force", action="store_true", help="replace an --output that holds predictions")
     add_dtype(p, calibration="the images to classify")
     add_fuse(p)
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
@@ -94,44 +104,80 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def predict(args: argparse.Namespace) -> int:
     from ..data import find_images
+    from ..engine.distributed import init_distributed, shutdown_distributed
+
+    expect_task(args.model, "predict")
+    check_inference(args)
+    if (args.resume or args.force) and not args.output:
+        raise UsageError("--resume and --force apply to an --output file of predictions; give --output FILE")
+    if args.output:
+        JsonLines.check(Path(args.output), args.resume, args.force)
+    files = find_images(args.paths)  # searched once, here
+    if not files:
+        raise UsageError("no image files found in " + " ".join(args.paths))
+    context = init_distributed(args.device)  # one process, or this one's share under torchrun
+    try:
+        return _predict(args, files, context)
+    finally:
+        shutdown_distributed()
+
+
+def _predict(args: argparse.Namespace, files: list[Path], context: DistributedContext) -> int:
+    import torch
+
+    from ..engine.distributed import on_main
     from ..engine.task import default_num_workers
     from ..fast import prepare
     from ..processor import ImageProcessor
     from ..tasks.classification.predict import Classifier
 
-    expect_task(args.model, "predict")
-    check_inference(args)
-    files = find_images(args.paths)  # searched once, here
-    if not files:
-        raise UsageError("no image files found in " + " ".join(args.paths))
+    log = JsonLines(Path(args.output), context.rank, context.world_size) if args.output else None
+    if log is not None and args.force:
+        on_main(context, log.clear)
+        context.barrier()
+    done = log.done() if log is not None and args.resume else set()
+    mine = [f for f in files[context.rank :: context.world_size] if str(f) not in done]
     model = load_trained(args, "classification", fused=False)  # one build; `prepare` folds it in place
     if args.dtype == "int8":
         processor = ImageProcessor.from_record(model.pretrained_cfg)
         calibration = calibration_pixels(args.calibration or [str(f) for f in files], processor)
         model = int8_model(model, calibration, " ".join(args.calibration or args.paths))
     else:
+        device = str(context.device) if context.enabled else args.device
         model = prepare(
-            model, dtype=args.dtype, fuse=not args.no_fuse, compile=args.compile, device=args.device, inplace=True
+            model, dtype=args.dtype, fuse=not args.no_fuse, compile=args.compile, device=device, inplace=True
         )
     classifier = Classifier(model)  # photos as a viewer shows them: EXIF rotation applied
     workers = (
         args.num_workers
         if args.num_workers is not None
-        else (default_num_workers() if len(files) > args.batch_size else 0)
+        else (default_num_workers() if len(mine) > args.batch_size else 0)
     )
-    progress = len(files) > args.batch_size and not args.no_progress
-    failed = 0
-    for result in classifier.predict_files(files, args.topk, args.batch_size, workers, progress=progress):
+    progress = len(mine) > args.batch_size and not args.no_progress and context.is_main
+    failed, batch = 0, []
+    for result in classifier.predict_files(mine, args.topk, args.batch_size, workers, progress=progress):
         failed += result.error is not None
+        if log is not None:
+            batch.append(result.to_dict())
+            if len(batch) == args.batch_size:
+                log.append(batch)
+                batch = []
         if args.json:
             print(json.dumps(result.to_dict()), flush=True)
-        elif result.error is not None:
+        elif log is None and result.error is not None:
             print(f"{result.path}: error: {result.error}")
-        else:
+        elif log is None:
             print(result.path)
             for entry in result.topk:
                 print(f"  {entry['prob']:7.4f}  {entry['label']} ({entry['index']})")
-    if failed:
+    if log is not None:
+        log.append(batch)
+        failed = int(context.all_reduce_sum(torch.tensor([float(failed)]))[0])
+        context.barrier()
+        if context.is_main:
+            lines = log.merge([str(f) for f in files])
+            print(f"{args.output}: {lines} of {len(files)} image(s) ({len(done)} from before, {failed} unreadable)")
+    if failed and context.is_main:
         print(f"{failed} of {len(files)} file(s) could not be classified", file=sys.stderr)
     return 1 if failed else 0
 

@@ -10,7 +10,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from tiny import TINY
 
 import metaformer
@@ -106,3 +108,44 @@ def test_two_processes_share_the_images_and_merge_them_in_order(photos, checkpoi
     for a, b in zip(single, shared, strict=True):
         assert [e["index"] for e in a["topk"]] == [e["index"] for e in b["topk"]]
         assert all(abs(x["prob"] - y["prob"]) < 1e-5 for x, y in zip(a["topk"], b["topk"], strict=True))
+
+
+def shards(folder: Path) -> tuple[list[str], np.ndarray]:
+    paths, rows = [], []
+    for listed in sorted(folder.glob("files-*.txt")):
+        paths += listed.read_text().splitlines()
+        rows.append(np.load(listed.with_name(listed.name.replace("files-", "features-")[:-4] + ".npy")))
+    return paths, np.concatenate(rows)
+
+
+def test_embed_writes_the_models_features_in_shards_and_resumes(photos, checkpoint, tmp_path, capsys):
+    folder = tmp_path / "features"
+    flags = ["--checkpoint", str(checkpoint), "--output", str(folder), "--batch-size", "4", "--num-workers", "0"]
+    assert main(["embed", *map(str, photos), *flags, "--shard-size", "10"]) == 0
+    assert sorted(p.name for p in folder.glob("files-*")) == [
+        "files-0-00000.txt",
+        "files-0-00001.txt",
+        "files-0-00002.txt",
+    ]
+    paths, features = shards(folder)
+    assert paths == [str(p) for p in photos] and features.shape == (24, 48) and features.dtype == np.float32
+    model = metaformer.create_model(TINY, checkpoint=checkpoint).eval()
+    pixels = metaformer.ImageProcessor.for_model(model)(photos[:3])
+    with torch.no_grad():
+        pooled = model.forward_head(model.forward_features(pixels), pre_logits=True)
+        stage = model.forward_intermediates(pixels, [1], intermediates_only=True)[0].mean((-2, -1))
+    assert np.allclose(features[:3], pooled.numpy(), atol=1e-5)  # the features the head takes
+    # A shard lost to a kill (its list never written) and one removed: --resume embeds exactly those images again.
+    (folder / "files-0-00001.txt").unlink()
+    assert main(["embed", *map(str, photos), *flags, "--shard-size", "10", "--resume"]) == 0
+    assert "14 from before" in capsys.readouterr().out
+    again, refeatured = shards(folder)
+    assert sorted(again) == sorted(paths) and len(again) == 24
+    assert np.allclose(refeatured[np.argsort(again)], features[np.argsort(paths)], atol=1e-5)
+    staged = tmp_path / "stage"
+    assert main(["embed", *map(str, photos[:3]), *flags[:2], "--output", str(staged), "--stage", "1"]) == 0
+    assert np.allclose(shards(staged)[1], stage.numpy(), atol=1e-5)
+    assert main(["embed", str(photos[0]), *flags[:2], "--output", str(staged)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["embed", str(photos[0]), *flags[:2], "--output", str(tmp_path / "x"), "--stage", "4"]) == 2
+    assert "has stages 0 to 3" in capsys.readouterr().err

@@ -31,7 +31,7 @@ from .options import (
     probability,
     refuse_existing,
 )
-from .outputs import JsonLines
+from .outputs import FeatureShards, JsonLines
 
 if TYPE_CHECKING:
     import torch
@@ -64,6 +64,26 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_fuse(p)
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.set_defaults(run=predict)
+
+    p = sub.add_parser("embed", help="write images' features (pooled, or a stage's) to .npy shards")
+    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("--model", help="a classifier's name (see `metaformer list`)" + FROM_CHECKPOINT)
+    add_weights(p)
+    p.add_argument("--output", required=True, help="folder for features-R-K.npy and files-R-K.txt shards")
+    p.add_argument(
+        "--stage",
+        type=int,
+        help="a stage's map averaged over its positions (0 to 3; forward_intermediates) instead of the pooled "
+        "features the head takes",
+    )
+    p.add_argument("--shard-size", type=positive, default=10000, help="images per shard (default 10000)")
+    p.add_argument("--resume", action="store_true", help="embed only the images the shards in --output lack")
+    p.add_argument("--force", action="store_true", help="replace the shards in --output")
+    add_batch_size(p, 32)
+    add_device(p)
+    add_num_workers(p)
+    add_fuse(p)
+    p.set_defaults(run=embed, dtype="float32", compile=False)
 
     for name, what, default in (
         ("segment", "semantic segmentation: colour mask and overlay PNGs", "segmentations"),
@@ -179,6 +199,59 @@ def _predict(args: argparse.Namespace, files: list[Path], context: DistributedCo
             print(f"{args.output}: {lines} of {len(files)} image(s) ({len(done)} from before, {failed} unreadable)")
     if failed and context.is_main:
         print(f"{failed} of {len(files)} file(s) could not be classified", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def embed(args: argparse.Namespace) -> int:
+    from ..data import find_images
+    from ..engine.distributed import init_distributed, shutdown_distributed
+
+    expect_task(args.model, "embed")
+    check_inference(args)
+    output = Path(args.output)
+    FeatureShards.check(output, args.resume, args.force)
+    files = find_images(args.paths)
+    if not files:
+        raise UsageError("no image files found in " + " ".join(args.paths))
+    context = init_distributed(args.device)
+    try:
+        return _embed(args, files, output, context)
+    finally:
+        shutdown_distributed()
+
+
+def _embed(args: argparse.Namespace, files: list[Path], output: Path, context: DistributedContext) -> int:
+    import torch
+
+    from ..engine.distributed import on_main
+    from ..fast import prepare
+    from ..tasks.classification.predict import Classifier
+
+    model = load_trained(args, "classification", fused=False)
+    stages = len(model.config.depths)
+    if args.stage is not None and not 0 <= args.stage < stages:
+        raise UsageError(f"--stage {args.stage}: {model.name or 'this model'} has stages 0 to {stages - 1}")
+    on_main(context, lambda: FeatureShards.tidy(output, args.force))
+    context.barrier()
+    shards = FeatureShards(output, context.rank, args.shard_size)
+    done = shards.done() if args.resume else set()
+    mine = [f for f in files[context.rank :: context.world_size] if str(f) not in done]
+    device = str(context.device) if context.enabled else args.device
+    model = prepare(model, fuse=not args.no_fuse, device=device, inplace=True)
+    workers = args.num_workers if args.num_workers is not None else 0
+    failed = 0
+    for paths, features, errors in Classifier(model).embed_files(mine, args.stage, args.batch_size, workers):
+        for path, error in errors:
+            print(f"{path}: error: {error}", file=sys.stderr)
+        failed += len(errors)
+        if paths:
+            shards.add(paths, features)
+    shards.flush()
+    failed = int(context.all_reduce_sum(torch.tensor([float(failed)]))[0])
+    written = int(context.all_reduce_sum(torch.tensor([float(shards.written)]))[0])
+    if context.is_main:
+        what = f"stage {args.stage}, averaged" if args.stage is not None else "pooled"
+        print(f"{output}: features ({what}) of {written} image(s), {len(done)} from before, {failed} unreadable")
     return 1 if failed else 0
 
 

@@ -213,7 +213,7 @@ def expect_task(model: str, command: str, why: str = "") -> str:
     one command that runs it."""
     kind = task_of(model)
     runs = [k for k, entry in TASKS.items() if entry.command == command]
-    if command in ("benchmark", "cam"):
+    if command in ("benchmark", "cam", "embed"):
         runs = ["classification"]
     if kind not in runs:
         right = task(kind).command

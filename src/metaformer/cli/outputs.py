@@ -98,3 +98,68 @@ def read_lines(path: Path, repair: bool) -> list[dict]:
             raise UsageError(f"{path}, line {number}: a prediction line names its image ('path'); this one does not")
         records.append(record)
     return records
+
+
+class FeatureShards:
+    """One process's ``embed --output FOLDER``: shards ``features-R-K.npy`` (float32 ``[N, C]``) with the files
+    they hold, one path per line, in ``files-R-K.txt``; each written whole (atomically, the list last, so a shard
+    whose list exists is complete). ``--resume`` skips the files of every complete shard; what a kill left in
+    memory or half written is done again."""
+
+    def __init__(self, folder: Path, rank: int, shard_size: int) -> None:
+        self.folder, self.rank, self.shard_size = folder, rank, shard_size
+        self.paths: list[str] = []
+        self.rows: list = []
+        self.written = 0
+
+    @staticmethod
+    def check(folder: Path, resume: bool, force: bool) -> None:
+        if resume and force:
+            raise UsageError("--resume keeps the shards in --output; --force replaces them: give one")
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"--output {folder} is a file; embed writes a folder of shards")
+        if list(folder.glob("files-*.txt")) and not (resume or force):
+            raise UsageError(
+                f"--output {folder} already holds feature shards: pass --resume to embed only the images they lack, "
+                "or --force to start again"
+            )
+
+    @staticmethod
+    def tidy(folder: Path, force: bool) -> None:
+        """The main process, first: --force removes the shards; otherwise features whose list a kill prevented."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for features in folder.glob("features-*.npy"):
+            if force or not features.with_name(features.name.replace("features-", "files-")[:-4] + ".txt").exists():
+                features.unlink()
+        if force:
+            for listed in folder.glob("files-*.txt"):
+                listed.unlink()
+
+    def done(self) -> set[str]:
+        return {line for listed in self.folder.glob("files-*.txt") for line in listed.read_text().splitlines()}
+
+    def add(self, paths: Sequence[str], features) -> None:  # noqa: ANN001  a [N, C] tensor
+        self.paths += paths
+        self.rows.append(features.numpy())
+        while len(self.paths) >= self.shard_size:
+            self.flush(self.shard_size)
+
+    def flush(self, count: int | None = None) -> None:
+        """Write the first ``count`` buffered images (all by default) as the next shard of this process."""
+        import io
+
+        import numpy as np
+
+        if not self.paths:
+            return
+        rows = np.concatenate(self.rows).astype(np.float32)
+        count = len(self.paths) if count is None else count
+        index = len(list(self.folder.glob(f"files-{self.rank}-*.txt")))
+        while (self.folder / f"files-{self.rank}-{index:05d}.txt").exists():
+            index += 1
+        buffer = io.BytesIO()
+        np.save(buffer, rows[:count])
+        atomic_write(self.folder / f"features-{self.rank}-{index:05d}.npy", buffer.getvalue())
+        atomic_write(self.folder / f"files-{self.rank}-{index:05d}.txt", "".join(p + "\n" for p in self.paths[:count]))
+        self.written += count
+        self.paths, self.rows = self.paths[count:], [rows[count:]]

@@ -102,6 +102,29 @@ class Classifier:
                     yield Prediction(str(files[i]), error=error) if x is None else Prediction(str(files[i]), next(tops))
                 bar.update(len(batch))
 
+    @torch.inference_mode()
+    def embed_files(
+        self, files: Sequence[Path], stage: int | None = None, batch_size: int = 32, num_workers: int = 0
+    ) -> Iterator[tuple[list[str], torch.Tensor, list[tuple[str, str]]]]:
+        """Features of each readable file, a batch at a time: ``(paths, [N, C] float32, [(path, error)])``. The
+        pooled features the head takes (``forward_head(pre_logits=True)``), or with ``stage`` that stage's map
+        averaged over its positions (``forward_intermediates``)."""
+        loader = DataLoader(_Files(files, self), batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+        for batch in loader:
+            good = [(i, x) for i, x, _ in batch if x is not None]
+            errors = [(str(files[i]), error) for i, x, error in batch if x is None]
+            if not good:
+                yield [], torch.empty(0), errors
+                continue
+            images = torch.stack([x for _, x in good]).to(self.device, self.dtype)
+            images = images.contiguous(memory_format=torch.channels_last)
+            if stage is None:
+                features = self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+            else:
+                maps = self.model.forward_intermediates(images, [stage], stop_early=True, intermediates_only=True)
+                features = maps[0].mean((-2, -1))
+            yield [str(files[i]) for i, _ in good], features.float().cpu(), errors
+
     def cam_png(self, photo: Image.Image, pixels: torch.Tensor, index: int) -> bytes:
         """Grad-CAM of class ``index`` over the photo (``pixels``: its crop that the model saw), as PNG."""
         from ...explain import cam_on_photo, grad_cam

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -546,3 +547,37 @@ def test_gradient_checkpointing_recomputes_the_blocks_and_changes_nothing_else(t
     flags = ["--model", TINY, "--epochs", "1", "--batch-size", "16", "--grad-checkpointing", *FAST]
     assert run_train(tiny, "--output", run, *flags) == 0
     assert json.loads((run / "config.json").read_text())["settings"]["grad_checkpointing"] is True
+
+
+def test_fp16_autocast_with_activations_whose_squares_overflow_stays_finite(tiny, tmp_path):
+    """poolformer #22's NaNs under native fp16: here the stem makes activations of order 1e3-1e4, whose squares
+    (1e6-1e8) overflow fp16's 65504; the norms' statistics accumulate in float32, and the loss is taken in float32,
+    so the forward, the loss and the unscaled gradients stay finite, and the run logs how many steps the gradient
+    scaler skipped."""
+    model = metaformer.create_model(TINY, num_classes=3).train()
+    with torch.no_grad():
+        model.stem.proj.weight.mul_(1000)
+    x = torch.randn(8, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.float16):
+        stem = model.stem(x)
+        assert stem.dtype == torch.float16 and stem.abs().max() > 300 and stem.float().square().max() > 65504
+        logits = model(x)
+    assert torch.isfinite(logits).all()
+    loss = torch.nn.functional.cross_entropy(logits.float(), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    scaler.scale(loss).backward()
+    optimizer = torch.optim.AdamW(model.parameters())
+    scaler.unscale_(optimizer)
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+    # A head 3000 times too large: the scaled gradients overflow fp16 until the scaler has halved its scale enough.
+    with torch.no_grad():
+        model.stem.proj.weight.div_(1000)
+        model.head.weight.mul_(3000)
+    start = metaformer.save_checkpoint(model, tmp_path / "large_head.safetensors")
+    run = tmp_path / "run"
+    flags = ["--model", TINY, "--init", start, "--epochs", "1", "--batch-size", "16", "--amp", "fp16", *FAST]
+    assert run_train(tiny, "--output", run, *flags) == 0
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    scale = torch.load(run / "last.state.pt", weights_only=True)["scaler"]["scale"]
+    assert record["amp_skipped_steps"] == math.log2(2.0**16 / scale) > 0  # each skip halved the scale
+    assert math.isfinite(record["train_loss"])

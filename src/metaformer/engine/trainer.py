@@ -95,6 +95,7 @@ class Trainer:
         self.records: list[dict] = []
         self.steps: list[dict] = []  # the training loss and learning rate every --log-every steps
         self.best: float | None = None
+        self.skipped_steps = 0  # fp16 steps the gradient scaler skipped (inf/NaN gradients) in this round
         self.start_step = 0
         self.reported: set[str] = set()
 
@@ -170,6 +171,7 @@ class Trainer:
         )
         lr = 0.0
         window = torch.zeros(2, dtype=torch.float64)  # loss * count, count since the last logged step
+        self.skipped_steps = 0
         for offset, micro_batches in enumerate(in_groups(bar, self.settings.grad_accum_steps)):
             step = start + offset
             lr = self.task.lr_at(step, plan.steps_per_epoch)
@@ -201,6 +203,7 @@ class Trainer:
             "images_per_s": count / elapsed,
             "time_s": elapsed,
             "skipped_images": int(skipped),
+            **({"amp_skipped_steps": self.skipped_steps} if self.scaler.is_enabled() else {}),
         }
 
     def _step(self, step: int, lr: float, micro_batches: list[Batch]) -> float | None:
@@ -231,8 +234,11 @@ class Trainer:
         if self.task.clip_grad:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.module.parameters(), self.task.clip_grad)
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if scale is not None and self.scaler.get_scale() < scale:  # inf/NaN gradients: the step was skipped
+            self.skipped_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update_parameters(self.module)

@@ -71,6 +71,10 @@ _CLASSIFICATION_TRAIN = (
     "--no-channels-last",
     "--compile",
     "--custom-backward",
+    "--train-split",
+    "--val-split",
+    "--image-column",
+    "--label-column",
 )
 _DETECTION_TRAIN = ("--epochs", "--warmup-iters", "--min-size", "--max-size")
 _DETECTION_EVAL = ("--batch-size", "--num-workers", "--split", "--min-size", "--max-size")

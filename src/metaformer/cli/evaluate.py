@@ -134,8 +134,9 @@ def _write(output: Path | None, result: dict, picture: bytes | None) -> None:
 def _classification(args: argparse.Namespace, kind: str, output: Path | None) -> int:
     import torch
 
+    from ..data.hf import is_hf
     from ..processor import ImageProcessor
-    from ..tasks.classification.data import ImageFolder, class_to_output, eval_folder
+    from ..tasks.classification.data import ImageFolder, class_to_output, eval_folder, image_dataset
     from ..tasks.drawing import confusion_png
 
     evaluate = task(kind).load("evaluation")  # the task table's scorer
@@ -149,8 +150,11 @@ def _classification(args: argparse.Namespace, kind: str, output: Path | None) ->
     if args.dtype != "int8":
         model = model.to(getattr(torch, args.dtype))
     with _distributed(args, model) as context:
-        folder = Path(args.data) / args.split if args.split else eval_folder(args.data)
-        dataset = ImageFolder(folder, processor.transform, exif_transpose=False)
+        if is_hf(args.data):  # its validation split, or --split
+            dataset = image_dataset(args.data, args.split, processor.transform, validation=True)
+        else:
+            folder = Path(args.data) / args.split if args.split else eval_folder(args.data)
+            dataset = ImageFolder(folder, processor.transform, exif_transpose=False)
         if len(dataset.classes) == 1:
             warnings.warn(
                 f"{dataset.root} has a single class folder ({dataset.classes[0]}): top-1 counts how often "

@@ -29,7 +29,15 @@ FLAGS = TaskFlags("train")
 # Flags whose recipe setting is spelt otherwise, or takes another value than the flag's; the rest are the setting.
 RECIPE_FIELDS = {"recipe": "name", "randaugment": "randaugment_magnitude", "ema": "ema_decay", "no_augment": "augment"}
 RECIPE_VALUES = {"ema": lambda on: 0.9998 if on else None, "no_augment": lambda on: False if on else None}
-RUN_FLAGS = {"compile", "no_channels_last", "custom_backward"}  # task flags that are run settings, not recipe ones
+RUN_FLAGS = {
+    "compile",
+    "no_channels_last",
+    "custom_backward",
+    "train_split",
+    "val_split",
+    "image_column",
+    "label_column",
+}  # task flags that are run settings, not recipe ones
 # Flags that --resume takes: how much longer, and how to show it. Everything else comes from config.json.
 RESUMABLE = {"epochs", "iterations", "stop_after", "no_progress", "resume", "schedule_extend"}
 
@@ -43,7 +51,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "metrics.jsonl, steps.jsonl, curves.png, last/best .safetensors and last.state.pt (for --resume). A flag of "
         "another task than the model's is refused.",
     )
-    p.add_argument("data", nargs="?", help="dataset folder: ImageNet layout (train/, val/), ADE20K or COCO layout")
+    p.add_argument(
+        "data",
+        nargs="?",
+        help="dataset folder: ImageNet layout (train/, val/), ADE20K or COCO layout; for classification also "
+        "hf:NAME_OR_FOLDER, a Hugging Face dataset (Hub id from the cache, save_to_disk folder, parquet files)",
+    )
     p.add_argument("--model", help="model name (see `metaformer list`); its task decides the recipe")
     p.add_argument("--output", help="run folder (default runs/MODEL)")
     p.add_argument("--init", help="initial weights: a classifier's (any format) or a whole model of this task")
@@ -183,6 +196,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "autograd functions: less memory kept for the backward; faster on AMX Xeons, slower on AVX-512 EPYCs "
         "(README, Training speed). Off: the reference modules, which hooks see",
     )
+    FLAGS.add(p, "--train-split", help="the training split: DATA/<this>/ or an hf: dataset's split (train)")
+    FLAGS.add(p, "--val-split", help="the validation split: DATA/<this>/ (val) or an hf: dataset's (validation)")
+    FLAGS.add(p, "--image-column", help="an hf: dataset's image column (image)")
+    FLAGS.add(p, "--label-column", help="an hf: dataset's class column (label; names from its ClassLabel)")
     FLAGS.add(p, "--iterations", type=positive, help="training iterations (Semantic FPN 40000, UperNet 160000)")
     FLAGS.add(p, "--crop-size", type=positive, help="training crop (512)")
     add_scale(FLAGS, p, "the resize scale of training and evaluation (2048 512)")
@@ -248,6 +265,10 @@ def run(args: argparse.Namespace) -> int:
         log_every=args.log_every,
         grad_accum_steps=args.grad_accum_steps,
         grad_checkpointing=args.grad_checkpointing,
+        train_split=getattr(args, "train_split", None),
+        val_split=getattr(args, "val_split", None),
+        image_column=getattr(args, "image_column", None),
+        label_column=getattr(args, "label_column", None),
     )
     if args.num_workers is not None:
         settings.num_workers = args.num_workers

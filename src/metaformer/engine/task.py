@@ -49,6 +49,12 @@ class RunSettings:
     # batch x this x processes, which the learning-rate rule, the schedule and every count of steps use.
     grad_accum_steps: int = 1
     grad_checkpointing: bool = False  # recompute each block's activations in the backward: less memory, more time
+    # Classification data: the splits (folders, or a Hugging Face dataset's splits) and an hf: dataset's columns;
+    # None: train and val (folders), train and validation (hf:), columns image and label.
+    train_split: str | None = None
+    val_split: str | None = None
+    image_column: str | None = None
+    label_column: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

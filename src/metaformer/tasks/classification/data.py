@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from ...data import IMAGENET_MEAN, IMAGENET_STD, DatasetError, imagenet_classes, is_image_file, load_image
+from ...data.hf import HFImages, is_hf
 from ...processor import ImageProcessor
 from .recipe import Recipe
 
@@ -67,13 +68,38 @@ class ImageFolder(Dataset):
         return self.transform(load_image(path, exif_transpose=self.exif_transpose)), label
 
 
-def train_val_folders(data: str | os.PathLike) -> tuple[Path, Path]:
+def train_val_folders(data: str | os.PathLike, train: str = "train", val: str = "val") -> tuple[Path, Path]:
     data = Path(data)
-    train, val = data / "train", data / "val"
-    missing = [str(p) for p in (train, val) if not p.is_dir()]
+    folders = data / train, data / val
+    missing = [str(p) for p in folders if not p.is_dir()]
     if missing:
-        raise DatasetError(f"{data}: expected the ImageNet layout train/<class>/* and val/<class>/*; missing {missing}")
-    return train, val
+        raise DatasetError(
+            f"{data}: expected the ImageNet layout {train}/<class>/* and {val}/<class>/*; missing {missing}"
+        )
+    return folders
+
+
+def image_dataset(
+    data: str,
+    split: str | None,
+    transform: Callable,
+    classes: Sequence[str] | None = None,
+    *,
+    validation: bool = False,
+    columns: tuple[str | None, str | None] = (None, None),
+    exif_transpose: bool = True,
+) -> Dataset:
+    """The classification samples of one split of ``data``: an image folder ``data/<split>`` (train, val), or a
+    split of a Hugging Face dataset ``hf:...`` (train, validation) with its image and label columns."""
+    if is_hf(data):
+        default = "validation" if validation else "train"
+        image, label = columns
+        return HFImages(data, split or default, transform, classes, image_column=image or "image",
+                        label_column=label or "label")  # fmt: skip
+    if any(columns):
+        raise DatasetError(f"--image-column and --label-column name an hf: dataset's columns; {data} is a folder")
+    folder = Path(data) / (split or ("val" if validation else "train"))
+    return ImageFolder(folder, transform, classes, exif_transpose=exif_transpose)
 
 
 def eval_folder(data: str | os.PathLike) -> Path:

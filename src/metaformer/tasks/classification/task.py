@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
 from ...api import create_model
+from ...data.hf import is_hf
 from ...engine.distributed import DistributedContext
 from ...engine.schedules import cosine
 from ...engine.task import RunSettings
@@ -18,7 +21,7 @@ from ...fast import use_custom_backward
 from ...models.zoo import get_spec
 from ...processor import ImageProcessor
 from ..common import LibraryTask, decay_groups, layer_decay_groups
-from .data import ImageFolder, batch_mixer, class_to_output, train_transform, train_val_folders
+from .data import batch_mixer, class_to_output, image_dataset, train_transform, train_val_folders
 from .metrics import evaluate, top_k
 from .recipe import PAPER, Recipe
 
@@ -35,12 +38,22 @@ class ClassificationTask(LibraryTask):
         if self.recipe.optimizer == "lamb":
             _lamb_class()  # before any data is read: a missing dependency is said at once
 
-    @functools.cached_property
-    def folders(self):  # noqa: ANN201
-        return train_val_folders(self.settings.data)
+    def _split(self, transform: Callable, validation: bool, classes: list[str] | None = None) -> Dataset:
+        settings = self.settings
+        if not is_hf(settings.data):  # both folders first: a missing one is said before any training
+            train_val_folders(settings.data, settings.train_split or "train", settings.val_split or "val")
+        return image_dataset(
+            settings.data,
+            settings.val_split if validation else settings.train_split,
+            transform,
+            classes,
+            validation=validation,
+            columns=(settings.image_column, settings.label_column),
+            exif_transpose=not validation,
+        )
 
-    def train_dataset(self) -> ImageFolder:
-        dataset = ImageFolder(self.folders[0], train_transform(self.recipe))
+    def train_dataset(self) -> Dataset:
+        dataset = self._split(train_transform(self.recipe), validation=False)
         if len(dataset.classes) < 2:
             raise DatasetError(
                 f"{dataset.root} has a single class folder ({dataset.classes[0]}): a classifier "
@@ -124,10 +137,10 @@ class ClassificationTask(LibraryTask):
         return F.cross_entropy(model(images).float(), labels, label_smoothing=self.recipe.label_smoothing)
 
     @functools.cached_property
-    def validation(self) -> tuple[ImageFolder, list[int]]:
+    def validation(self) -> tuple[Dataset, list[int]]:
         crop_pct, crop_mode = self.crop
         processor = ImageProcessor(self.recipe.image_size, crop_pct, exif_transpose=False, crop_mode=crop_mode)
-        dataset = ImageFolder(self.folders[1], processor.transform, classes=self.classes, exif_transpose=False)
+        dataset = self._split(processor.transform, validation=True, classes=self.classes)
         return dataset, class_to_output(dataset.classes, self.classes, len(self.classes))
 
     def evaluate(self, model: nn.Module, progress: bool) -> dict:

@@ -1,0 +1,93 @@
+"""Hugging Face datasets as classification data: ``hf:NAME_OR_FOLDER`` names a dataset on the Hub (read from the
+local cache when offline), a folder written by ``save_to_disk``, or a folder of data files (parquet, or images in
+class folders) that ``datasets`` recognises. Read with the ``datasets`` package (``pip install 'metaformer[data]'``);
+map-style, so training samples, shuffles and resumes them exactly as image folders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import DatasetError, ImageLoadError
+from .images import to_rgb
+
+PREFIX = "hf:"
+DEFAULT_SPLITS = ("train", "validation")
+
+
+def is_hf(data: str) -> bool:
+    return str(data).startswith(PREFIX)
+
+
+def load_split(data: str, split: str):  # noqa: ANN201  a datasets.Dataset
+    """Split ``split`` of the dataset ``data`` (``hf:...``) names; an error naming the splits there are."""
+    try:
+        import datasets
+    except ImportError as error:
+        raise DatasetError(f"{data}: reading Hugging Face datasets needs `pip install 'metaformer[data]'`") from error
+    target = data[len(PREFIX) :]
+    if not target:
+        raise DatasetError("hf: names a dataset: hf:NAME (on the Hub or in its cache) or hf:FOLDER")
+    folder = Path(target)
+    try:
+        if (folder / "dataset_dict.json").exists() or (folder / "state.json").exists():
+            loaded = datasets.load_from_disk(str(folder))
+        else:
+            loaded = datasets.load_dataset(target)
+    except (FileNotFoundError, ValueError, OSError, datasets.exceptions.DatasetNotFoundError) as error:
+        raise DatasetError(f"{data}: cannot read this dataset ({str(error).splitlines()[0]})") from error
+    if isinstance(loaded, datasets.Dataset):  # a single split saved on its own
+        return loaded
+    if split not in loaded:
+        raise DatasetError(f"{data} has no split {split!r}; its splits: {', '.join(loaded)}")
+    return loaded[split]
+
+
+class HFImages(Dataset):
+    """The ``(transform(image), class index)`` samples of one split, from its ``image_column`` (decoded by
+    ``datasets``) and ``label_column``; class names from a ``ClassLabel`` feature, else the labels themselves. An
+    image that cannot be decoded raises ``ImageLoadError``: training skips and counts it."""
+
+    def __init__(
+        self,
+        data: str,
+        split: str,
+        transform: Callable,
+        classes: Sequence[str] | None = None,
+        *,
+        image_column: str = "image",
+        label_column: str = "label",
+    ) -> None:
+        self.root = f"{data} [{split}]"  # in messages, as a folder's path is
+        self.split = load_split(data, split)
+        missing = [c for c in (image_column, label_column) if c not in self.split.column_names]
+        if missing:
+            raise DatasetError(
+                f"{self.root} has no column(s) {missing}; its columns: {', '.join(self.split.column_names)} "
+                "(--image-column, --label-column)"
+            )
+        feature = self.split.features[label_column]
+        names = list(getattr(feature, "names", None) or sorted({str(v) for v in self.split[label_column]}))
+        self.classes = list(classes) if classes is not None else names
+        strangers = sorted(set(names) - set(self.classes))
+        if strangers:
+            raise DatasetError(f"{self.root} has classes that are not among the training classes: {strangers[:10]}")
+        self.to_class = [self.classes.index(name) for name in names]
+        self.by_name = not hasattr(feature, "names")
+        self.image_column, self.label_column, self.transform = image_column, label_column, transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        try:
+            row = self.split[index]
+            image = to_rgb(row[self.image_column])
+        except Exception as error:  # noqa: BLE001  datasets' decoders raise what PIL raises, and more
+            raise ImageLoadError(f"{self.root}[{index}]", f"cannot decode its image ({error})") from error
+        label = row[self.label_column]
+        label = self.classes.index(str(label)) if self.by_name else self.to_class[int(label)]
+        return self.transform(image), label

@@ -171,6 +171,7 @@ def test_the_official_recipes():
     assert (wide.warmup_epochs, wide.drop_path) == (20, 0.6) and PAPER.resolved("mambaout_small_rw").drop_path == 0.4
 
 
+@pytest.mark.slow  # builds and counts the 102 M and 135 M parameter models
 def test_info_of_a_release_shows_its_evaluation_and_classes(capsys):
     from metaformer.cli import main
     from metaformer.cli.models import model_info
@@ -180,9 +181,16 @@ def test_info_of_a_release_shows_its_evaluation_and_classes(capsys):
     assert squashed["pretrained_cfg"]["crop_mode"] == "squash" and squashed["pretrained_cfg"]["test_input_size"]
     in12k = model_info("mambaout_base_plus_rw.sw_e150_in12k")
     assert in12k["config"]["num_classes"] == 11821 and in12k["params"] == 134_909_485
-    assert model_info("caformer_s18.sail_in1k_384")["pretrained_cfg"]["crop_pct"] == 1.0  # not the 0.9 default
     assert main(["info", "mambaout_base_plus_rw.sw_e150_r384_in12k_ft_in1k"]) == 0
     assert "crop_pct 1.0 (squash)" in capsys.readouterr().out
+
+
+def test_info_of_a_tag_is_that_release():
+    from metaformer.cli.models import model_info
+
+    at_384 = model_info("caformer_s18.sail_in1k_384")
+    assert at_384["pretrained_cfg"]["crop_pct"] == 1.0 and at_384["config"]["image_size"] == 384  # not 0.9, 224
+    assert model_info("convformer_s18.sail_in22k")["config"]["num_classes"] == 21841
 
 
 def test_fused_equals_plain_and_features():

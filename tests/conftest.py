@@ -104,13 +104,15 @@ def assert_intermediates_equal(ours: torch.nn.Module, theirs: torch.nn.Module, x
                 torch.testing.assert_close(mine[0], as_nchw(theirs, reference[0]), atol=1e-4, rtol=1e-4)
 
 
-def assert_equal_to_timm_both_ways(name: str, ours: torch.nn.Module, theirs: torch.nn.Module, x: torch.Tensor) -> None:
+def assert_equal_to_timm_both_ways(
+    name: str, ours: torch.nn.Module, theirs: torch.nn.Module, x: torch.Tensor, **overrides: object
+) -> None:
     """Ours and timm's model holding the same weights compute the same logits, features and intermediates, and timm's
-    state dict read back by ours computes them too."""
+    state dict read back by ours (built with ``overrides``, as ``ours`` was) computes them too."""
     with torch.no_grad():
         expected = theirs(x)
         assert torch.allclose(ours(x), expected, atol=1e-4, rtol=0)
-        back = metaformer.create_model(name, checkpoint=theirs.state_dict(), strict=True).eval()
+        back = metaformer.create_model(name, checkpoint=theirs.state_dict(), strict=True, **overrides).eval()
         assert torch.allclose(back(x), expected, atol=1e-4, rtol=0)
         assert torch.allclose(ours.forward_features(x), as_nchw(theirs, theirs.forward_features(x)), atol=1e-4, rtol=0)
     assert_intermediates_equal(ours, theirs, x[:1])

@@ -342,6 +342,7 @@ def test_upernet_trains_with_its_auxiliary_head_and_recipe(small_camvid, tmp_pat
     runs it."""
     run = tmp_path / "run"
     flags = [flag if flag != TINY_FPN else TINY_UPERNET for flag in SMALL_RUN]
+    flags += ["--crop-size", "64", "--scale", "256", "64"]  # its 512-channel head at stride 4: small images
     assert main(["train", str(small_camvid), "--output", str(run), "--iterations", "2", *flags]) == 0
     recipe = json.loads((run / "config.json").read_text())["recipe"]
     assert (recipe["lr"], recipe["weight_decay"], recipe["power"], recipe["warmup_iterations"]) == (

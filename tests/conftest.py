@@ -116,3 +116,29 @@ def assert_equal_to_timm_both_ways(
         assert torch.allclose(back(x), expected, atol=1e-4, rtol=0)
         assert torch.allclose(ours.forward_features(x), as_nchw(theirs, theirs.forward_features(x)), atol=1e-4, rtol=0)
     assert_intermediates_equal(ours, theirs, x[:1])
+
+
+def assert_a_training_step_reaches_every_weight(name: str) -> None:
+    """One step of a new family's smallest classifier gives every weight a gradient; fine-tuning keeps its MLP head's
+    hidden layer and gives it new class rows."""
+    model = metaformer.create_model(name, num_classes=5, drop_path_rate=0.1).train()
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 64, 64)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    hidden = model.head.fc1.weight.clone()
+    model.reset_classifier(7)
+    assert torch.equal(model.head.fc1.weight, hidden) and model.head.fc2.out_features == 7
+
+
+def assert_semantic_fpn_trains_and_folds(name: str) -> None:
+    """A Semantic FPN on a family's trunk: logits at the input's size on odd sizes, a gradient for every trainable
+    weight, and the folded blocks inside it equal to the plain ones."""
+    model = randomize(metaformer.create_model(name, num_classes=5), seed=4).train()
+    logits = model(torch.randn(2, 3, 97, 130))
+    assert logits.shape == (2, 5, 97, 130)
+    logits.logsumexp(1).mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.allclose(metaformer.fuse(model)(x), model(x), atol=1e-4, rtol=0)

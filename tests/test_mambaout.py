@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_equal_to_timm_both_ways, randomize, slow_but
+from conftest import (
+    assert_a_training_step_reaches_every_weight,
+    assert_equal_to_timm_both_ways,
+    assert_semantic_fpn_trains_and_folds,
+    randomize,
+    slow_but,
+)
 
 import metaformer
 from metaformer.checkpoints import open_checkpoint
@@ -195,13 +201,7 @@ def test_fused_equals_plain_and_features():
 
 
 def test_a_training_step_reaches_every_weight():
-    model = metaformer.create_model("mambaout_femto", num_classes=5, drop_path_rate=0.1).train()
-    loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 64, 64)), torch.tensor([0, 1, 2, 3]))
-    loss.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
-    hidden = model.head.fc1.weight.clone()
-    model.reset_classifier(7)  # fine-tuning keeps the MLP head's hidden layer; new class rows
-    assert torch.equal(model.head.fc1.weight, hidden) and model.head.fc2.out_features == 7
+    assert_a_training_step_reaches_every_weight("mambaout_femto")
 
 
 def test_every_mlp_head_has_its_shape():
@@ -227,15 +227,7 @@ def test_the_readme_table_is_the_metadata():
 
 
 def test_dense_models_on_its_trunk():
-    model = randomize(metaformer.create_model("fpn_mambaout_femto", num_classes=5), seed=4).train()
-    logits = model(torch.randn(2, 3, 97, 130))
-    assert logits.shape == (2, 5, 97, 130)
-    logits.logsumexp(1).mean().backward()
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
-    model.eval()
-    x = torch.randn(2, 3, 64, 96)
-    with torch.no_grad():
-        assert torch.allclose(metaformer.fuse(model)(x), model(x), atol=1e-4, rtol=0)
+    assert_semantic_fpn_trains_and_folds("fpn_mambaout_femto")
     assert {"retinanet_mambaout_tiny", "mask_rcnn_mambaout_small"} <= set(metaformer.list_models())
     detector = metaformer.create_model("retinanet_mambaout_tiny", min_size=128, max_size=160).eval()
     with torch.no_grad():

@@ -74,6 +74,7 @@ _CLASSIFICATION_TRAIN = (
     "--train-split",
     "--val-split",
     "--image-column",
+    "--streaming",
     "--label-column",
 )
 _DETECTION_TRAIN = ("--epochs", "--warmup-iters", "--min-size", "--max-size")

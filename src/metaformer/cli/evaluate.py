@@ -52,7 +52,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "Segmentation: mmseg's aAcc/mIoU/mAcc. Detection: pycocotools' 12 figures. Every task "
         "runs under torchrun too (each process evaluates its share; each image once).",
     )
-    p.add_argument("data", help="dataset folder (a folder of class folders, or one with val/; ADE20K; COCO)")
+    p.add_argument(
+        "data",
+        help="dataset folder (a folder of class folders, or one with val/; ADE20K; COCO); for classification also "
+        "hf:NAME_OR_FOLDER (its validation split) or wds:FOLDER_OR_PATTERN (WebDataset shards, validation)",
+    )
     p.add_argument(
         "--model",
         help="model name (see `metaformer list`)" + FROM_CHECKPOINT,
@@ -135,6 +139,7 @@ def _classification(args: argparse.Namespace, kind: str, output: Path | None) ->
     import torch
 
     from ..data.hf import is_hf
+    from ..data.wds import is_wds
     from ..processor import ImageProcessor
     from ..tasks.classification.data import ImageFolder, class_to_output, eval_folder, image_dataset
     from ..tasks.drawing import confusion_png
@@ -150,7 +155,7 @@ def _classification(args: argparse.Namespace, kind: str, output: Path | None) ->
     if args.dtype != "int8":
         model = model.to(getattr(torch, args.dtype))
     with _distributed(args, model) as context:
-        if is_hf(args.data):  # its validation split, or --split
+        if is_hf(args.data) or is_wds(args.data):  # its validation split, or --split
             dataset = image_dataset(args.data, args.split, processor.transform, validation=True)
         else:
             folder = Path(args.data) / args.split if args.split else eval_folder(args.data)

@@ -37,6 +37,7 @@ RUN_FLAGS = {
     "val_split",
     "image_column",
     "label_column",
+    "streaming",
 }  # task flags that are run settings, not recipe ones
 # Flags that --resume takes: how much longer, and how to show it. Everything else comes from config.json.
 RESUMABLE = {"epochs", "iterations", "stop_after", "no_progress", "resume", "schedule_extend"}
@@ -55,7 +56,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "data",
         nargs="?",
         help="dataset folder: ImageNet layout (train/, val/), ADE20K or COCO layout; for classification also "
-        "hf:NAME_OR_FOLDER, a Hugging Face dataset (Hub id from the cache, save_to_disk folder, parquet files)",
+        "hf:NAME_OR_FOLDER, a Hugging Face dataset (Hub id from the cache, save_to_disk folder, parquet files), or "
+        "wds:FOLDER, WebDataset tar shards named after their split (timm's *-wds layout)",
     )
     p.add_argument("--model", help="model name (see `metaformer list`); its task decides the recipe")
     p.add_argument("--output", help="run folder (default runs/MODEL)")
@@ -92,6 +94,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="recompute each MetaFormer block's activations in the backward pass instead of keeping them: less "
         "memory for a larger batch, about a third more compute",
+    )
+    p.add_argument(
+        "--log",
+        choices=["tensorboard"],
+        help="also write the run's figures (those of metrics.jsonl and steps.jsonl) as TensorBoard events in the "
+        "run folder (pip install 'metaformer[log]')",
     )
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="mixed precision (default none)")
     add_num_workers(p)
@@ -198,6 +206,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     FLAGS.add(p, "--train-split", help="the training split: DATA/<this>/ or an hf: dataset's split (train)")
     FLAGS.add(p, "--val-split", help="the validation split: DATA/<this>/ (val) or an hf: dataset's (validation)")
+    FLAGS.add(
+        p,
+        "--streaming",
+        action="store_true",
+        help="read an hf: dataset as a stream (iterable; shards dealt to processes and workers, a shuffle buffer) "
+        "instead of by index; wds: shards always stream",
+    )
     FLAGS.add(p, "--image-column", help="an hf: dataset's image column (image)")
     FLAGS.add(p, "--label-column", help="an hf: dataset's class column (label; names from its ClassLabel)")
     FLAGS.add(p, "--iterations", type=positive, help="training iterations (Semantic FPN 40000, UperNet 160000)")
@@ -248,6 +263,11 @@ def run(args: argparse.Namespace) -> int:
     FLAGS.refuse_foreign(args, args.model, "train")
     device(args.device)
     kind = task_of(args.model)
+    if kind != "classification" and str(args.data).startswith(("hf:", "wds:")):
+        raise UsageError(
+            f"{args.model} is a {kind} model: it trains on its folder layout (README, Train); hf: and wds: data "
+            "are for classification"
+        )
     settings = tasks.RunSettings(
         data=args.data,
         model=args.model,
@@ -269,6 +289,8 @@ def run(args: argparse.Namespace) -> int:
         val_split=getattr(args, "val_split", None),
         image_column=getattr(args, "image_column", None),
         label_column=getattr(args, "label_column", None),
+        streaming=getattr(args, "streaming", False),
+        log=args.log,
     )
     if args.num_workers is not None:
         settings.num_workers = args.num_workers

@@ -5,14 +5,17 @@ map-style, so training samples, shuffles and resumes them exactly as image folde
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import io
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
 from ..errors import DatasetError, ImageLoadError
-from .images import to_rgb
+from .images import open_image, to_rgb
+from .streams import ShardSource, StreamedImages, check_classes
 
 PREFIX = "hf:"
 DEFAULT_SPLITS = ("train", "validation")
@@ -91,3 +94,87 @@ class HFImages(Dataset):
         label = row[self.label_column]
         label = self.classes.index(str(label)) if self.by_name else self.to_class[int(label)]
         return self.transform(image), label
+
+
+STREAM_SHARDS = 64  # the shards a save_to_disk folder is read in when streamed, for processes and workers to share
+
+
+def load_stream(data: str, split: str):  # noqa: ANN201  a datasets.IterableDataset
+    """Split ``split`` of ``data`` as an iterable dataset: a Hub dataset (or data files) read with
+    ``streaming=True``, a save_to_disk folder read in shards."""
+    import datasets
+
+    target = data[len(PREFIX) :]
+    folder = Path(target)
+    if (folder / "dataset_dict.json").exists() or (folder / "state.json").exists():
+        table = load_split(data, split)
+        return table.to_iterable_dataset(num_shards=max(1, min(STREAM_SHARDS, len(table))))
+    try:
+        loaded = datasets.load_dataset(target, streaming=True)
+    except (FileNotFoundError, ValueError, OSError, datasets.exceptions.DatasetNotFoundError) as error:
+        raise DatasetError(f"{data}: cannot stream this dataset ({str(error).splitlines()[0]})") from error
+    if split not in loaded:
+        raise DatasetError(f"{data} has no split {split!r}; its splits: {', '.join(loaded)}")
+    return loaded[split]
+
+
+class HFStreamSource(ShardSource):
+    """A split of a Hugging Face dataset read as a stream (``--streaming``): its shards dealt to the readers, its
+    images decoded here (one unreadable image is skipped, not the end of the stream)."""
+
+    def __init__(
+        self,
+        data: str,
+        split: str,
+        classes: Sequence[str] | None = None,
+        *,
+        image_column: str = "image",
+        label_column: str = "label",
+    ) -> None:
+        import datasets
+
+        self.root = f"{data} [{split}, streamed]"
+        stream = load_stream(data, split)
+        features = stream.features or {}
+        missing = [c for c in (image_column, label_column) if c not in features]
+        if missing:
+            raise DatasetError(
+                f"{self.root} has no column(s) {missing}; its columns: {', '.join(features)} "
+                "(--image-column, --label-column)"
+            )
+        names = getattr(features[label_column], "names", None)
+        if not names:
+            raise DatasetError(
+                f"{self.root}: its {label_column!r} column is not a ClassLabel, so a stream cannot know the class "
+                "names before reading every sample; read it without --streaming"
+            )
+        self.classes = check_classes(self.root, names, classes)
+        self.to_class = [self.classes.index(n) if n in self.classes else -1 for n in names]
+        self.stream = stream.cast_column(image_column, datasets.Image(decode=False))
+        self.shards = tuple(range(self.stream.num_shards))
+        self.image_column, self.label_column = image_column, label_column
+        split_info = (stream.info.splits or {}).get(split) if stream.info else None
+        self.num_samples = split_info.num_examples if split_info and split_info.num_examples else None
+        if self.num_samples is None and Path(data[len(PREFIX) :]).is_dir():  # a local folder: count its rows
+            self.num_samples = len(load_split(data, split))
+
+    def read(self, shard: Any) -> Iterator[dict]:
+        return iter(self.stream.shard(num_shards=len(self.shards), index=shard))
+
+    def decode(self, raw: dict, *, exif_transpose: bool) -> tuple[Any, int]:
+        value, where = raw[self.image_column], f"{self.root}"
+        if isinstance(value, dict):
+            where = f"{self.root} {value.get('path') or ''}".rstrip()
+            source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value.get("path")
+        else:
+            source = value
+        if source is None:
+            raise ImageLoadError(where, "has no image")
+        image = open_image(source, where, exif_transpose=exif_transpose)
+        return image, self.to_class[int(raw[self.label_column])]
+
+
+def hf_stream(data: str, split: str, transform: Callable, classes: Sequence[str] | None = None, *,
+              image_column: str = "image", label_column: str = "label") -> StreamedImages:  # fmt: skip
+    source = HFStreamSource(data, split, classes, image_column=image_column, label_column=label_column)
+    return StreamedImages(source, transform, source.num_samples)

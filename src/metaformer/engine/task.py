@@ -55,6 +55,8 @@ class RunSettings:
     val_split: str | None = None
     image_column: str | None = None
     label_column: str | None = None
+    streaming: bool = False  # an hf: dataset read as a stream (wds: shards always are)
+    log: str | None = None  # also write the figures of metrics.jsonl and steps.jsonl for TensorBoard
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -13,7 +13,6 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -23,27 +22,17 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..data.guarded import Batch, Guarded, GuardedCollate
-from ..data.samplers import StreamSampler
+from ..data.guarded import Batch
+from ..data.streams import is_streamed
 from ..errors import ConfigError, DatasetError, MetaformerError, NonFiniteLossError, RunFolderError
 from .distributed import DistributedContext, on_main
+from .loaders import in_groups, training_loader
 from .plan import Plan, plan_warnings
 from .run_folder import RunFolder, random_state, set_random_state
 from .task import TrainingTask
+from .tensorboard import TensorBoardLog, check_log
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def in_groups(items: Iterable, size: int) -> Iterator[list]:
-    """Consecutive groups of ``size`` items (a step's micro-batches); a shorter last group if the items run out."""
-    group: list = []
-    for item in items:
-        group.append(item)
-        if len(group) == size:
-            yield group
-            group = []
-    if group:
-        yield group
 
 
 class Trainer:
@@ -57,7 +46,9 @@ class Trainer:
             raise ConfigError(
                 f"grad_accum_steps must be a positive number of micro-batches, got {settings.grad_accum_steps}"
             )
+        check_log(settings.log)
         self.task, self.settings, self.context, self.folder = task, settings, context, folder
+        self.board: TensorBoardLog | None = None  # opened by the main process at its first round's end
         self.device = context.device
         self.dataset = task.train_dataset()
         global_batch = task.global_batch
@@ -69,7 +60,10 @@ class Trainer:
             )
         self.plan = Plan.make(task, len(self.dataset) // global_batch)
         if context.is_main:
-            for message in plan_warnings(self.plan, task, len(self.dataset), context.world_size):
+            messages = plan_warnings(self.plan, task, len(self.dataset), context.world_size)
+            if is_streamed(self.dataset):
+                messages.append(self.dataset.deal_warning(context.world_size, settings.num_workers))
+            for message in filter(None, messages):
                 warnings.warn(message, stacklevel=2)
         torch.manual_seed(settings.seed)  # the same initial weights in every process
         model = task.build_model()
@@ -141,19 +135,7 @@ class Trainer:
         return self.settings.progress and self.context.is_main
 
     def _loader(self, start: int, stop: int) -> DataLoader:
-        context = self.context
-        batch, accumulation = self.task.batch_size, self.settings.grad_accum_steps
-        sampler = StreamSampler(
-            len(self.dataset), batch, context.rank, context.world_size, self.settings.seed, start, stop, accumulation
-        )
-        return DataLoader(
-            Guarded(self.dataset),
-            batch_size=self.task.batch_size,
-            sampler=sampler,
-            num_workers=self.settings.num_workers,
-            collate_fn=GuardedCollate(self.task.collate),
-            pin_memory=self.device.type == "cuda",
-        )
+        return training_loader(self.dataset, self.task, self.plan, start, stop)
 
     def _train_round(self, start: int, stop: int) -> dict[str, float]:
         plan = self.plan
@@ -330,6 +312,11 @@ class Trainer:
             }
         )
         self.folder.write_metrics(self.records, self.steps, self.plan.unit)
+        if self.settings.log == "tensorboard":
+            if self.board is None:
+                self.board, self.board_step = TensorBoardLog(output, self.start_step), self.start_step
+            self.board.write(step, self.records[-1], [s for s in self.steps if s["step"] > self.board_step])
+            self.board_step = step
 
     def load_state(self) -> None:
         """Continue from the run folder's last.state.pt: weights, optimizer, random streams and the step reached."""

@@ -14,7 +14,9 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from ...data import IMAGENET_MEAN, IMAGENET_STD, DatasetError, imagenet_classes, is_image_file, load_image
-from ...data.hf import HFImages, is_hf
+from ...data.hf import HFImages, hf_stream, is_hf
+from ...data.streams import is_streamed
+from ...data.wds import is_wds, wds_images
 from ...processor import ImageProcessor
 from .recipe import Recipe
 
@@ -88,18 +90,29 @@ def image_dataset(
     validation: bool = False,
     columns: tuple[str | None, str | None] = (None, None),
     exif_transpose: bool = True,
+    streaming: bool = False,
 ) -> Dataset:
-    """The classification samples of one split of ``data``: an image folder ``data/<split>`` (train, val), or a
-    split of a Hugging Face dataset ``hf:...`` (train, validation) with its image and label columns."""
+    """The classification samples of one split of ``data``: an image folder ``data/<split>`` (train, val), a split
+    of a Hugging Face dataset ``hf:...`` (train, validation) with its image and label columns, map-style or
+    streamed, or WebDataset shards ``wds:...`` (train, validation), streamed."""
+    if streaming and not is_hf(data):
+        raise DatasetError(f"--streaming reads an hf: dataset as a stream; {data} is not one (wds: always streams)")
     if is_hf(data):
         default = "validation" if validation else "train"
         image, label = columns
-        return HFImages(data, split or default, transform, classes, image_column=image or "image",
-                        label_column=label or "label")  # fmt: skip
-    if any(columns):
-        raise DatasetError(f"--image-column and --label-column name an hf: dataset's columns; {data} is a folder")
-    folder = Path(data) / (split or ("val" if validation else "train"))
-    return ImageFolder(folder, transform, classes, exif_transpose=exif_transpose)
+        reader = hf_stream if streaming else HFImages
+        dataset = reader(data, split or default, transform, classes, image_column=image or "image",
+                         label_column=label or "label")  # fmt: skip
+    elif any(columns):
+        raise DatasetError(f"--image-column and --label-column name an hf: dataset's columns; {data} is not one")
+    elif is_wds(data):
+        dataset = wds_images(data, split or ("validation" if validation else "train"), transform, classes)
+    else:
+        folder = Path(data) / (split or ("val" if validation else "train"))
+        return ImageFolder(folder, transform, classes, exif_transpose=exif_transpose)
+    if is_streamed(dataset):
+        dataset.exif_transpose = exif_transpose
+    return dataset
 
 
 def eval_folder(data: str | os.PathLike) -> Path:

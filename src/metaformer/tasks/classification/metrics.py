@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from ...data.guarded import Guarded, GuardedCollate
 from ...data.samplers import ShardSampler
+from ...data.streams import is_streamed
 from ...engine.distributed import DistributedContext
 from ..common import readable_batches
 from .data import ImageFolder
@@ -74,14 +75,19 @@ def evaluate(
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, top-k hits: summed on the device
     errors: list[str] = []
     dtype = input_dtype(model)
-    loader = DataLoader(
-        Guarded(dataset),
-        batch_size=batch_size,
-        collate_fn=GuardedCollate(default_collate),
-        sampler=ShardSampler(len(dataset), context.rank, context.world_size),
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-    )
+    if is_streamed(dataset):  # each process reads its share of the shards, every sample once
+        stream = dataset.for_evaluation(rank=context.rank, world_size=context.world_size, batch_size=batch_size)
+        loader = DataLoader(stream, batch_size=None, collate_fn=GuardedCollate(default_collate),
+                            num_workers=num_workers, pin_memory=device.type == "cuda")  # fmt: skip
+    else:
+        loader = DataLoader(
+            Guarded(dataset),
+            batch_size=batch_size,
+            collate_fn=GuardedCollate(default_collate),
+            sampler=ShardSampler(len(dataset), context.rank, context.world_size),
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+        )
     for images, labels in readable_batches(loader, context, errors, progress):
         images = images.to(device, dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
         labels = labels.to(device)

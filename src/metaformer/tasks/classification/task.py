@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from ...api import create_model
 from ...data.hf import is_hf
+from ...data.wds import is_wds
 from ...engine.distributed import DistributedContext
 from ...engine.schedules import cosine
 from ...engine.task import RunSettings
@@ -40,7 +41,7 @@ class ClassificationTask(LibraryTask):
 
     def _split(self, transform: Callable, validation: bool, classes: list[str] | None = None) -> Dataset:
         settings = self.settings
-        if not is_hf(settings.data):  # both folders first: a missing one is said before any training
+        if not is_hf(settings.data) and not is_wds(settings.data):  # both folders first: a missing one is said at once
             train_val_folders(settings.data, settings.train_split or "train", settings.val_split or "val")
         return image_dataset(
             settings.data,
@@ -50,6 +51,7 @@ class ClassificationTask(LibraryTask):
             validation=validation,
             columns=(settings.image_column, settings.label_column),
             exif_transpose=not validation,
+            streaming=settings.streaming,
         )
 
     def train_dataset(self) -> Dataset:

@@ -177,3 +177,63 @@ def test_an_unreadable_sample_is_skipped_and_a_sample_without_class_stops(shards
                 out.addfile(member, io.BytesIO(data))
     assert main(["train", f"wds:{bad}", "--output", str(tmp_path / "b"), "--epochs", "1", *FLAGS]) == 1
     assert "has no cls member" in capsys.readouterr().err
+
+
+def test_unnamed_imagenet_shards_read_as_wordnet_ids(imagenet_samples, tmp_path):
+    """timm's imagenet-1k-wds shards hold class indices alone: 1000 of them are ImageNet's, in WordNet-id order, so
+    a pretrained ImageNet model scores them as it scores a folder of WordNet ids."""
+    from metaformer.data import imagenet_classes
+    from metaformer.tasks.classification.data import class_to_output
+
+    wnids = [wnid for wnid, _ in imagenet_classes()]
+    samples = [(path, wnids.index(path.name.split("_")[0])) for path in imagenet_samples[:20]]
+    samples.append((imagenet_samples[-1], 999))  # the indices seen reach the last class
+    write_shards(tmp_path, "validation", samples, 2)
+    dataset = wds_images(f"wds:{tmp_path}/cifar3-validation-{{0000..0001}}.tar", "validation", lambda image: 0)
+    assert dataset.classes == wnids and class_to_output(dataset.classes, None, 1000) == list(range(1000))
+    labels = sorted(int(label) for batch in read_labels(dataset) for label in batch)
+    assert labels == sorted(label for _, label in samples)
+
+
+def read_labels(dataset) -> list:  # noqa: ANN001
+    loader = DataLoader(dataset.for_evaluation(rank=0, world_size=1, batch_size=8), batch_size=None,
+                        collate_fn=GuardedCollate(default_collate))  # fmt: skip
+    return [batch.data[1].tolist() for batch in loader]
+
+
+def test_predict_and_embed_read_shards_and_dataset_rows_as_the_files(folders, shards, tmp_path, capsys):
+    """Shards' images and a dataset's rows are classified and embedded as the same image files are, named by shard
+    and key (or split and row), and a run over them resumes by those names."""
+    import metaformer
+
+    datasets = pytest.importorskip("datasets")
+    checkpoint = metaformer.save_checkpoint(metaformer.create_model(TINY, num_classes=3), tmp_path / "tiny.safetensors")
+    samples = ImageFolder(folders / "val", transform=lambda image: image).samples
+    rows = {"image": [str(p) for p, _ in samples], "label": [label for _, label in samples]}
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image())}).save_to_disk(
+        str(saved)
+    )
+    common = ["--checkpoint", str(checkpoint), "--no-progress", "--num-workers", "0", "--batch-size", "4"]
+    outputs = {}
+    for name, source in (("files", [str(folders / "val")]), ("wds", [f"wds:{shards}", "--split", "validation"]),
+                         ("hf", [f"hf:{saved}", "--split", "test"])):  # fmt: skip
+        assert main(["predict", *source, *common, "--output", str(tmp_path / f"{name}.jsonl")]) == 0
+        outputs[name] = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    by_file = {f"{Path(r['path']).parent.name}_{Path(r['path']).stem}": r["topk"] for r in outputs["files"]}
+    assert {r["path"].rpartition(":")[2]: r["topk"] for r in outputs["wds"]} == by_file and len(by_file) == 18
+    assert [r["path"] for r in outputs["hf"]] == [f"hf:{saved}[test][{i}]" for i in range(18)]
+    assert [r["topk"] for r in outputs["hf"]] == [by_file[f"{path.parent.name}_{path.stem}"] for path, _ in samples]
+    # A run cut to its first 10 lines resumes with the other 8, by name.
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text("".join(json.dumps(r) + "\n" for r in outputs["wds"][:10]))
+    source = [f"wds:{shards}", "--split", "validation"]
+    assert main(["predict", *source, *common, "--output", str(partial), "--resume"]) == 0
+    assert partial.read_text().splitlines() == (tmp_path / "wds.jsonl").read_text().splitlines()
+    embed = ["embed", f"hf:{saved}", "--split", "test", *common[:2], *common[3:], "--output", str(tmp_path / "features")]
+    assert main(embed) == 0
+    names = (tmp_path / "features" / "files-0-00000.txt").read_text().splitlines()
+    assert names == [f"hf:{saved}[test][{i}]" for i in range(18)]
+    capsys.readouterr()
+    assert main(["predict", str(folders / "val"), "--split", "test", *common]) == 1
+    assert "--split and --image-column choose the images of wds: shards" in capsys.readouterr().err

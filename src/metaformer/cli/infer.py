@@ -39,9 +39,21 @@ if TYPE_CHECKING:
     from ..engine.distributed import DistributedContext
 
 
+SAMPLES_HELP = (
+    "image files or folders; also wds:FOLDER_OR_PATTERN (the images of WebDataset shards, named SHARD.tar:KEY) "
+    "and hf:NAME_OR_FOLDER (a Hugging Face dataset split's images, named hf:NAME[SPLIT][ROW])"
+)
+
+
+def add_sample_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", help="an hf: dataset's split (validation), or the wds: shards of a split (all)")
+    p.add_argument("--image-column", help="an hf: dataset's image column (image)")
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify images (files or folders, searched recursively)")
-    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("paths", nargs="+", help=SAMPLES_HELP)
+    add_sample_flags(p)
     p.add_argument(
         "--model",
         help="a classifier's name (see `metaformer list`)" + FROM_CHECKPOINT,
@@ -66,7 +78,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=predict)
 
     p = sub.add_parser("embed", help="write images' features (pooled, or a stage's) to .npy shards")
-    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("paths", nargs="+", help=SAMPLES_HELP)
+    add_sample_flags(p)
     p.add_argument("--model", help="a classifier's name (see `metaformer list`)" + FROM_CHECKPOINT)
     add_weights(p)
     p.add_argument("--output", required=True, help="folder for features-R-K.npy and files-R-K.txt shards")
@@ -123,7 +136,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def predict(args: argparse.Namespace) -> int:
-    from ..data import find_images
+    from ..data.samples import find_samples
     from ..engine.distributed import init_distributed, shutdown_distributed
 
     expect_task(args.model, "predict")
@@ -132,7 +145,7 @@ def predict(args: argparse.Namespace) -> int:
         raise UsageError("--resume and --force apply to an --output file of predictions; give --output FILE")
     if args.output:
         JsonLines.check(Path(args.output), args.resume, args.force)
-    files = find_images(args.paths)  # searched once, here
+    files = find_samples(args.paths, split=args.split, image_column=args.image_column)  # searched once, here
     if not files:
         raise UsageError("no image files found in " + " ".join(args.paths))
     context = init_distributed(args.device)  # one process, or this one's share under torchrun
@@ -142,7 +155,7 @@ def predict(args: argparse.Namespace) -> int:
         shutdown_distributed()
 
 
-def _predict(args: argparse.Namespace, files: list[Path], context: DistributedContext) -> int:
+def _predict(args: argparse.Namespace, files: list, context: DistributedContext) -> int:
     import torch
 
     from ..engine.distributed import on_main
@@ -160,6 +173,8 @@ def _predict(args: argparse.Namespace, files: list[Path], context: DistributedCo
     model = load_trained(args, "classification", fused=False)  # one build; `prepare` folds it in place
     if args.dtype == "int8":
         processor = ImageProcessor.from_record(model.pretrained_cfg)
+        if not args.calibration and not all(isinstance(f, Path) for f in files):
+            raise UsageError("--dtype int8 calibrates on image files: with wds: or hf: images give --calibration")
         calibration = calibration_pixels(args.calibration or [str(f) for f in files], processor)
         model = int8_model(model, calibration, " ".join(args.calibration or args.paths))
     else:
@@ -203,14 +218,14 @@ def _predict(args: argparse.Namespace, files: list[Path], context: DistributedCo
 
 
 def embed(args: argparse.Namespace) -> int:
-    from ..data import find_images
+    from ..data.samples import find_samples
     from ..engine.distributed import init_distributed, shutdown_distributed
 
     expect_task(args.model, "embed")
     check_inference(args)
     output = Path(args.output)
     FeatureShards.check(output, args.resume, args.force)
-    files = find_images(args.paths)
+    files = find_samples(args.paths, split=args.split, image_column=args.image_column)
     if not files:
         raise UsageError("no image files found in " + " ".join(args.paths))
     context = init_distributed(args.device)
@@ -220,7 +235,7 @@ def embed(args: argparse.Namespace) -> int:
         shutdown_distributed()
 
 
-def _embed(args: argparse.Namespace, files: list[Path], output: Path, context: DistributedContext) -> int:
+def _embed(args: argparse.Namespace, files: list, output: Path, context: DistributedContext) -> int:
     import torch
 
     from ..engine.distributed import on_main

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError, ImageLoadError
+from .imagenet import imagenet_classes
 from .images import open_image
 from .streams import ShardSource, StreamedImages, check_classes
 
@@ -124,8 +125,9 @@ class WdsSource(ShardSource):
             samples, labels = _scan(path)
             self.num_samples += samples
             scanned |= labels
-        if names is None:  # no names: the indices, as many as the largest one seen asks for
-            names = [str(i) for i in range(max(scanned, default=-1) + 1)]
+        if names is None:  # no names: ImageNet's WordNet ids for 1000 classes (as timm's shards), else the indices
+            count = int(info.get("num_classes") or max(scanned, default=-1) + 1)
+            names = [wnid for wnid, _ in imagenet_classes()] if count == 1000 else [str(i) for i in range(count)]
         unnamed = sorted(i for i in scanned if i >= len(names))
         if unnamed:
             raise DatasetError(f"{self.root}: class indices {unnamed[:10]} have no name in its {len(names)} classes")

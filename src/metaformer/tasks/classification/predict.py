@@ -139,7 +139,9 @@ class Classifier:
 
 
 def _prepare(processor: ImageProcessor, image: ImageInput, name: str | os.PathLike) -> torch.Tensor:
-    if not isinstance(image, Image.Image):
+    if hasattr(image, "read_image"):  # a sample of shards or of a dataset (data/samples.py)
+        name, image = str(image), image.read_image(exif_transpose=processor.exif_transpose)
+    elif not isinstance(image, Image.Image):
         name, image = image, load_image(image, exif_transpose=processor.exif_transpose)
     width, height = image.size
     short = processor.resized_side

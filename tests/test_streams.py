@@ -211,9 +211,8 @@ def test_predict_and_embed_read_shards_and_dataset_rows_as_the_files(folders, sh
     samples = ImageFolder(folders / "val", transform=lambda image: image).samples
     rows = {"image": [str(p) for p, _ in samples], "label": [label for _, label in samples]}
     saved = tmp_path / "saved"
-    datasets.DatasetDict({"test": datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image())}).save_to_disk(
-        str(saved)
-    )
+    test = datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image())
+    datasets.DatasetDict({"test": test}).save_to_disk(str(saved))
     common = ["--checkpoint", str(checkpoint), "--no-progress", "--num-workers", "0", "--batch-size", "4"]
     outputs = {}
     for name, source in (("files", [str(folders / "val")]), ("wds", [f"wds:{shards}", "--split", "validation"]),
@@ -230,8 +229,8 @@ def test_predict_and_embed_read_shards_and_dataset_rows_as_the_files(folders, sh
     source = [f"wds:{shards}", "--split", "validation"]
     assert main(["predict", *source, *common, "--output", str(partial), "--resume"]) == 0
     assert partial.read_text().splitlines() == (tmp_path / "wds.jsonl").read_text().splitlines()
-    embed = ["embed", f"hf:{saved}", "--split", "test", *common[:2], *common[3:], "--output", str(tmp_path / "features")]
-    assert main(embed) == 0
+    embed = ["embed", f"hf:{saved}", "--split", "test", *common[:2], *common[3:]]
+    assert main([*embed, "--output", str(tmp_path / "features")]) == 0
     names = (tmp_path / "features" / "files-0-00000.txt").read_text().splitlines()
     assert names == [f"hf:{saved}[test][{i}]" for i in range(18)]
     capsys.readouterr()

@@ -71,6 +71,7 @@ def test_each_micro_batch_is_its_share_of_the_global_batch():
         )
 
 
+@pytest.mark.slow
 def test_a_kill_inside_an_accumulation_cycle_then_resume_is_the_straight_run(data, tmp_path):
     flags = ["--epochs", "2", "--batch-size", "4", "--grad-accum-steps", "2", "--model", TINY, "--lr", "1e-3"]
     flags += ["--warmup-epochs", "1", *FAST]  # with augmentation, MixUp and drop path: every random stream resumed

@@ -213,6 +213,7 @@ def test_hf_export_refuses_models_hf_cannot_express(random_model, tmp_path):
         save_checkpoint(random_model("metaformer_pppa_s12_224"), tmp_path / "hf", to="hf")
 
 
+@pytest.mark.slow
 def test_convert_chain_through_every_format(random_model, tmp_path):
     model = random_model("poolformer_s12", seed=7)
     official = save_checkpoint(model, tmp_path / "poolformer_s12.pth.tar", to="official")  # the release's name

@@ -122,6 +122,7 @@ def test_a_folder_reads_back_with_the_size_and_crop_it_was_written_with(to, tmp_
     assert metaformer.create_model("poolformer_s12", checkpoint=back).pretrained_cfg.input_size == (3, 32, 32)
 
 
+@pytest.mark.slow
 def test_a_live_runs_folder_is_refused_even_with_force(tmp_path, capsys):
     data = subset(tmp_path / "data", ["airplane", "frog"], train=16, val=4)
     run = tmp_path / "run"
@@ -175,6 +176,7 @@ def export(checkpoint: Path, output: Path, *extra: str) -> int:
     return main(["export", TINY, "--checkpoint", str(checkpoint), "--output", str(output), *extra])
 
 
+@pytest.mark.slow
 @pytest.mark.peer
 def test_the_default_export_works_at_the_trained_size_and_carries_the_preprocessing(trained_at_32, tmp_path, capsys):
     onnx = pytest.importorskip("onnx")
@@ -198,6 +200,7 @@ def test_an_opset_the_exporter_does_not_write_is_refused_with_the_range(opset, t
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.peer
 def test_a_failed_export_with_force_keeps_the_good_file(trained_at_32, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
@@ -294,7 +297,7 @@ def test_done_says_the_last_and_the_best_round_and_which_file_holds_which(capsys
 
 
 @pytest.mark.slow
-def test_segment_on_a_4000x3000_photo_stays_under_2_gib(tmp_path):
+def test_segment_on_a_2000x1500_photo_stays_under_1_5_gib(tmp_path):
     from conftest import DATA_DIR
     from PIL import Image
     from tiny import TINY_FPN
@@ -303,7 +306,7 @@ def test_segment_on_a_4000x3000_photo_stays_under_2_gib(tmp_path):
     if not street:
         pytest.skip(f"CamVid not found under {DATA_DIR}")
     photo = tmp_path / "phone.png"
-    Image.open(street[0]).convert("RGB").resize((4000, 3000)).save(photo)  # a phone photo's size
+    Image.open(street[0]).convert("RGB").resize((2000, 1500)).save(photo, compress_level=1)
     model = randomize(metaformer.create_model(TINY_FPN, num_classes=150), seed=1)  # ADE20K's 150 classes
     checkpoint = metaformer.save_checkpoint(model, tmp_path / "fpn.safetensors")
     script = (
@@ -318,8 +321,10 @@ def test_segment_on_a_4000x3000_photo_stays_under_2_gib(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     result, peak = done.stdout.splitlines()
-    assert json.loads(result)["classes"] and int(peak) < 2 * 2**30, f"peak {int(peak) / 2**30:.2f} GiB"
-    # the full-size scores of the 150 classes alone were 7.2 GB (the issue measured 21 GiB for this photo)
+    assert json.loads(result)["classes"] and int(peak) < 1.5 * 2**30, f"peak {int(peak) / 2**30:.2f} GiB"
+    # The full-size scores of the 150 classes alone would be 1.8 GB here (7.2 GB at 4000x3000, where the issue
+    # measured 21 GiB). Held a strip at a time, the peak is the process's own: 1.11 GiB here (torch's libraries
+    # mapped), 1.12 for a 500x375 photo, 1.14 at 4000x3000.
 
 
 def test_the_class_map_is_upsampled_in_strips_with_the_same_result(monkeypatch):

@@ -119,11 +119,12 @@ def test_bad_annotations(coco, tmp_path):
 @pytest.mark.parametrize("name", [TINY_RETINANET, pytest.param(TINY_MASK_RCNN, marks=pytest.mark.slow)])
 def test_train_resume_eval_and_detect(name, coco, tmp_path, capsys):
     data = write_subset(coco, tmp_path / "data")
+    epochs = 2 if name == TINY_RETINANET else 1  # the engine's epochs are checked once; Mask R-CNN is slow on CPU
     common = [
         "--model",
         name,
         "--epochs",
-        "2",
+        str(epochs),
         "--batch-size",
         "2",
         "--min-size",
@@ -138,7 +139,7 @@ def test_train_resume_eval_and_detect(name, coco, tmp_path, capsys):
     ]
     assert main(["train", str(data), "--output", str(tmp_path / "run"), *common]) == 0
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2] and "AP50" in records[-1]
+    assert [r["epoch"] for r in records] == list(range(1, epochs + 1)) and "AP50" in records[-1]
     assert ("mask_AP" in records[-1]) == (name == TINY_MASK_RCNN)
     if name == TINY_RETINANET:  # the engine resumes every task alike; Mask R-CNN's own run is slow on CPU
         assert main(["train", str(data), "--output", str(tmp_path / "cut"), "--stop-after", "1", *common]) == 0

@@ -103,6 +103,7 @@ def checkpoint(tmp_path_factory):
     return metaformer.save_checkpoint(randomize(metaformer.create_model(TINY), seed=5), path)
 
 
+@pytest.mark.slow
 def test_export_command_checks_the_file_on_a_photo(checkpoint, photos, tmp_path, capsys):
     output = tmp_path / "tiny.onnx"
     args = ["export", TINY, "--checkpoint", str(checkpoint), "--format", "onnx", "--output", str(output)]

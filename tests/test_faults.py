@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_DIR
+from conftest import DATA_DIR, slow_but
 from PIL import Image
 
 import metaformer
@@ -101,7 +101,11 @@ def test_an_in_memory_dense_state_dict_keeps_its_classes(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["poolformer_s12", "fpn_poolformer_s12", "retinanet_poolformer_s12", "mask_rcnn_poolformer_s12"]
+    "name",
+    slow_but(
+        ["poolformer_s12", "fpn_poolformer_s12", "retinanet_poolformer_s12", "mask_rcnn_poolformer_s12"],
+        {"poolformer_s12", "fpn_poolformer_s12"},
+    ),
 )
 def test_save_checkpoint_takes_every_model_create_model_returns(name, tmp_path):
     model = metaformer.create_model(name)

@@ -71,6 +71,7 @@ def test_mmseg_semantic_fpn_loads_completely_and_computes_as_mmseg(tmp_path):
     assert again.labels == model.labels
 
 
+@pytest.mark.slow
 def test_mmseg_upernet_loads_completely_and_computes_as_mmseg(tmp_path):
     """UPerHead and its auxiliary FCNHead against mmseg's own modules (the fixture), parameters and buffers named
     and shaped as mmseg's, every one loaded."""

@@ -41,6 +41,7 @@ def command(photos: list[Path], checkpoint: Path, output: Path, *extra: str) -> 
             "--no-progress", "--num-workers", "0", *extra]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_kill_mid_write_then_resume_gives_every_line_once(photos, checkpoint, tmp_path, capsys):
     straight = tmp_path / "straight.jsonl"
     assert main(command(photos, checkpoint, straight)) == 0

@@ -250,6 +250,7 @@ def test_a_model_of_another_task_is_told_the_one_command_that_fits(command, mode
     assert not any(f"metaformer {other}" in error for other in others)
 
 
+@pytest.mark.slow
 def test_newcomer_walk_through_add_a_mixer_train_fuse_export(tmp_path):
     """The README's walk-through, as a user writes it."""
     from metaformer.fast.export import check_onnx, export_onnx

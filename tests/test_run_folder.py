@@ -87,6 +87,7 @@ def test_a_kill_at_any_moment_then_resume_gives_the_straight_run(file, data, str
     assert all(torch.equal(ours[k], reference[k]) for k in reference)
 
 
+@pytest.mark.slow
 def test_a_kill_before_the_first_checkpoint(data, tmp_path, capsys):
     run = tmp_path / "run"
     train_until_killed(run, data, "last.state.pt", occurrence=1)

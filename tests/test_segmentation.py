@@ -302,6 +302,7 @@ def test_dense_eval_needs_trained_weights(tmp_path, capsys):
         assert "pass --checkpoint FILE" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_iterations_stop_where_asked_even_inside_an_epoch(small_camvid, tmp_path):
     run = tmp_path / "run"
     # 8 images in batches of 4: 2 iterations an epoch; 3 iterations end inside the second epoch.
@@ -313,6 +314,7 @@ def test_iterations_stop_where_asked_even_inside_an_epoch(small_camvid, tmp_path
     assert [r["iteration"] for r in records] == [3] and records[0]["epoch"] == 1.5
 
 
+@pytest.mark.slow
 def test_an_iteration_run_extends_from_the_step_it_reached(small_camvid, tmp_path, capsys):
     run = tmp_path / "run"
     logged = ["--log-every", "1"]
@@ -336,6 +338,7 @@ def test_an_iteration_run_extends_from_the_step_it_reached(small_camvid, tmp_pat
     assert "a segmentation run, which is extended with --iterations, not --epochs" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_upernet_trains_with_its_auxiliary_head_and_recipe(small_camvid, tmp_path):
     """UperNet's recipe is its own (160k iterations, AdamW 6e-5, weight decay 0.01, poly power 1, 1500 warm-up
     iterations, the auxiliary loss at 0.4), recorded in config.json; the auxiliary head trains and inference never

@@ -259,6 +259,7 @@ def dense_weights(tmp_path_factory) -> dict[str, Path]:
     return {"fpn_poolformer_s12": fpn, "retinanet_poolformer_s12": retinanet}
 
 
+@pytest.mark.slow
 @needs_serve
 def test_a_segmentation_model_answers_as_segment(dense_weights, imagenet_samples, tmp_path, capsys):
     name, photo = "fpn_poolformer_s12", imagenet_samples[40]
@@ -328,6 +329,7 @@ def post_slowly(http: httpx.Client, photo: Path) -> httpx.Response:
     return http.post("/predict", content=body(), headers={"Content-Type": "image/jpeg"})
 
 
+@pytest.mark.slow
 @needs_serve
 def test_sigterm_answers_the_requests_in_flight_then_exits(weights, imagenet_samples, tmp_path):
     port = free_port()
@@ -406,6 +408,7 @@ CHROMIUM_ARGS = [
 ]
 
 
+@pytest.mark.slow
 @needs_serve
 @pytest.mark.browser
 def test_the_page_shows_the_top5_in_a_browser(live_server, imagenet_samples):

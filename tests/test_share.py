@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import randomize
+from conftest import randomize, slow_but
 from PIL import Image
 
 import metaformer
@@ -76,7 +76,7 @@ def test_hugging_face_folder_keeps_a_fine_tuned_models_classes_and_size(tmp_path
     assert metaformer.create_model("poolformer_s12", checkpoint=folder).labels == ("cat", "dog", "owl")
 
 
-@pytest.mark.parametrize("name", ["poolformer_s12", "caformer_s18"])
+@pytest.mark.parametrize("name", slow_but(["poolformer_s12", "caformer_s18"], {"poolformer_s12"}))
 def test_timm_builds_and_preprocesses_from_the_folder(name, imagenet_samples, tmp_path):
     model = randomize(metaformer.create_model(name), seed=22).eval()
     with warnings.catch_warnings(record=True) as caught:

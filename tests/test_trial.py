@@ -88,6 +88,7 @@ def logged(run) -> list[dict]:
     return [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_loss_and_learning_rate_every_few_steps_resumed_alike(cifar3, tmp_path):
     # 96 images in batches of 8: 12 steps an epoch; a line every 5 steps, over epoch ends.
     common = ["--model", TINY, "--epochs", "3", "--batch-size", "8", "--log-every", "5", *FAST]
@@ -108,6 +109,7 @@ def test_loss_and_learning_rate_every_few_steps_resumed_alike(cifar3, tmp_path):
     assert (width, height) == (1500, 400)  # loss, learning rate and validation side by side
 
 
+@pytest.mark.slow
 def test_an_extended_run_keeps_its_schedule_unless_told(cifar3, tmp_path, capsys):
     common = ["--model", TINY, "--epochs", "2", "--batch-size", "16", "--lr", "1e-3", "--warmup-epochs", "0.5"]
     common += ["--log-every", "1"]

@@ -57,8 +57,9 @@ def predict_classes(
         grid = torch.stack(torch.meshgrid(lines, columns, indexing="ij")[::-1], dim=-1)[None]
         total = None
         for logits in maps:
-            scores = F.grid_sample(logits, grid, mode="bilinear", padding_mode="border", align_corners=False)
-            probs = scores.softmax(1)[0]
+            scores = F.grid_sample(logits, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+            # One map: the softmax keeps each pixel's order of classes, so the argmax of the scores is the same.
+            probs = scores.softmax(0) if len(maps) > 1 else scores
             total = probs if total is None else total + probs
         prediction[top:bottom] = total.argmax(0).to(prediction.dtype).cpu()
     return prediction

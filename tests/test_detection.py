@@ -116,7 +116,8 @@ def test_bad_annotations(coco, tmp_path):
         coco_split(data, "test2017")
 
 
-@pytest.mark.parametrize("name", [TINY_RETINANET, pytest.param(TINY_MASK_RCNN, marks=pytest.mark.slow)])
+@pytest.mark.slow  # end to end through the engine, as classification's default tests are
+@pytest.mark.parametrize("name", [TINY_RETINANET, TINY_MASK_RCNN])
 def test_train_resume_eval_and_detect(name, coco, tmp_path, capsys):
     data = write_subset(coco, tmp_path / "data")
     epochs = 2 if name == TINY_RETINANET else 1  # the engine's epochs are checked once; Mask R-CNN is slow on CPU

@@ -162,6 +162,7 @@ SMALL_RUN = [
 ]
 
 
+@pytest.mark.slow  # end to end through the engine, as classification's default tests are
 def test_train_eval_resume_and_pictures(small_camvid, tmp_path, capsys):
     data = small_camvid
     common = SMALL_RUN

@@ -155,6 +155,14 @@ def quantize(model: nn.Module, calibration_images: torch.Tensor | Iterable[torch
     reason = int8_unsupported_reason()
     if reason is not None:
         raise UsageError(reason)
+    converted, example = calibrated_program(model, batches)
+    return Int8MetaFormer(converted, model, tuple(example.shape[-2:]))
+
+
+def calibrated_program(model: MetaFormer, batches: list[torch.Tensor]) -> tuple[nn.Module, torch.Tensor]:
+    """The quantized program before inductor lowers it to int8 kernels: run as it is, each int8 operation is its
+    float reference (quantize, dequantize, compute), so it gives the int8 model's numbers to rounding on any CPU;
+    ``quantize`` wraps it, and the tests and benchmarks measure agreement with it where VNNI is missing."""
     with _quiet():
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
@@ -172,7 +180,7 @@ def quantize(model: nn.Module, calibration_images: torch.Tensor | Iterable[torch
         for batch in batches:
             prepared(batch)
         converted = convert_pt2e(prepared)
-    return Int8MetaFormer(converted, model, tuple(example.shape[-2:]))
+    return converted, example
 
 
-__all__ = ["Int8MetaFormer", "int8_unsupported_reason", "quantization_form", "quantize"]
+__all__ = ["Int8MetaFormer", "calibrated_program", "int8_unsupported_reason", "quantization_form", "quantize"]

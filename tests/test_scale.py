@@ -1,8 +1,10 @@
-"""Training on many machines: two torchrun "nodes" of two processes each give the weights of one process with the
-same global batch; srun's tasks without torchrun are read from SLURM's variables (the same process group then)."""
+"""Training on many machines: two torchrun "nodes" of two processes each, accumulating two micro-batches, give the
+weights, loss and accuracy of one process with the same global batch (DDP's gradient sync, no_sync and the sharded
+evaluation at once); srun's tasks without torchrun are read from SLURM's variables (the same process group then)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -29,10 +31,10 @@ def data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def one_process(data, tmp_path_factory) -> dict:
+def one_process(data, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("one") / "run"
     assert main(["train", str(data), "--output", str(run), "--batch-size", "16", *EXACT]) == 0
-    return load_file(run / "last.safetensors")
+    return run
 
 
 def free_port() -> int:
@@ -41,9 +43,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def assert_same_weights(reference: dict, run: Path) -> None:
-    weights = load_file(run / "last.safetensors")
-    assert max((reference[k] - weights[k]).abs().max().item() for k in reference) < 1e-4
+def assert_same_weights(reference: Path, run: Path) -> None:
+    expected, weights = load_file(reference / "last.safetensors"), load_file(run / "last.safetensors")
+    assert max((expected[k] - weights[k]).abs().max().item() for k in expected) < 1e-4
 
 
 def test_slurm_ranks_are_read_and_a_missing_address_is_said():
@@ -64,9 +66,16 @@ def test_two_nodes_of_two_processes_train_as_one_process(data, one_process, tmp_
         command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "2"]
         command += ["--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "scale-test"]
         command += ["--node_rank", str(node), TINY_SCRIPT, "train", str(data), "--output", str(run)]
-        command += ["--batch-size", "4", *EXACT]
+        # 2 nodes x 2 processes x 2 x 2 accumulated = 16: no_sync on the first micro-batch, one all-reduce a step
+        command += ["--batch-size", "2", "--grad-accum-steps", "2", *EXACT]
         agents.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for agent in agents:
         _, err = agent.communicate(timeout=600)
         assert agent.returncode == 0, err[-3000:]
     assert_same_weights(one_process, run)
+    config = json.loads((run / "config.json").read_text())
+    assert config["resolved"]["world_size"] == 4 and config["resolved"]["global_batch"] == 16
+    one, four = (json.loads((folder / "metrics.jsonl").read_text()) for folder in (one_process, run))
+    assert four["images"] == 8  # every validation image counted once across the four processes
+    assert four["top1"] == pytest.approx(one["top1"])
+    assert four["train_loss"] == pytest.approx(one["train_loss"], abs=1e-4)

@@ -162,9 +162,10 @@ def test_train_resume_eval_and_detect(name, coco, tmp_path, capsys):
     assert sorted(result["per_class"]) == kinds and set(result["per_class"]["bbox"]) <= set(
         metaformer.create_model(name, checkpoint=checkpoint).labels
     )
-    assert main([*evaluate, "--no-progress"]) == 0
-    table = capsys.readouterr().out
-    assert "AR100" in table and "96/128 px" in table
+    if name == TINY_RETINANET:  # the printed table, once
+        assert main([*evaluate, "--no-progress"]) == 0
+        table = capsys.readouterr().out
+        assert "AR100" in table and "96/128 px" in table
     photo = next((data / "images" / "val2017").iterdir())
     detect = ["detect", str(photo), "--model", name, "--checkpoint", checkpoint, "--min-size", "96"]
     detect += ["--max-size", "128"]

@@ -49,6 +49,15 @@ def load_split(data: str, split: str):  # noqa: ANN201  a datasets.Dataset
     return loaded[split]
 
 
+def check_columns(root: str, columns: Sequence[str], image_column: str, label_column: str) -> None:
+    missing = [c for c in (image_column, label_column) if c not in columns]
+    if missing:
+        raise DatasetError(
+            f"{root} has no column(s) {missing}; its columns: {', '.join(columns) or 'not known before reading'} "
+            "(--image-column, --label-column)"
+        )
+
+
 class HFImages(Dataset):
     """The ``(transform(image), class index)`` samples of one split, from its ``image_column`` (decoded by
     ``datasets``) and ``label_column``; class names from a ``ClassLabel`` feature, else the labels themselves. An
@@ -66,12 +75,7 @@ class HFImages(Dataset):
     ) -> None:
         self.root = f"{data} [{split}]"  # in messages, as a folder's path is
         self.split = load_split(data, split)
-        missing = [c for c in (image_column, label_column) if c not in self.split.column_names]
-        if missing:
-            raise DatasetError(
-                f"{self.root} has no column(s) {missing}; its columns: {', '.join(self.split.column_names)} "
-                "(--image-column, --label-column)"
-            )
+        check_columns(self.root, self.split.column_names, image_column, label_column)
         feature = self.split.features[label_column]
         names = list(getattr(feature, "names", None) or sorted({str(v) for v in self.split[label_column]}))
         self.classes = list(classes) if classes is not None else names
@@ -136,12 +140,7 @@ class HFStreamSource(ShardSource):
         self.root = f"{data} [{split}, streamed]"
         stream = load_stream(data, split)
         features = stream.features or {}
-        missing = [c for c in (image_column, label_column) if c not in features]
-        if missing:
-            raise DatasetError(
-                f"{self.root} has no column(s) {missing}; its columns: {', '.join(features)} "
-                "(--image-column, --label-column)"
-            )
+        check_columns(self.root, list(features), image_column, label_column)
         names = getattr(features[label_column], "names", None)
         if not names:
             raise DatasetError(

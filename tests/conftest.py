@@ -142,3 +142,20 @@ def assert_semantic_fpn_trains_and_folds(name: str) -> None:
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         assert torch.allclose(metaformer.fuse(model)(x), model(x), atol=1e-4, rtol=0)
+
+
+def save_as_hf_dataset(folders: Path, path: Path, classes: list[str]) -> Path:
+    """The images of ``folders/train`` and ``folders/val`` as a Hugging Face DatasetDict (train, validation), in the
+    folders' order, with ``classes`` as its ClassLabel, saved to disk at ``path``."""
+    import datasets
+
+    from metaformer.tasks.classification.data import ImageFolder
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
+    splits = {}
+    for split, folder in (("train", "train"), ("validation", "val")):
+        samples = ImageFolder(folders / folder, transform=lambda image: image).samples
+        rows = {"image": [str(image) for image, _ in samples], "label": [label for _, label in samples]}
+        splits[split] = datasets.Dataset.from_dict(rows, features=features)
+    datasets.DatasetDict(splits).save_to_disk(str(path))
+    return path

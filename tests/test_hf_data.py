@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import save_as_hf_dataset
 from safetensors.torch import load_file
 from test_train import FAST, subset
 from tiny import TINY
 
 from metaformer.cli import main
-from metaformer.tasks.classification.data import ImageFolder
 
 datasets = pytest.importorskip("datasets")
 CLASSES = ["airplane", "frog", "truck"]
@@ -28,15 +28,7 @@ def folders(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def saved(folders, tmp_path_factory) -> Path:
     """The same images as a DatasetDict (train, validation) in the image folders' order, saved to disk."""
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
-    splits = {}
-    for split, folder in (("train", "train"), ("validation", "val")):
-        samples = ImageFolder(folders / folder, transform=lambda image: image).samples
-        rows = {"image": [str(path) for path, _ in samples], "label": [label for _, label in samples]}
-        splits[split] = datasets.Dataset.from_dict(rows, features=features)
-    path = tmp_path_factory.mktemp("saved") / "cifar3"
-    datasets.DatasetDict(splits).save_to_disk(str(path))
-    return path
+    return save_as_hf_dataset(folders, tmp_path_factory.mktemp("saved") / "cifar3", CLASSES)
 
 
 def test_an_hf_dataset_trains_as_the_same_images_in_folders(folders, saved, tmp_path, capsys):

@@ -8,11 +8,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import save_as_hf_dataset
 from safetensors.torch import load_file
 from test_train import FAST, subset
 from tiny import TINY, TINY_FPN
@@ -115,20 +117,20 @@ def test_wds_trains_resumes_exactly_logs_tensorboard_and_evaluates_as_folders(fo
 
 
 def test_an_hf_dataset_streamed_trains_and_evaluates(folders, tmp_path, capsys):
-    datasets = pytest.importorskip("datasets")
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
-    splits = {}
-    for split, folder in (("train", "train"), ("validation", "val")):
-        samples = ImageFolder(folders / folder, transform=lambda image: image).samples
-        rows = {"image": [str(p) for p, _ in samples], "label": [label for _, label in samples]}
-        splits[split] = datasets.Dataset.from_dict(rows, features=features)
-    saved = tmp_path / "saved"
-    datasets.DatasetDict(splits).save_to_disk(str(saved))
+    pytest.importorskip("datasets")
+    saved = save_as_hf_dataset(folders, tmp_path / "saved", CLASSES)
     run = tmp_path / "run"
     assert main(["train", f"hf:{saved}", "--streaming", "--output", str(run), "--epochs", "1", *FLAGS]) == 0
     record = json.loads((run / "metrics.jsonl").read_text())
     config = json.loads((run / "config.json").read_text())
     assert record["images"] == 18 and config["settings"]["streaming"] and config["resolved"]["steps_per_epoch"] == 12
+
+
+def test_tensorboard_logging_without_its_package_is_refused_before_training(folders, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed: its import fails
+    run = tmp_path / "run"
+    assert main(["train", str(folders), "--output", str(run), "--log", "tensorboard", *FLAGS]) == 2
+    assert "pip install 'metaformer[log]'" in capsys.readouterr().err and not (run / "last.safetensors").exists()
 
 
 def test_bad_streamed_inputs_are_named(shards, folders, tmp_path, capsys):

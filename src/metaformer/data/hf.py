@@ -103,23 +103,24 @@ class HFImages(Dataset):
 STREAM_SHARDS = 64  # the shards a save_to_disk folder is read in when streamed, for processes and workers to share
 
 
-def load_stream(data: str, split: str):  # noqa: ANN201  a datasets.IterableDataset
-    """Split ``split`` of ``data`` as an iterable dataset: a Hub dataset (or data files) read with
-    ``streaming=True``, a save_to_disk folder read in shards."""
+def load_stream(data: str, split: str) -> tuple[Any, int | None]:
+    """Split ``split`` of ``data`` as an iterable dataset (a Hub dataset or data files read with ``streaming=True``,
+    a save_to_disk folder read in shards), and its number of rows where that is known without reading it."""
     import datasets
 
     target = data[len(PREFIX) :]
     folder = Path(target)
     if (folder / "dataset_dict.json").exists() or (folder / "state.json").exists():
         table = load_split(data, split)
-        return table.to_iterable_dataset(num_shards=max(1, min(STREAM_SHARDS, len(table))))
+        return table.to_iterable_dataset(num_shards=max(1, min(STREAM_SHARDS, len(table)))), len(table)
     try:
         loaded = datasets.load_dataset(target, streaming=True)
     except (FileNotFoundError, ValueError, OSError, datasets.exceptions.DatasetNotFoundError) as error:
         raise DatasetError(f"{data}: cannot stream this dataset ({str(error).splitlines()[0]})") from error
     if split not in loaded:
         raise DatasetError(f"{data} has no split {split!r}; its splits: {', '.join(loaded)}")
-    return loaded[split]
+    split_info = (loaded[split].info.splits or {}).get(split) if loaded[split].info else None
+    return loaded[split], (split_info.num_examples or None) if split_info else None
 
 
 class HFStreamSource(ShardSource):
@@ -138,7 +139,7 @@ class HFStreamSource(ShardSource):
         import datasets
 
         self.root = f"{data} [{split}, streamed]"
-        stream = load_stream(data, split)
+        stream, self.num_samples = load_stream(data, split)
         features = stream.features or {}
         check_columns(self.root, list(features), image_column, label_column)
         names = getattr(features[label_column], "names", None)
@@ -152,8 +153,6 @@ class HFStreamSource(ShardSource):
         self.stream = stream.cast_column(image_column, datasets.Image(decode=False))
         self.shards = tuple(range(self.stream.num_shards))
         self.image_column, self.label_column = image_column, label_column
-        split_info = (stream.info.splits or {}).get(split) if stream.info else None
-        self.num_samples = split_info.num_examples if split_info and split_info.num_examples else None
         if self.num_samples is None and Path(data[len(PREFIX) :]).is_dir():  # a local folder: count its rows
             self.num_samples = len(load_split(data, split))
 

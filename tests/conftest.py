@@ -40,6 +40,19 @@ def slow_but(names, default: tuple[str, ...] | set[str]) -> list:
     return [n if n in default else pytest.param(n, marks=pytest.mark.slow) for n in names]
 
 
+def _share_the_cores() -> None:
+    """Under pytest-xdist each worker takes its share of the cores, its subprocesses too: torch would otherwise
+    start as many threads as cores in every worker, and they would spin against each other."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+_share_the_cores()
+
 DATA_DIR = Path(os.environ.get("METAFORMER_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
 

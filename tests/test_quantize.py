@@ -61,6 +61,8 @@ def test_the_int8_program_follows_the_float_model_in_every_family(name, imagenet
     program, _ = calibrated_program(model, [pixels[:32]])
     quantized = [n for n in program.graph.nodes if "quantize_per_channel" in str(n.target)]
     assert len(quantized) >= 8  # the convolutions' and the MLPs' weights, one scale per output channel
+    # Inductor's int8 lowering fails on in-place writes into views (MambaOut's gate, torch 2.14): none are traced.
+    assert not writes_into_views(program.graph)
     with torch.no_grad():
         expected, got = model(pixels), program(pixels)
     error = (got - expected).norm() / expected.norm()
@@ -68,11 +70,22 @@ def test_the_int8_program_follows_the_float_model_in_every_family(name, imagenet
     assert (got.argmax(1) == expected.argmax(1)).float().mean() >= 0.8
 
 
+def writes_into_views(graph: torch.fx.Graph) -> list[str]:
+    """The in-place operations of ``graph`` whose target is a view (a slice, a select) of another tensor."""
+
+    def op(node: object) -> str:  # aten.mul_.Tensor -> "mul_"
+        return getattr(node.target, "_opname", "") if isinstance(node, torch.fx.Node) else ""
+
+    views = {"slice", "select", "narrow", "view", "as_strided"}
+    return [n.name for n in graph.nodes if op(n).endswith("_") and n.args and op(n.args[0]) in views]
+
+
 @pytest.mark.slow
 @needs_int8
-def test_int8_follows_the_float_model_on_real_photos(imagenet_samples):
+@pytest.mark.parametrize("name", ["poolformer_s12", "inception_next_atto", "mambaout_femto"])
+def test_int8_follows_the_float_model_on_real_photos(name, imagenet_samples):
     torch.manual_seed(0)
-    model = randomize(metaformer.create_model("poolformer_s12", num_classes=10, **SMALL)).eval()
+    model = randomize(metaformer.create_model(name, num_classes=10, **SMALL)).eval()
     pixels = photos(imagenet_samples[:64])
     int8 = quantize(model, pixels[:48])
     with torch.no_grad():

@@ -29,6 +29,9 @@ def plot_metrics(records: list[dict], steps: list[dict], x_key: str) -> bytes:
     import matplotlib.pyplot as plt
 
     figure, (loss, rate, right) = plt.subplots(1, 3, figsize=(15, 4))
+    # Fixed margins that fit the labels: tight_layout would draw the whole figure once more to measure them, which
+    # doubled the cost of the plot written at every round's end.
+    figure.subplots_adjust(left=0.05, right=0.99, bottom=0.13, top=0.92, wspace=0.25)
     _plot(loss, steps, x_key, "train_loss", label="train_loss (logged steps)", marker="", linewidth=0.8)
     for key in ("train_loss", "val_loss"):
         _plot(loss, records, x_key, key, label=f"{key} (round mean)" if key == "train_loss" else key)
@@ -43,7 +46,6 @@ def plot_metrics(records: list[dict], steps: list[dict], x_key: str) -> bytes:
     for axes in (loss, rate, right):
         if axes.lines:
             axes.legend()
-    figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)

@@ -11,7 +11,7 @@ from torch import nn
 from ..models.blocks import MetaFormerBlock
 from ..models.metaformer import MetaFormer, _Trunk
 from .inference import FusedBlock, PlainMlp, PlainToken
-from .onednn import is_exporting
+from .onednn import is_tracing
 from .table import FOLDED_BLOCKS, choose, rows
 from .training import TrainingBlock
 
@@ -27,8 +27,7 @@ class FusedMetaFormer(MetaFormer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         per_image = self.config.widths[0] * self.config.mlp_ratios[0] * x[0, 0].numel() / 16 * x.element_size()
         slice_size = max(1, int(CPU_SLICE_BYTES // per_image))
-        tracing = torch.compiler.is_compiling() or is_exporting()
-        if x.device.type != "cpu" or tracing or x.shape[0] <= slice_size:
+        if x.device.type != "cpu" or is_tracing() or x.shape[0] <= slice_size:
             return super().forward(x)
         slices = -(-x.shape[0] // slice_size)
         return torch.cat([super(FusedMetaFormer, self).forward(part) for part in x.tensor_split(slices)])

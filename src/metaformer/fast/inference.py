@@ -24,7 +24,7 @@ from torch import nn
 from ..models.blocks import GatedCNNBlock, MetaFormerBlock, MetaNeXtBlock
 from ..models.layers import ConvEmbed, GroupNorm1, SquaredReLU, StarReLU, average_pool, group_statistics
 from .folding import Normalize, channel_like, constant, fold_pair, norm_affine, ones_or, scale_of
-from .onednn import ONEDNN_ACT, OneDnnWeight, Packing, conv_add_, conv_pointwise, use_onednn
+from .onednn import ONEDNN_ACT, OneDnnWeight, Packing, conv_add_, conv_pointwise, is_tracing, use_onednn
 
 
 class FusedMlp(Packing):
@@ -124,8 +124,13 @@ class FusedGatedCNN(Packing):
         else:
             gate = self.act(F.conv2d(n, self.gate_weight, self.gate_bias))
             values = F.conv2d(n, self.value_weight, self.value_bias)
-        gate[:, : self.kept].mul_(values[:, : self.kept])
-        gate[:, self.kept :].mul_(self.token_mixer(values[:, self.kept :]))
+        if is_tracing():
+            # Out of place: traced, the slice writes become scatters that inductor's int8 lowering fails to rewrite
+            # (torch 2.14: "FakeTensorUpdater cannot recompute metadata"); inductor fuses the product either way.
+            gate = gate * torch.cat((values[:, : self.kept], self.token_mixer(values[:, self.kept :])), 1)
+        else:
+            gate[:, : self.kept].mul_(values[:, : self.kept])
+            gate[:, self.kept :].mul_(self.token_mixer(values[:, self.kept :]))
         if onednn:
             return conv_pointwise(gate, self.fc2_weight, self.fc2_bias, self.fc2_packed).add_(x)
         return F.conv2d(gate, self.fc2_weight, self.fc2_bias).add_(x)

@@ -36,6 +36,11 @@ def is_exporting() -> bool:
     return probe() if probe is not None else False
 
 
+def is_tracing() -> bool:
+    """Whether ``torch.compile`` or ``torch.export`` is tracing the forward, rather than eager mode running it."""
+    return torch.compiler.is_compiling() or is_exporting()
+
+
 def use_onednn(x: torch.Tensor) -> bool:
     # Under torch.compile or torch.export the portable form is traced instead: inductor makes the same epilogue
     # fusions itself, and an exported graph must not hold this build's private operators.
@@ -44,8 +49,7 @@ def use_onednn(x: torch.Tensor) -> bool:
         _ONEDNN
         and x.device.type == "cpu"
         and x.dtype in _ONEDNN_DTYPES
-        and not torch.compiler.is_compiling()
-        and not is_exporting()
+        and not is_tracing()
         and not (x.requires_grad and torch.is_grad_enabled())
     )
 

@@ -53,6 +53,13 @@ def _share_the_cores() -> None:
 
 _share_the_cores()
 
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    """Each test starts from the same random state, whatever ran before it in its worker: pytest-xdist deals tests
+    to the workers in an order that changes from run to run, and a test's random weights must not."""
+    torch.manual_seed(0)
+
+
 DATA_DIR = Path(os.environ.get("METAFORMER_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
 

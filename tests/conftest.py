@@ -53,6 +53,7 @@ def _share_the_cores() -> None:
 
 _share_the_cores()
 
+
 @pytest.fixture(autouse=True)
 def _seeded() -> None:
     """Each test starts from the same random state, whatever ran before it in its worker: pytest-xdist deals tests

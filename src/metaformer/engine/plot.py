@@ -29,8 +29,8 @@ def plot_metrics(records: list[dict], steps: list[dict], x_key: str) -> bytes:
     import matplotlib.pyplot as plt
 
     figure, (loss, rate, right) = plt.subplots(1, 3, figsize=(15, 4))
-    # Fixed margins that fit the labels: tight_layout would draw the whole figure once more to measure them, which
-    # doubled the cost of the plot written at every round's end.
+    # Fixed margins that fit the labels: tight_layout draws the whole figure once more to measure them, a fifth of
+    # the time of this plot, which is written at every round's end (0.38 -> 0.31 s on one core of an EPYC).
     figure.subplots_adjust(left=0.05, right=0.99, bottom=0.13, top=0.92, wspace=0.25)
     _plot(loss, steps, x_key, "train_loss", label="train_loss (logged steps)", marker="", linewidth=0.8)
     for key in ("train_loss", "val_loss"):

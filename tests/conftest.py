@@ -10,6 +10,7 @@ import tiny  # noqa: F401  (registers the tests' tiny architecture)
 import torch
 
 import metaformer
+from metaformer.engine.task import usable_cores
 from metaformer.models.mixers import mixer_class
 from metaformer.models.zoo import get_spec
 
@@ -45,8 +46,7 @@ def _share_the_cores() -> None:
     start as many threads as cores in every worker, and they would spin against each other."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        threads = max(1, cores // workers)
+        threads = max(1, usable_cores() // workers)
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
 

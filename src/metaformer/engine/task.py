@@ -15,10 +15,15 @@ from torch.utils.data import Dataset, default_collate
 from .distributed import DistributedContext
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the platform tells it, else the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_num_workers() -> int:
     """Data-loading processes per training process: up to 4, no more than the cores this process may use (more
     make DataLoader warn and only compete with the model for the same cores)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     local = os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", "1"))  # torchrun, srun
     processes = int(local) if local.isdigit() else 1
     return max(0, min(4, cores // processes))
